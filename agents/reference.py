@@ -1,0 +1,108 @@
+"""Reference clickers: uniform random (the floor) and ground-truth-guided (a ceiling)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+
+from agents.policy import ClickPolicy
+from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
+
+
+class RandomClicker(ClickPolicy):
+    """Uniformly random label and pixel: the method's "random clicking" ablation.
+
+    Args:
+        seed: Seed of the policy's own generator (reseeded by ``reset(seed)``).
+    """
+
+    name: ClassVar[str] = "random"
+
+    def __init__(self, seed: int | None = None):
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray, info: dict[str, Any], env: BetterWorseSegEnv,
+            ground_truth: np.ndarray | None = None) -> int:
+        return int(self.rng.integers(env.action_space.n))
+
+
+def largest_error_click(pred: np.ndarray, gt: np.ndarray,
+                        exclude: np.ndarray | None = None) -> tuple[int, int, int] | None:
+    """The RITM / SimpleClick next click: centre of the largest error region.
+
+    False negatives and false positives are distance-transformed separately (the image border
+    counts as boundary); the click goes to the pixel farthest inside either kind of error, with
+    the label that corrects it (foreground for a missed region, background for a false one).
+
+    Args:
+        pred: ``(H, W)`` bool current mask.
+        gt: ``(H, W)`` bool ground truth.
+        exclude: Optional bool mask of pixels not to click (e.g. patches already rejected).
+
+    Returns:
+        ``(label, y, x)``, or ``None`` when there is no error left to correct.
+    """
+    fn, fp = gt & ~pred, pred & ~gt
+    if exclude is not None:
+        fn, fp = fn & ~exclude, fp & ~exclude
+    best = None
+    for label, err in ((1, fn), (0, fp)):
+        if not err.any():
+            continue
+        dist = cv2.distanceTransform(np.pad(err, 1).astype(np.uint8), cv2.DIST_L2,
+                                     cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        if best is None or dist[y, x] > best[0]:
+            best = (float(dist[y, x]), label, int(y), int(x))
+    return None if best is None else best[1:]
+
+
+class GroundTruthClicker(ClickPolicy):
+    """Clicks the centre of the largest error region with the corrective label. READS GROUND TRUTH.
+
+    The protocol of RITM and SimpleClick (:func:`largest_error_click`), a ceiling for learned
+    policies, not a learner. It does not know how far a click will propagate, so after a "worse"
+    answer it excludes that click's patch and tries the next largest error (repeating a rejected
+    click would change nothing). Once no error is left it repeats a harmless click.
+    """
+
+    name: ClassVar[str] = "gt"
+    reads_ground_truth: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self._rejected: set[int] = set()
+
+    def reset(self, seed: int | None = None) -> None:
+        self._rejected = set()
+
+    def act(self, obs: np.ndarray, info: dict[str, Any], env: BetterWorseSegEnv,
+            ground_truth: np.ndarray | None = None) -> int:
+        if ground_truth is None:
+            raise ValueError("GroundTruthClicker needs ground_truth (it is a reference clicker)")
+        pred = obs[3] > 127
+        exclude = None
+        if self._rejected:
+            sel = np.zeros(env.n_patches, bool)
+            sel[list(self._rejected)] = True
+            exclude = _cells(sel, env)
+        click = largest_error_click(pred, ground_truth, exclude)
+        if click is None:
+            click = largest_error_click(pred, ground_truth)
+        if click is None:  # perfect already: a click that can only be answered "worse"
+            return env.encode_action(int(pred[0, 0]), 0, 0)
+        return env.encode_action(*click)
+
+    def observe(self, action: int, reward: float, terminated: bool, info: dict[str, Any]) -> None:
+        if reward < 0 and "patch" in info:
+            self._rejected.add(int(info["patch"]))
+
+
+def _cells(selected: np.ndarray, env: BetterWorseSegEnv) -> np.ndarray:
+    (gh, gw), (ch, cw) = env.grid, env.cell
+    return np.repeat(np.repeat(selected.reshape(gh, gw), ch, axis=0), cw, axis=1)

@@ -1,0 +1,154 @@
+"""The ``bow-gym`` command line: ``demo``, ``list``, ``featurize``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if args.dataset:
+        kwargs["dataset"] = args.dataset
+    if args.root:
+        kwargs["root"] = args.root
+    if args.backbone:
+        kwargs["backbone"] = args.backbone
+    if args.checkpoint:
+        kwargs["backbone_kwargs"] = {"checkpoint": args.checkpoint}
+    if getattr(args, "limit", None):
+        kwargs.setdefault("dataset_kwargs", {})["limit"] = args.limit
+    return kwargs
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A few episodes with the reference clickers: Dice table and a PNG of rendered episodes."""
+    import cv2
+    import gymnasium as gym
+    import numpy as np
+
+    import bow_gym  # noqa: F401 - registers the envs
+    from agents import GroundTruthClicker, RandomClicker, run_episode
+    from bow_gym.render import frame_grid
+
+    env = gym.make(args.env, render_mode="rgb_array", render_scale=2,
+                   render_ground_truth=True, **_env_kwargs(args))
+    base = env.unwrapped
+    n = min(args.episodes, len(base.dataset))
+    rng = np.random.default_rng(args.seed)
+    indices = sorted(rng.choice(len(base.dataset), size=n, replace=False).tolist())
+    policies = [RandomClicker(), GroundTruthClicker()]
+    rows, frames = [], []
+    print(f"{args.env}: {base.dataset.name}, backbone {base.backbone.name}, "
+          f"{base.clicks_per_episode} clicks, threshold {base.threshold}")
+    print(f"{'image':<22} {'policy':<7} {'dice_before':>11} {'dice_after':>10}  answers")
+    for i, index in enumerate(indices):
+        for policy in policies:
+            rec = run_episode(env, policy, seed=args.seed + i, options={"index": index},
+                              render=True)
+            answers = "".join("+" if r > 0 else "-" for r in rec.rewards)
+            print(f"{rec.image_id:<22} {policy.name:<7} {rec.initial_dice:>11.3f} "
+                  f"{rec.final_dice:>10.3f}  {answers}")
+            rows.append({"image_id": rec.image_id, "policy": policy.name,
+                         "dice_before": rec.initial_dice, "dice_after": rec.final_dice,
+                         "dice_per_click": rec.dice, "rewards": rec.rewards})
+            frames.extend(rec.frames)
+    for policy in policies:
+        after = [r["dice_after"] for r in rows if r["policy"] == policy.name]
+        print(f"mean dice after {base.clicks_per_episode} clicks, {policy.name}: "
+              f"{float(np.mean(after)):.3f}")
+    out = Path(args.out)
+    grid = frame_grid(frames, columns=base.clicks_per_episode + 1)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("could not encode the episodes figure")
+    atomic_write_bytes(out / "episodes.png", png.tobytes())
+    atomic_write_bytes(out / "demo.json", json.dumps(rows, indent=1).encode())
+    print(f"wrote {out / 'episodes.png'} (rows: episode x policy, random then gt; "
+          f"columns: start, click 1..{base.clicks_per_episode}; yellow: ground truth)")
+    print(f"wrote {out / 'demo.json'}")
+    env.close()
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Registered envs, data sets and backbones."""
+    import bow_gym
+    from bow_gym.backbones import list_backbones
+    from bow_gym.datasets import list_datasets
+
+    print("envs:      " + ", ".join(bow_gym.ENV_VARIANTS))
+    print("datasets:  " + ", ".join(list_datasets()))
+    print("backbones: " + ", ".join(list_backbones()))
+    return 0
+
+
+def cmd_featurize(args: argparse.Namespace) -> int:
+    """Fill the feature cache for a data set (progress bar)."""
+    import gymnasium as gym
+
+    import bow_gym  # noqa: F401
+
+    env = gym.make(args.env, **_env_kwargs(args))
+    env.unwrapped.precompute_features(progress=True)
+    cache = env.unwrapped.features
+    print(f"{len(env.unwrapped.dataset)} images; cache {cache.cache_dir}; "
+          f"hits {cache.hits}, misses {cache.misses}")
+    return 0
+
+
+def _add_env_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", default="BetterWorseSeg-v0", help="registered env id")
+    p.add_argument("--dataset", help="data set name (default: the env's, synthetic)")
+    p.add_argument("--root", help="data set folder (file-based data sets)")
+    p.add_argument("--backbone", help="backbone name (default: lab_texture, weight-free)")
+    p.add_argument("--checkpoint", help="local weights file for a DINOv2 backbone")
+    p.add_argument("--limit", type=int, help="use only the first N images")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bow-gym", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help=cmd_demo.__doc__)
+    _add_env_args(p)
+    p.add_argument("--episodes", type=int, default=4, help="images to label (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("list", help=cmd_list.__doc__)
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("featurize", help=cmd_featurize.__doc__)
+    _add_env_args(p)
+    p.set_defaults(func=cmd_featurize)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"bow-gym {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Simulated experts: they see the ground truth and answer only "better" (+1) or "worse" (-1).
+
+Oracles are pure: they judge two :class:`Overlap` summaries (before and after a click) of one
+prediction against the ground truth, and take randomness only from the generator they are given.
+Working on counts instead of masks keeps a judgement O(1); :meth:`Oracle.judge_masks` is the
+convenience form on boolean masks.
+
+Decisions, for every oracle:
+
+* **Ties are "worse".** The expert says "better" only for a strict improvement, so a click that
+  changes nothing (or trades errors evenly) is answered -1. A binary expert has no "same" button.
+* **Empty ground truth** (e.g. a BUSI ``normal`` image): Dice cannot rank two masks there (it is 1
+  for an empty prediction and 0 for any other), so the answer compares false-positive pixels
+  instead: "better" iff the click strictly reduced them.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import NamedTuple
+
+import numpy as np
+
+BETTER = 1
+WORSE = -1
+
+
+class Overlap(NamedTuple):
+    """Counts that summarise a prediction against the ground truth.
+
+    A named tuple rather than a dataclass because the environment builds two per step.
+
+    Attributes:
+        tp: Pixels in both.
+        pred: Pixels in the prediction.
+        gt: Pixels in the ground truth.
+    """
+
+    tp: int
+    pred: int
+    gt: int
+
+    @classmethod
+    def of(cls, pred: np.ndarray, gt: np.ndarray) -> Overlap:  # noqa: D102
+        """Counts of two same-shaped boolean masks."""
+        if pred.shape != gt.shape:
+            raise ValueError(f"pred shape {pred.shape} != gt shape {gt.shape}")
+        p, g = pred.astype(bool, copy=False), gt.astype(bool, copy=False)
+        return cls(int(np.count_nonzero(p & g)), int(np.count_nonzero(p)), int(np.count_nonzero(g)))
+
+    @property
+    def dice(self) -> float:
+        """Dice coefficient; 1.0 when both are empty."""
+        denom = self.pred + self.gt
+        return 1.0 if denom == 0 else 2.0 * self.tp / denom
+
+
+class Oracle(abc.ABC):
+    """Base class: ``judge(before, after, rng) -> +1 | -1``."""
+
+    name: str = "oracle"
+
+    @abc.abstractmethod
+    def judge(self, before: Overlap, after: Overlap, rng: np.random.Generator | None = None) -> int:
+        """+1 ("better") or -1 ("worse") for a change from ``before`` to ``after``."""
+
+    def judge_masks(
+        self,
+        before: np.ndarray,
+        after: np.ndarray,
+        gt: np.ndarray,
+        rng: np.random.Generator | None = None,
+    ) -> int:
+        """:meth:`judge` on boolean masks."""
+        return self.judge(Overlap.of(before, gt), Overlap.of(after, gt), rng)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+def _gain(before: Overlap, after: Overlap) -> float:
+    """Improvement in Dice, or (empty ground truth) in removed false-positive share."""
+    if after.gt == 0:
+        return (before.pred - after.pred) / max(before.pred, 1)
+    return after.dice - before.dice
+
+
+class DiceOracle(Oracle):
+    """The method's expert: "better" iff Dice against the ground truth strictly increased."""
+
+    name = "dice"
+
+    def judge(self, before: Overlap, after: Overlap, rng: np.random.Generator | None = None) -> int:
+        return BETTER if _gain(before, after) > 0.0 else WORSE
+
+
+class MarginOracle(Oracle):
+    """A less attentive expert: "better" only if the gain exceeds ``delta``.
+
+    The gain is the Dice increase (empty ground truth: the share of false-positive pixels removed).
+
+    Args:
+        delta: Smallest gain the expert notices, ``>= 0``; 0 is :class:`DiceOracle`.
+    """
+
+    name = "margin"
+
+    def __init__(self, delta: float = 0.01):
+        if not delta >= 0.0:
+            raise ValueError(f"delta must be >= 0, got {delta!r}")
+        self.delta = float(delta)
+
+    def judge(self, before: Overlap, after: Overlap, rng: np.random.Generator | None = None) -> int:
+        return BETTER if _gain(before, after) > self.delta else WORSE
+
+
+class NoisyOracle(Oracle):
+    """An expert who answers like ``base`` but flips the answer with probability ``p``.
+
+    Args:
+        p: Flip probability in ``[0, 1]``.
+        base: The oracle whose answer is flipped (default :class:`DiceOracle`).
+    """
+
+    name = "noisy"
+
+    def __init__(self, p: float = 0.1, base: Oracle | None = None):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.base = base if base is not None else DiceOracle()
+
+    def judge(self, before: Overlap, after: Overlap, rng: np.random.Generator | None = None) -> int:
+        answer = self.base.judge(before, after, rng)
+        if self.p > 0.0:
+            if rng is None:
+                raise ValueError("NoisyOracle needs a random generator (rng) to flip answers")
+            if rng.random() < self.p:
+                answer = -answer
+        return answer
+
+
+ORACLES: dict[str, type[Oracle]] = {"dice": DiceOracle, "margin": MarginOracle, "noisy": NoisyOracle}
+
+
+def make_oracle(oracle: str | Oracle = "dice", **kwargs: float) -> Oracle:
+    """An oracle by name (``"dice"``, ``"margin"``, ``"noisy"``) or passed through if already one."""
+    if isinstance(oracle, Oracle):
+        if kwargs:
+            raise ValueError("oracle_kwargs are only used with an oracle given by name")
+        return oracle
+    try:
+        cls = ORACLES[oracle]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown oracle {oracle!r}; expected one of {sorted(ORACLES)}") from None
+    return cls(**kwargs)
