@@ -1,0 +1,173 @@
+"""Segmentation data sets and a small registry to build them by name.
+
+Example:
+    >>> from bow_gym.datasets import make_dataset
+    >>> train = make_dataset("kvasir-seg", "../shared/data/kvasir-seg", split="train")  # doctest: +SKIP
+    >>> toy = make_dataset("synthetic", n_images=8, size=64)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bow_gym.datasets.base import Sample, SegmentationDataset, Subset, train_test_ids
+from bow_gym.datasets.io import (
+    DatasetError,
+    read_file_list,
+    read_image,
+    read_mask,
+    read_masks_union,
+    write_file_list,
+)
+from bow_gym.datasets.layouts import (
+    BUSI,
+    ISIC2018,
+    CVCClinicDB,
+    FileDataset,
+    ImageMaskFolder,
+    KvasirSEG,
+)
+
+__all__ = [
+    "BUSI",
+    "DATASETS",
+    "ISIC2018",
+    "CVCClinicDB",
+    "DatasetError",
+    "FileDataset",
+    "ImageMaskFolder",
+    "KvasirSEG",
+    "Sample",
+    "SegmentationDataset",
+    "Subset",
+    "list_datasets",
+    "make_dataset",
+    "read_file_list",
+    "read_image",
+    "read_mask",
+    "read_masks_union",
+    "register_dataset",
+    "train_test_ids",
+    "write_file_list",
+]
+
+DatasetFactory = Callable[..., SegmentationDataset]
+
+
+def _synthetic(**kwargs: Any) -> SegmentationDataset:
+    # Imported on use so that file-based loading never depends on the synthetic generator.
+    from bow_gym.datasets.synthetic import SyntheticDataset
+
+    return SyntheticDataset(**kwargs)
+
+
+def _folder(
+    root: str | os.PathLike,
+    *,
+    images_dir: str | os.PathLike = "images",
+    masks_dir: str | os.PathLike = "masks",
+    mask_pattern: str = "{stem}{suffix}",
+) -> SegmentationDataset:
+    # Relative folders are taken under root; absolute ones are used as they are.
+    root = Path(root)
+    return ImageMaskFolder(root / images_dir, root / masks_dir, mask_pattern=mask_pattern)
+
+
+#: Data set name -> factory. File-based factories take the root folder as first argument.
+DATASETS: dict[str, DatasetFactory] = {
+    "synthetic": _synthetic,
+    "kvasir-seg": KvasirSEG,
+    "cvc-clinicdb": CVCClinicDB,
+    "isic2018": ISIC2018,
+    "busi": BUSI,
+    "folder": _folder,
+}
+_NEEDS_ROOT: set[str] = {"kvasir-seg", "cvc-clinicdb", "isic2018", "busi", "folder"}
+
+_SPLITS = ("all", "train", "test")
+
+
+def register_dataset(name: str, factory: DatasetFactory, *, needs_root: bool = True) -> None:
+    """Add a data set to the registry.
+
+    Args:
+        name: Registry name (lower case, words joined by ``-``).
+        factory: Callable returning a :class:`SegmentationDataset`; called as
+            ``factory(root, **kwargs)`` if ``needs_root`` else ``factory(**kwargs)``.
+        needs_root: Whether the data set is read from a folder.
+
+    Raises:
+        ValueError: if ``name`` is already registered.
+    """
+    if name in DATASETS:
+        raise ValueError(f"data set {name!r} is already registered")
+    DATASETS[name] = factory
+    if needs_root:
+        _NEEDS_ROOT.add(name)
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`make_dataset`, sorted."""
+    return sorted(DATASETS)
+
+
+def make_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    split: str = "all",
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    limit: int | None = None,
+    **kwargs: Any,
+) -> SegmentationDataset:
+    """Build a data set by registry name, optionally split and truncated.
+
+    Args:
+        name: One of :func:`list_datasets` (case-insensitive; ``_`` and ``-`` are equivalent).
+        root: Data folder, required by the file-based data sets, refused by ``"synthetic"``.
+        split: ``"all"``, or ``"train"`` / ``"test"`` part of the seeded split
+            (:meth:`SegmentationDataset.split`).
+        test_fraction: Share of samples in the test part.
+        split_seed: Seed of the split.
+        limit: Keep only the first ``limit`` samples (after splitting), in index order.
+        **kwargs: Passed to the factory (e.g. ``part="Validation"`` for ``"isic2018"``,
+            ``n_images=16`` for ``"synthetic"``, ``mask_pattern=...`` for ``"folder"``).
+
+    Returns:
+        The data set (a :class:`Subset` when split or limited).
+
+    Raises:
+        ValueError: on an unknown name (listing the valid ones), a missing or unexpected root,
+            an unknown split or a limit below 1.
+        FileNotFoundError: if the root folder or its layout is missing.
+        DatasetError: if the files are not what the layout expects.
+    """
+    key = name.strip().lower().replace("_", "-")
+    if key not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(list_datasets())}")
+    if split not in _SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(_SPLITS)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of samples or None, got {limit}")
+    factory = DATASETS[key]
+    if key in _NEEDS_ROOT:
+        if root is None:
+            raise ValueError(f"data set {key!r} is read from files: root (its folder) is needed")
+        dataset = factory(root, **kwargs)
+    else:
+        if root is not None:
+            raise ValueError(
+                f"data set {key!r} is generated, not read from files: root must be None"
+            )
+        dataset = factory(**kwargs)
+
+    if split != "all":
+        train, test = dataset.split(test_fraction=test_fraction, seed=split_seed)
+        dataset = train if split == "train" else test
+    if limit is not None and limit < len(dataset):
+        dataset = dataset.subset(list(range(limit)), name=f"{dataset.name}[:{limit}]")
+    return dataset

@@ -1,0 +1,41 @@
+import json
+
+import pytest
+
+from bow_gym.cli import main
+
+
+def test_demo_writes_table_and_figure(tmp_path, capsys):
+    assert main(["demo", "--episodes", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mean dice after 5 clicks, gt:" in out and "random" in out
+    rows = json.loads((tmp_path / "demo.json").read_text())
+    assert len(rows) == 4 and {r["policy"] for r in rows} == {"random", "gt"}
+    png = (tmp_path / "episodes.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_list_and_bad_input(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "BetterWorseSeg-v0" in out and "kvasir-seg" in out and "dinov2_vits14" in out
+    assert main(["demo", "--dataset", "kvasir-seg", "--root", "/no/such/dir"]) == 2
+    assert "/no/such/dir" in capsys.readouterr().err
+
+
+@pytest.mark.real_data
+def test_env_on_real_kvasir(shared_data):
+    import gymnasium as gym
+    import numpy as np
+
+    import bow_gym  # noqa: F401
+    from agents import GroundTruthClicker, RandomClicker, run_episode
+
+    env = gym.make("BetterWorseSeg-v0", dataset="kvasir-seg", root=shared_data / "kvasir-seg",
+                   dataset_kwargs={"limit": 6})
+    assert len(env.unwrapped.dataset) == 6
+    gt = [run_episode(env, GroundTruthClicker(), options={"index": i}).final_dice for i in range(6)]
+    rnd = [run_episode(env, RandomClicker(), seed=i, options={"index": i}).final_dice
+           for i in range(6)]
+    assert np.mean(gt) > 0.5 and np.mean(gt) > np.mean(rnd)
