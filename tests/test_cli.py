@@ -39,3 +39,10 @@ def test_env_on_real_kvasir(shared_data):
     rnd = [run_episode(env, RandomClicker(), seed=i, options={"index": i}).final_dice
            for i in range(6)]
     assert np.mean(gt) > 0.5 and np.mean(gt) > np.mean(rnd)
+
+
+def test_featurize_fills_the_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BOW_GYM_CACHE", str(tmp_path))
+    assert main(["featurize", "--limit", "3"]) == 0
+    assert len(list(tmp_path.rglob("*.npy"))) == 3
+    assert "3 images" in capsys.readouterr().out

@@ -306,3 +306,29 @@ def test_noisy_variant_flips_some_answers():
             env.reset()
     assert base.oracle.p == 0.1
     assert 0 < flips < total * 0.3
+
+
+def test_dinov2_backbone_in_env_random_init():
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make("BetterWorseSeg-v0", backbone="dinov2_vits14",
+                   backbone_kwargs={"pretrained": False, "input_size": 112},
+                   dataset_kwargs={"n_images": 2, "size": 96}, feature_cache=None)
+    base = env.unwrapped
+    assert base.grid == (8, 8) and base.cell == (16, 16)
+    check_env(base, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(base.encode_action(1, 40, 40))
+    assert obs.shape == (4, 128, 128)
+    with pytest.raises(ValueError, match="multiple of the patch grid"):
+        BetterWorseSegEnv(dataset_kwargs={"n_images": 1}, backbone=base.backbone, obs_size=100)
+
+
+def test_feature_cache_on_disk_is_reused(tmp_path):
+    env = _make(feature_cache=tmp_path)
+    env.reset(seed=0, options={"index": 1})
+    files = list(tmp_path.rglob("*.npy"))
+    assert len(files) == 1 and "lab_texture" in str(files[0])
+    env2 = _make(feature_cache=tmp_path)
+    env2.reset(seed=0, options={"index": 1})
+    assert env2.unwrapped.features.hits == 1 and env2.unwrapped.features.misses == 0
