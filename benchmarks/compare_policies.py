@@ -1,0 +1,283 @@
+"""Train and compare click policies on the same data, seeds and click budget.
+
+For each data set (the embedded synthetic set; Kvasir-SEG when the real data is present) and each
+seed, every learning agent is trained for ``--clicks`` clicks on the training part of a seeded
+80/20 split, from better/worse answers alone, then evaluated greedily on the held-out part
+(``--transductive``: the method's protocol, training and evaluating on all images). Random clicking
+and the ground-truth-guided clicker are evaluated on the same images.
+
+Reported per data set and policy (mean over seeds, 95% t-interval over seeds):
+
+* Dice after k = 1..5 clicks (each episode starts from an empty mask);
+* share of "better" answers during evaluation;
+* NoC@0.80/0.85/0.90: clicks until Dice first reaches the level, counting 6 when 5 clicks do not
+  reach it (interactive segmentation's NoC with a budget of 5), and the share of images that reach it;
+* learning curves (reward against training clicks) and clicks-to-90%: the first click count at which
+  the smoothed training reward has covered 90% of the way from its first to its final level
+  (final = mean of the last 10% of training).
+
+Last line: ``gap_closed: <value>``: the share of the gap in Dice after 5 clicks between random
+clicking and the ground-truth-guided clicker that the best learned agent closes on held-out
+Kvasir-SEG images (on the synthetic set when Kvasir-SEG is absent, and the line says so).
+
+Run: ``python -m benchmarks.compare_policies`` (``--help``); a quick look:
+``python -m benchmarks.compare_policies --seeds 1 --clicks 400 --datasets synthetic``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LEVELS = (0.80, 0.85, 0.90)
+LEARNERS = ("reinforce", "ppo", "a2c", "dqn")
+
+
+# Student-t 97.5% quantiles for 1..10 degrees of freedom (beyond: the normal 1.96 is close enough).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval over seeds."""
+    v = np.asarray(values, dtype=np.float64)
+    m = float(v.mean())
+    if len(v) < 2 or np.allclose(v, v[0]):
+        return m, m, m
+    t = _T975[len(v) - 2] if len(v) - 1 <= len(_T975) else 1.96
+    half = float(t * v.std(ddof=1) / math.sqrt(len(v)))
+    return m, m - half, m + half
+
+
+def clicks_to_90(clicks: list[int], reward: list[float], window: int = 10) -> float:
+    """First click count where the smoothed reward covers 90% of its rise (nan if it never rises)."""
+    r = np.convolve(reward, np.ones(window) / window, mode="valid")
+    if len(r) < 2:
+        return math.nan
+    start = float(r[0])
+    final = float(np.mean(reward[-max(1, len(reward) // 10):]))
+    if final <= start:
+        return math.nan
+    hit = np.nonzero(r >= start + 0.9 * (final - start))[0]
+    return float(clicks[int(hit[0]) + window - 1]) if hit.size else math.nan
+
+
+def data_configs(names: list[str], data: Path | None, transductive: bool) -> dict[str, dict]:
+    cfgs: dict[str, dict] = {}
+    train_split, test_split = ("all", "all") if transductive else ("train", "test")
+    if "synthetic" in names:
+        cfgs["synthetic"] = {"train": {"dataset_kwargs": {"n_images": 200, "split": train_split}},
+                             "test": {"dataset_kwargs": {"n_images": 200, "split": test_split}},
+                             "reinforce": {"env_kwargs": {"dataset_kwargs": {"n_images": 200}},
+                                           "split": train_split}}
+    if "kvasir-seg" in names:
+        if data is None or not (data / "kvasir-seg").is_dir():
+            print("Kvasir-SEG not found (set BOW_GYM_SHARED_DATA or --data): skipped")
+        else:
+            root = str(data / "kvasir-seg")
+            cfgs["kvasir-seg"] = {
+                "train": {"dataset": "kvasir-seg", "root": root,
+                          "dataset_kwargs": {"split": train_split}},
+                "test": {"dataset": "kvasir-seg", "root": root,
+                         "dataset_kwargs": {"split": test_split}},
+                "reinforce": {"dataset": "kvasir-seg", "root": root, "split": train_split},
+            }
+    return cfgs
+
+
+def train_learner(name: str, cfg: dict, seed: int, clicks: int, out: Path, progress: bool):
+    """A trained :class:`~agents.ClickPolicy` and its learning curve."""
+    if name == "reinforce":
+        from agents.reinforce import ReinforceArgs, train
+
+        args = ReinforceArgs(total_clicks=clicks, seed=seed, out=str(out), progress=progress,
+                             **cfg["reinforce"])
+        agent, history = train(args)
+        agent.greedy, agent.online_batch = True, 0
+        return agent, history
+    from agents.sb3 import SB3Args, train_sb3
+
+    args = SB3Args(algo=name, total_clicks=clicks, seed=seed, out=str(out), progress=progress,
+                   **cfg["reinforce"])
+    return train_sb3(args)
+
+
+def evaluate(policy, env, seed: int) -> dict[str, Any]:
+    from agents import run_episode
+
+    n = len(env.unwrapped.dataset)
+    dice, better = [], []
+    for i in range(n):
+        rec = run_episode(env, policy, seed=seed * 100003 + i, options={"index": i})
+        dice.append(rec.dice)
+        better.extend(r > 0 for r in rec.rewards)
+    d = np.asarray(dice)
+    res: dict[str, Any] = {"dice": d.mean(0).tolist(), "better_share": float(np.mean(better))}
+    for level in LEVELS:
+        reached = d >= level
+        first = np.where(reached.any(1), reached.argmax(1) + 1, d.shape[1] + 1)
+        res[f"noc@{level:.2f}"] = float(first.mean())
+        res[f"reached@{level:.2f}"] = float(reached.any(1).mean())
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--datasets", default="synthetic,kvasir-seg")
+    p.add_argument("--agents", default="reinforce,ppo,dqn",
+                   help=f"learners among {','.join(LEARNERS)} (default reinforce,ppo,dqn)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--clicks", type=int, default=2000, help="training clicks per agent")
+    p.add_argument("--transductive", action="store_true",
+                   help="train and evaluate on all images (the method's protocol)")
+    p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or ../shared/data)")
+    p.add_argument("--out", help="output folder (default benchmarks/results/compare_policies)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    import gymnasium as gym
+
+    import bow_gym  # noqa: F401
+    from agents import GroundTruthClicker, RandomClicker
+    from benchmarks._common import machine, out_dir, save_figure, shared_data, write_csv, write_json
+
+    learners = [a for a in args.agents.split(",") if a]
+    bad = [a for a in learners if a not in LEARNERS]
+    if bad:
+        raise SystemExit(f"unknown agents {bad}; choose from {LEARNERS}")
+    out = out_dir("compare_policies", args.out)
+    cfgs = data_configs(args.datasets.split(","), shared_data(args.data), args.transductive)
+    per_seed: list[dict[str, Any]] = []
+    curves: dict[tuple[str, str], list[dict]] = {}
+    for ds_name, cfg in cfgs.items():
+        test_env = gym.make("BetterWorseSeg-v0", **cfg["test"])
+        n_test = len(test_env.unwrapped.dataset)
+        print(f"== {ds_name}: evaluating on {n_test} {'' if args.transductive else 'held-out '}"
+              f"images, {args.seeds} seeds, {args.clicks} training clicks")
+        for seed in range(args.seeds):
+            policies: list[tuple[str, Any, float]] = [("random", RandomClicker(), 0.0),
+                                                      ("gt", GroundTruthClicker(), 0.0)]
+            for name in learners:
+                t0 = time.time()
+                policy, history = train_learner(name, cfg, seed, args.clicks,
+                                                out / "runs" / ds_name / f"{name}-seed{seed}",
+                                                not args.no_progress)
+                train_s = time.time() - t0
+                curves.setdefault((ds_name, name), []).append(history)
+                policies.append((name, policy, train_s))
+            for name, policy, train_s in policies:
+                res = evaluate(policy, test_env, seed)
+                row = {"dataset": ds_name, "policy": name, "seed": seed, "train_s": train_s,
+                       **{f"dice@{k + 1}": v for k, v in enumerate(res.pop("dice"))}, **res}
+                if name in learners:
+                    h = curves[(ds_name, name)][-1]
+                    row["clicks_to_90"] = clicks_to_90(h["clicks"], h["reward"])
+                per_seed.append(row)
+                print(f"  seed {seed} {name:<9} dice@5 {row['dice@5']:.3f}  "
+                      f"better {row['better_share']:.2f}  train {train_s:5.0f}s")
+
+    summary: list[dict[str, Any]] = []
+    metrics = [f"dice@{k}" for k in range(1, 6)] + ["better_share"] + \
+        [f"noc@{lv:.2f}" for lv in LEVELS] + [f"reached@{lv:.2f}" for lv in LEVELS]
+    for ds_name in cfgs:
+        for name in ["random", "gt", *learners]:
+            rows = [r for r in per_seed if r["dataset"] == ds_name and r["policy"] == name]
+            s: dict[str, Any] = {"dataset": ds_name, "policy": name, "seeds": len(rows)}
+            for m in metrics:
+                mean, lo, hi = t_interval([r[m] for r in rows])
+                s[m], s[f"{m}_ci_low"], s[f"{m}_ci_high"] = mean, lo, hi
+            if name in learners:
+                c90 = [r["clicks_to_90"] for r in rows if not math.isnan(r["clicks_to_90"])]
+                s["clicks_to_90_median"] = float(np.median(c90)) if c90 else math.nan
+                s["train_s_median"] = float(np.median([r["train_s"] for r in rows]))
+            summary.append(s)
+
+    print(f"\n{'dataset':<11} {'policy':<10} {'dice@1':>7} {'dice@5 [95% CI]':>22} "
+          f"{'better':>7} {'NoC@.85':>8} {'clicks→90%':>11}")
+    for s in summary:
+        print(f"{s['dataset']:<11} {s['policy']:<10} {s['dice@1']:>7.3f} "
+              f"{s['dice@5']:>7.3f} [{s['dice@5_ci_low']:.3f},{s['dice@5_ci_high']:.3f}] "
+              f"{s['better_share']:>7.2f} {s['noc@0.85']:>8.2f} "
+              f"{s.get('clicks_to_90_median', float('nan')):>11.0f}")
+
+    gap: dict[str, float] = {}
+    for ds_name in cfgs:
+        by = {s["policy"]: s for s in summary if s["dataset"] == ds_name}
+        best = max(learners, key=lambda a: by[a]["dice@5"]) if learners else None
+        denom = by["gt"]["dice@5"] - by["random"]["dice@5"]
+        if best is not None and denom > 0:
+            gap[ds_name] = (by[best]["dice@5"] - by["random"]["dice@5"]) / denom
+            print(f"{ds_name}: best learned agent {best}, gap closed {gap[ds_name]:.3f}")
+
+    write_csv(out / "per_seed.csv", per_seed)
+    write_csv(out / "summary.csv", summary)
+    write_json(out / "compare_policies.json", {
+        "summary": summary, "per_seed": per_seed, "gap_closed": gap,
+        "curves": {f"{d}/{a}": h for (d, a), h in curves.items()},
+        "settings": vars(args), "machine": machine()})
+    _figures(out, summary, curves, list(cfgs), learners, save_figure)
+    print(f"wrote {out}/summary.csv, per_seed.csv, compare_policies.json, learning_curves.png, "
+          "dice_vs_clicks.png")
+    if "kvasir-seg" in gap:
+        print(f"gap_closed: {gap['kvasir-seg']:.3f}")
+    elif gap:
+        ds = next(iter(gap))
+        print(f"gap_closed: {gap[ds]:.3f} ({ds}; Kvasir-SEG not evaluated)")
+    else:
+        print("gap_closed: nan")
+
+
+def _figures(out: Path, summary, curves, datasets, learners, save_figure) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"random": "tab:gray", "gt": "tab:green", "reinforce": "tab:red",
+               "ppo": "tab:blue", "a2c": "tab:purple", "dqn": "tab:orange"}
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        for name in learners:
+            hs = curves.get((ds, name), [])
+            if not hs:
+                continue
+            n = min(len(h["reward"]) for h in hs)
+            r = np.array([h["reward"][:n] for h in hs])
+            w = max(1, n // 25)
+            smooth = np.array([np.convolve(x, np.ones(w) / w, mode="valid") for x in r])
+            x = np.asarray(hs[0]["clicks"][w - 1:n])
+            ax.plot(x, smooth.mean(0), label=name, color=colours.get(name))
+            if len(hs) > 1:
+                ax.fill_between(x, smooth.min(0), smooth.max(0), alpha=0.2, color=colours.get(name))
+        ax.set_title(f"{ds}: training reward (min-max over seeds)")
+        ax.set_xlabel("training clicks")
+        ax.set_ylabel("mean reward per click (+1/-1)")
+        ax.legend()
+    save_figure(fig, out / "learning_curves.png")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        for s in [s for s in summary if s["dataset"] == ds]:
+            ks = np.arange(1, 6)
+            mean = [s[f"dice@{k}"] for k in ks]
+            lo = [s[f"dice@{k}_ci_low"] for k in ks]
+            hi = [s[f"dice@{k}_ci_high"] for k in ks]
+            ax.plot(ks, mean, marker="o", label=s["policy"], color=colours.get(s["policy"]))
+            ax.fill_between(ks, lo, hi, alpha=0.2, color=colours.get(s["policy"]))
+        ax.set_title(f"{ds}: held-out Dice (95% CI over seeds)")
+        ax.set_xlabel("clicks")
+        ax.set_ylabel("Dice")
+        ax.set_ylim(0, 1)
+        ax.set_xticks(range(1, 6))
+        ax.legend(loc="lower right", fontsize=8)
+    save_figure(fig, out / "dice_vs_clicks.png")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+
+import bow_gym  # noqa: F401
+from agents import RandomClicker, run_episode
+from agents.reinforce import ReinforceAgent, ReinforceArgs, train
+from agents.unet import ClickUNet
+from bow_gym.datasets.base import Sample, SegmentationDataset
+from bow_gym.datasets.synthetic import SyntheticDataset
+from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
+
+
+def test_unet_logits_map_to_actions_and_start_uniform():
+    net = ClickUNet(4)
+    obs = torch.randint(0, 255, (3, 4, 128, 128), dtype=torch.uint8)
+    logits, value = net(obs)
+    assert logits.shape == (3, 2, 128, 128) and value.shape == (3,)
+    assert torch.all(logits == 0)  # zero-initialised head: uniform policy
+    assert ClickUNet(5)(torch.zeros(1, 5, 128, 128))[0].shape == (1, 2, 128, 128)
+
+
+class _OtherMasks(SegmentationDataset):
+    def __init__(self, base):
+        self.base, self.name = base, "other"
+
+    @property
+    def ids(self):
+        return self.base.ids
+
+    def _load(self, index):
+        s = self.base[index]
+        return Sample(s.image, np.roll(~s.mask, 11, axis=1), s.id)
+
+
+def test_actions_unchanged_when_only_ground_truth_differs():
+    ds = SyntheticDataset(n_images=3, size=96)
+    torch.manual_seed(0)
+    agent = ReinforceAgent(4, online_batch=0, avoid_rejected=False, seed=1)
+    with torch.no_grad():
+        for p in agent.net.head.parameters():
+            p.normal_(0, 0.5)  # a non-trivial policy
+    runs = []
+    for data in (ds, _OtherMasks(ds)):
+        env = BetterWorseSegEnv(data, on_worse="keep", feature_cache=None)
+        runs.append([run_episode(env, agent, seed=s, options={"index": s}).actions
+                     for s in range(3)])
+    assert runs[0] == runs[1]
+
+
+def test_rejected_clicks_are_not_repeated():
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 2, "size": 96}, feature_cache=None)
+    agent = ReinforceAgent(4, online_batch=0, greedy=True)
+    with torch.no_grad():
+        agent.net.head.bias.copy_(torch.tensor([0.0, 5.0]))  # always foreground
+        agent.net.head.weight.normal_(0, 0.01)
+    rec = run_episode(env, agent, seed=0)
+    patches = [(a // (128 * 128), (a % (128 * 128)) // 128 // 8, a % 128 // 8)
+               for a, r in zip(rec.actions, rec.rewards, strict=True) if r < 0]
+    assert len(patches) == len(set(patches))
+
+
+def test_checkpoint_round_trip(tmp_path):
+    agent = ReinforceAgent(4, temperature=0.5, baseline="value", seed=3)
+    with torch.no_grad():
+        agent.net.head.weight.normal_(0, 0.1)
+    agent.save(tmp_path / "a.safetensors")
+    loaded = ReinforceAgent.load(tmp_path / "a.safetensors")
+    assert loaded.hparams == agent.hparams
+    obs = np.random.default_rng(0).integers(0, 255, (2, 4, 128, 128), dtype=np.uint8)
+    with torch.no_grad():
+        assert torch.equal(agent.logits(obs)[0], loaded.logits(obs)[0])
+    assert not list(tmp_path.glob(".*tmp"))
+    with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
+        ReinforceAgent.load(tmp_path / "nothing.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        ReinforceAgent.load(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="baseline"):
+        ReinforceAgent(4, baseline="median")
+
+
+def test_online_learning_updates_weights():
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 2, "size": 96}, feature_cache=None)
+    agent = ReinforceAgent(4, online_batch=5)
+    before = agent.net.head.weight.detach().clone()
+    run_episode(env, agent, seed=0)
+    assert agent.updates == 1
+    assert not torch.equal(before, agent.net.head.weight)
+
+
+def test_short_training_beats_random_on_easy_variant(tmp_path):
+    args = ReinforceArgs(env_id="BetterWorseSeg-Easy-v0", total_clicks=640, num_envs=8, lr=2e-3,
+                         out=str(tmp_path), tensorboard=True, progress=False, seed=0,
+                         env_kwargs={"dataset_kwargs": {"n_images": 60, "size": 96}})
+    agent, history = train(args)
+    assert len(history["clicks"]) == 80 and history["clicks"][-1] == 640
+    assert (tmp_path / "agent.safetensors").is_file() and any((tmp_path / "tb").iterdir())
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 60, "size": 96, "contrast": 2.5,
+                                            "split": "test"}, feature_cache=None)
+    agent.greedy, agent.online_batch = True, 0
+    n = len(env.dataset)
+    learned = np.mean([run_episode(env, agent, seed=i, options={"index": i}).final_dice
+                       for i in range(n)])
+    rand = np.mean([run_episode(env, RandomClicker(), seed=i, options={"index": i}).final_dice
+                    for i in range(n)])
+    assert learned > rand + 0.1, (learned, rand)
