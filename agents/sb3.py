@@ -1,0 +1,638 @@
+"""Stable-Baselines3 baselines (PPO, A2C, DQN) on BetterWorseSeg, through SB3's extension points.
+
+Reads top to bottom like :mod:`agents.reinforce`: the arguments, the features extractor, the
+evaluation policy (a :class:`~agents.ClickPolicy`, so benchmarks treat it like every other
+clicker), logging, training and the command line::
+
+    python -m agents.sb3 --algo ppo --total-clicks 3000 --out runs/sb3-ppo
+
+Nothing of SB3 is forked; the project plugs in where SB3 expects it:
+
+* ``policy_kwargs``: :class:`PatchGridExtractor`, a fully convolutional features extractor that
+  keeps one feature vector per patch of the 16 x 16 grid, and empty ``net_arch`` so SB3's linear
+  action head (``action_net`` for PPO/A2C, the Q head for DQN) reads those features directly.
+  With ``head="patch"`` (default) that linear head is tied to the identity on the extractor's
+  first two channels (:func:`tie_patch_head`), which makes the extractor's last 1 x 1 conv the
+  real head, shared by every patch, as in the U-Net of :mod:`agents.reinforce`.
+* the env: training runs on ``PatchActions(StripEvalInfo(env))`` with ``Discrete(512)``
+  (label x patch). Every pixel of a patch selects the same patches (one feature per patch), so
+  the 64 pixels of a cell are the same action; a ``Discrete(32768)`` head would have to learn
+  that 64 times over from a few thousand answers.
+* a :class:`~stable_baselines3.common.callbacks.BaseCallback` for the learning curve and a
+  renaming :class:`~stable_baselines3.common.logger.KVWriter` so TensorBoard tags follow the
+  project's ``charts/...`` and ``losses/...`` convention.
+
+The expert judges every click on its own, so ``gamma=0`` by default: a click's return is its own
+answer and the agents solve a contextual bandit over 512 arms. Agents never read ground truth:
+training envs strip ``info["eval_only"]`` and the policy only sees observations and answers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import KVWriter, Logger, make_output_format
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+from agents.policy import ClickPolicy
+from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
+
+ALGOS = ("ppo", "a2c", "dqn")
+
+
+@dataclass
+class SB3Args:
+    """Arguments of SB3 training (every field is a ``--flag`` of the CLI).
+
+    Fields left at ``None`` take the per-algorithm default of :data:`ALGO_DEFAULTS`, chosen for a
+    budget of 2,000 to 5,000 clicks on a CPU.
+    """
+
+    algo: Literal["ppo", "a2c", "dqn"] = "ppo"
+    """SB3 algorithm"""
+    env_id: str = "BetterWorseSeg-v0"
+    """registered env id"""
+    dataset: str | None = None
+    """data set name (default: the env's synthetic data)"""
+    root: str | None = None
+    """data set folder, for file-based data sets"""
+    split: str = "train"
+    """which part of a seeded 80/20 split to train on: train, test or all"""
+    limit: int | None = None
+    """use only the first N images of that part"""
+    backbone: str | None = None
+    """backbone name (default: the env's lab_texture)"""
+    total_clicks: int = 2000
+    """clicks (env steps) to train for, over all envs (PPO/A2C round up to whole rollouts)"""
+    num_envs: int = 8
+    """envs in SB3's DummyVecEnv; one vectorised step is num_envs clicks"""
+    lr: float | None = None
+    """learning rate (default: ppo 1e-3, a2c 1e-3, dqn 5e-4)"""
+    gamma: float = 0.0
+    """discount of later answers; 0 because the expert judges each click on its own"""
+    ent_coef: float = 0.01
+    """PPO/A2C: entropy bonus, against early collapse onto one click"""
+    vf_coef: float = 0.5
+    """PPO/A2C: weight of the value loss"""
+    n_steps: int | None = None
+    """PPO/A2C: steps per env per rollout (default: ppo 16, a2c 1)"""
+    batch_size: int | None = None
+    """PPO: minibatch size; DQN: replay batch size (default: ppo 64, dqn 32)"""
+    n_epochs: int = 4
+    """PPO: passes over each rollout"""
+    use_rms_prop: bool = False
+    """A2C: RMSprop (SB3's default) instead of Adam; Adam learns faster on this budget"""
+    buffer_size: int = 10_000
+    """DQN: replay buffer size in clicks (capped at total_clicks; 64 KB per click)"""
+    learning_starts: int = 200
+    """DQN: clicks of uniform exploration before the first update"""
+    train_freq: int = 1
+    """DQN: vectorised steps between updates"""
+    gradient_steps: int = 2
+    """DQN: gradient steps per update"""
+    target_update_interval: int = 500
+    """DQN: clicks between target-network copies (irrelevant when gamma=0)"""
+    exploration_fraction: float = 0.4
+    """DQN: share of training over which epsilon decays from 1"""
+    exploration_final_eps: float = 0.05
+    """DQN: final epsilon"""
+    width: int = 32
+    """channels of the features extractor"""
+    channels: int = 8
+    """feature channels per patch (features = channels x 16 x 16); the first two are the logits"""
+    head: Literal["patch", "dense"] = "patch"
+    """patch: SB3's linear head tied to the identity on the first two feature channels (a 1x1-conv
+    head shared by all patches); dense: SB3's own trainable linear head over all features"""
+    avoid_rejected: bool = True
+    """the returned policy masks clicks (label, patch) the expert rejected earlier in the episode"""
+    seed: int = 0
+    """seed of torch, numpy, SB3 and the envs"""
+    device: str = "auto"
+    """auto, cpu or cuda"""
+    out: str | None = None
+    """run folder: checkpoint, SB3 zip, args, metrics, TensorBoard logs (default runs/sb3-<algo>)"""
+    tensorboard: bool = True
+    """write TensorBoard logs to <out>/tb"""
+    progress: bool = True
+    """show a progress bar"""
+    log_every: int = 128
+    """clicks between points of the TensorBoard/CSV logs (rounded to whole rollouts/episodes)"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """extra gym.make keyword arguments"""
+
+
+#: Per-algorithm defaults of the ``None`` fields of :class:`SB3Args`, tuned briefly on 2,000
+#: clicks of the synthetic data (held-out Dice after 5 clicks in brackets, one seed).
+ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
+    # 8 envs x 16 steps = 128 clicks per rollout, 4 epochs of 2 minibatches of 64. lr 2e-3
+    # (0.57) and 8 epochs (0.65, twice the time) were no better than these (0.63).
+    "ppo": {"lr": 1e-3, "n_steps": 16, "batch_size": 64},
+    # A2C has no epochs or minibatches, so the number of updates is what matters: one per
+    # vectorised step (0.60) against one per two (0.38).
+    "a2c": {"lr": 1e-3, "n_steps": 1, "batch_size": None},
+    # Two gradient steps of 32 per 8 clicks: as good as 64 (0.70) at half the time.
+    "dqn": {"lr": 5e-4, "n_steps": None, "batch_size": 32},
+}
+
+
+def resolved(args: SB3Args) -> dict[str, Any]:
+    """The hyper-parameters of ``args`` with the per-algorithm defaults filled in."""
+    if args.algo not in ALGOS:
+        raise ValueError(f"algo must be one of {ALGOS}, got {args.algo!r}")
+    out = asdict(args)
+    for key, value in ALGO_DEFAULTS[args.algo].items():
+        if out[key] is None:
+            out[key] = value
+    if out["out"] is None:
+        out["out"] = f"runs/sb3-{args.algo}"
+    return out
+
+
+# ---------------------------------------------------------------------------- features extractor
+class PatchGridExtractor(BaseFeaturesExtractor):
+    """Fully convolutional features on the backbone's patch grid, flattened channel-major.
+
+    The answer to "where should I click?" is a location, and the action space is (label, patch):
+    the extractor therefore keeps the spatial layout down to the patch grid instead of pooling it
+    away (SB3's ``NatureCNN`` ends in a dense layer over a global feature, which has to relearn
+    which input location each action means). A 2 x 2 average pool, then stride-2 convolutions
+    with a 4 x 4 kernel halve the observation until one position is one 8 x 8 cell (the
+    receptive fields are centred on the cells); two residual 3 x 3 blocks (dilation 1 and 2) add
+    neighbourhood context; a global mean, passed through a linear layer and added back to every
+    position, adds image-level context (how much is masked already, the lesion's colour) without
+    losing where each feature sits. Two coordinate channels are appended to the input because
+    lesions are not uniformly placed and a convolution alone cannot see where it is.
+
+    The output ``(channels, gh, gw)`` is flattened channel-major, so feature ``c * P + p`` is
+    channel ``c`` of patch ``p``: channels 0 and 1 line up with the patch actions
+    ``label * P + p`` of :class:`~bow_gym.wrappers.PatchActions`, which is what
+    :func:`tie_patch_head` relies on. SB3 has already scaled the uint8 observation to [0, 1].
+
+    Args:
+        observation_space: ``Box(0, 255, (C, H, W), uint8)``, channel first.
+        grid: The backbone's patch grid ``(gh, gw)``; ``H`` and ``W`` must be multiples of it.
+        width: Convolution channels.
+        channels: Output channels per patch (at least 2: the two labels' logits come first).
+        zero_init_logits: Start the two logit channels at zero, so an untrained policy with a
+            tied head clicks uniformly at random (and DQN's Q-values start at 0).
+    """
+
+    def __init__(self, observation_space: spaces.Box, grid: tuple[int, int] | list[int] = (16, 16),
+                 width: int = 32, channels: int = 8, zero_init_logits: bool = True):
+        c, h, w = observation_space.shape
+        gh, gw = (int(g) for g in grid)
+        if h % gh or w % gw:
+            raise ValueError(f"observation {h}x{w} is not a multiple of the patch grid {gh}x{gw}")
+        if channels < 2:
+            raise ValueError(f"channels must be >= 2 (two label logits), got {channels}")
+        super().__init__(observation_space, features_dim=channels * gh * gw)
+        self.grid = (gh, gw)
+        # Halve while the result still holds whole cells; an odd factor left over (e.g. a 14 x 14
+        # grid at 224) is averaged away exactly per cell in forward().
+        fh, fw, n_down = h // gh, w // gw, 0
+        while fh % 2 == 0 and fw % 2 == 0:
+            fh, fw, n_down = fh // 2, fw // 2, n_down + 1
+        # The first halving is an average pool: the image is smooth at the scale of a pixel pair
+        # and a convolution at full resolution would cost as much as the rest of the network.
+        self.pool = 2 if n_down else 1
+        layers: list[nn.Module] = []
+        c_in = c + 2
+        for i in range(n_down - 1):
+            c_out = width // 2 if i == 0 and n_down > 2 else width
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
+                       _norm(c_out), nn.SiLU()]
+            c_in = c_out
+        if c_in != width:
+            layers += [nn.Conv2d(c_in, width, 1, bias=False), _norm(width), nn.SiLU()]
+        self.down = nn.Sequential(*layers)
+        self.context = nn.ModuleList([_residual(width, d) for d in (1, 2)])
+        self.global_context = nn.Sequential(nn.Linear(width, width), nn.SiLU())
+        self.head = nn.Conv2d(width, channels, 1)
+        if zero_init_logits:
+            with torch.no_grad():
+                self.head.weight[:2].zero_()
+                self.head.bias[:2].zero_()
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        x = observations.float()
+        b, _, h, w = x.shape
+        ys = torch.linspace(-1, 1, h, device=x.device).view(1, 1, h, 1).expand(b, 1, h, w)
+        xs = torch.linspace(-1, 1, w, device=x.device).view(1, 1, 1, w).expand(b, 1, h, w)
+        x = torch.cat([x, ys, xs], dim=1)
+        if self.pool > 1:
+            x = nn.functional.avg_pool2d(x, self.pool)
+        x = self.down(x)
+        if tuple(x.shape[-2:]) != self.grid:
+            x = nn.functional.adaptive_avg_pool2d(x, self.grid)
+        for block in self.context:
+            x = x + block(x)
+        x = x + self.global_context(x.mean(dim=(2, 3)))[:, :, None, None]
+        return self.head(x).flatten(1)
+
+
+def _norm(c: int) -> nn.GroupNorm:
+    # GroupNorm, not BatchNorm: PPO and DQN switch between single observations and minibatches.
+    return nn.GroupNorm(math.gcd(8, c), c)
+
+
+def _residual(c: int, dilation: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c, c, 3, padding=dilation, dilation=dilation, bias=False), _norm(c), nn.SiLU(),
+        nn.Conv2d(c, c, 3, padding=1, bias=False), _norm(c), nn.SiLU(),
+    )
+
+
+def policy_kwargs(algo: str, grid: tuple[int, int], width: int = 32, channels: int = 8,
+                  head: str = "patch") -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` that plug :class:`PatchGridExtractor` into ``algo``'s policy.
+
+    ``net_arch`` is empty so the action head reads the per-patch features directly; SB3's
+    default MLP (64 units) would squeeze 2,048 located features through a bottleneck that
+    forgets where they came from. With the tied ``"patch"`` head SB3's orthogonal initialisation
+    is turned off so the zero-initialised logit channels stay zero (uniform first clicks).
+    """
+    if head not in ("patch", "dense"):
+        raise ValueError(f"head must be 'patch' or 'dense', got {head!r}")
+    kwargs: dict[str, Any] = {
+        "features_extractor_class": PatchGridExtractor,
+        "features_extractor_kwargs": {"grid": tuple(grid), "width": width, "channels": channels,
+                                      "zero_init_logits": head == "patch"},
+    }
+    if algo == "dqn":
+        kwargs["net_arch"] = []
+    else:
+        kwargs["net_arch"] = {"pi": [], "vf": []}
+        kwargs["ortho_init"] = head == "dense"
+    return kwargs
+
+
+def _action_heads(policy: BasePolicy) -> list[nn.Linear]:
+    if hasattr(policy, "action_net"):
+        return [policy.action_net]
+    # DQN: the last layer of the online and the target Q-network.
+    return [policy.q_net.q_net[-1], policy.q_net_target.q_net[-1]]
+
+
+def tie_patch_head(policy: BasePolicy) -> None:
+    """Fix SB3's linear action head to ``logit[label * P + p] = feature[label * P + p]``.
+
+    The head then only routes channel ``label`` of patch ``p`` to action ``(label, p)``, and is
+    frozen, so what is learnt is the extractor's 1 x 1 conv: one set of weights shared by all 256
+    patches instead of a dense 2,048 x 512 matrix that would have to discover locality from a few
+    thousand answers. Applied again by :meth:`SB3ClickPolicy.load`; after ``PPO.load`` of the
+    ``.zip`` the weights are the same, call it again to keep the head frozen in further training.
+    """
+    for linear in _action_heads(policy):
+        n = linear.out_features
+        if linear.in_features < n:
+            raise ValueError(f"a {linear.in_features}-feature head cannot be tied to {n} actions")
+        with torch.no_grad():
+            linear.weight.zero_()
+            linear.weight[:, :n] = torch.eye(n)
+            linear.bias.zero_()
+        linear.requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------- the click policy
+class SB3ClickPolicy(ClickPolicy):
+    """A trained SB3 policy as a :class:`~agents.ClickPolicy` on the pixel-action env.
+
+    Scores the ``2 x P`` patch actions (PPO/A2C: the policy's logits; DQN: Q-values), masks the
+    (label, patch) clicks the expert rejected earlier in this episode (repeating one cannot help:
+    with ``on_worse="revert"`` the state is unchanged, so a greedy policy would repeat it for the
+    rest of the episode), takes the argmax (or samples, ``greedy=False``) and returns the env's
+    *pixel* action at the centre of the patch, like :class:`~bow_gym.wrappers.PatchActions`. Run
+    it on an env without ``PatchActions``, as :func:`agents.run_episode` does with every policy.
+
+    Args:
+        policy: The SB3 policy (``model.policy``).
+        algo: ``"ppo"``, ``"a2c"`` or ``"dqn"``; also the policy's :attr:`name`.
+        spec: What :meth:`load` needs to rebuild ``policy`` (written into checkpoints).
+        avoid_rejected: Mask clicks rejected earlier in the episode.
+        greedy: Argmax; otherwise sample from ``softmax(scores / temperature)``.
+        temperature: Sampling temperature.
+        seed: Seeds the sampling generator (reseeded by ``reset(seed)``).
+    """
+
+    reads_ground_truth: ClassVar[bool] = False
+
+    def __init__(self, policy: BasePolicy, algo: str, spec: dict[str, Any], *,
+                 avoid_rejected: bool = True, greedy: bool = True, temperature: float = 1.0,
+                 seed: int | None = None):
+        if algo not in ALGOS:
+            raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        self.policy, self.algo, self.spec = policy, algo, spec
+        self.name = algo  # type: ignore[misc]  # the algo is this policy's name in tables
+        self.avoid_rejected, self.greedy, self.temperature = avoid_rejected, greedy, temperature
+        self.n_actions = int(policy.action_space.n)
+        self.generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        self.model: Any = None  # the SB3 model when trained in this process (for more training)
+        self.metadata: dict[str, str] = {}
+        self._rejected: set[int] = set()
+
+    @torch.no_grad()
+    def scores(self, obs: np.ndarray) -> torch.Tensor:
+        """Scores ``(2P,)`` of the patch actions for one observation (before masking)."""
+        self.policy.set_training_mode(False)
+        x, _ = self.policy.obs_to_tensor(np.asarray(obs))
+        if self.algo == "dqn":
+            s = self.policy.q_net(x)
+        else:
+            s = self.policy.get_distribution(x).distribution.logits
+        return s[0].float().cpu()
+
+    def reset(self, seed: int | None = None) -> None:
+        self._rejected = set()
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+
+    def act(self, obs: np.ndarray, info: dict[str, Any], env: BetterWorseSegEnv,
+            ground_truth: np.ndarray | None = None) -> int:
+        if 2 * env.n_patches != self.n_actions:
+            raise ValueError(f"policy has {self.n_actions} patch actions, env has "
+                             f"2 x {env.n_patches} patches")
+        s = self.scores(obs)
+        if self.avoid_rejected and self._rejected and len(self._rejected) < self.n_actions:
+            s[list(self._rejected)] = -torch.inf
+        if self.greedy:
+            a = int(torch.argmax(s))
+        else:
+            probs = torch.softmax(s / self.temperature, dim=0)
+            a = int(torch.multinomial(probs, 1, generator=self.generator))
+        return patch_to_pixel_action(env, a)
+
+    def observe(self, action: int, reward: float, terminated: bool, info: dict[str, Any]) -> None:
+        if reward < 0 and "patch" in info and "click" in info:
+            n_patches = self.n_actions // 2
+            self._rejected.add(int(info["click"]["label"]) * n_patches + int(info["patch"]))
+
+    # -------------------------------------------------------------- checkpoints
+    def save(self, path: str | os.PathLike) -> None:
+        """Policy weights as safetensors (atomic); algo, spec and metadata in its header."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {**self.metadata, "agent": "sb3", "algo": self.algo, "spec": json.dumps(self.spec)}
+        # Clones: PPO's actor and critic share one extractor, and safetensors refuses tensors
+        # that share memory; loading copies each key back into the shared module.
+        state = {k: v.detach().cpu().clone().contiguous()
+                 for k, v in self.policy.state_dict().items()}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(state, tmp, metadata=meta)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu", **overrides: Any) -> SB3ClickPolicy:
+        """A policy from a :meth:`save` checkpoint (``overrides``: acting options such as
+        ``greedy``, ``avoid_rejected``, ``temperature``, ``seed``)."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no SB3 checkpoint at {path}")
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            algo, spec = meta["algo"], json.loads(meta["spec"])
+        except Exception as e:
+            raise ValueError(f"{path} is not a bow-gym SB3 checkpoint: {e}") from e
+        policy = build_policy(algo, spec, device=device)
+        policy.load_state_dict(load_file(str(path), device=str(policy.device)))
+        acting = {"avoid_rejected": json.loads(meta.get("avoid_rejected", "true"))}
+        agent = cls(policy, algo, spec, **{**acting, **overrides})
+        agent.metadata = {k: v for k, v in meta.items() if k not in ("agent", "algo", "spec")}
+        return agent
+
+
+def patch_to_pixel_action(env: BetterWorseSegEnv, action: int) -> int:
+    """The env's pixel action for patch action ``label * P + patch`` (the cell's centre pixel)."""
+    label, patch = divmod(int(action), env.n_patches)
+    r, c = divmod(patch, env.grid[1])
+    ch, cw = env.cell
+    return env.encode_action(label, r * ch + ch // 2, c * cw + cw // 2)
+
+
+def build_policy(algo: str, spec: dict[str, Any], device: str = "cpu") -> BasePolicy:
+    """An SB3 policy with the architecture of ``spec`` (as written by :func:`train_sb3`)."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.dqn.policies import DQNPolicy
+
+    obs_space = spaces.Box(0, 255, tuple(spec["obs_shape"]), np.uint8)
+    act_space = spaces.Discrete(int(spec["n_actions"]))
+    kwargs = policy_kwargs(algo, tuple(spec["grid"]), spec["width"], spec["channels"], spec["head"])
+    cls = DQNPolicy if algo == "dqn" else ActorCriticPolicy
+    policy = cls(obs_space, act_space, lambda _: 0.0, **kwargs)
+    if spec["head"] == "patch":
+        tie_patch_head(policy)
+    return policy.to(device)
+
+
+# ---------------------------------------------------------------------------- logging
+class ClickHistoryCallback(BaseCallback):
+    """Records the learning curve per vectorised step (one click per env) and logs it.
+
+    ``history`` has the keys of :func:`agents.reinforce.train`'s: ``clicks`` (so far),
+    ``reward`` (mean answer of the step's clicks) and ``better_share`` (share answered "better").
+    ``charts/reward`` and ``charts/better_share`` go to SB3's logger as means between dumps.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: dict[str, list[float]] = {"clicks": [], "reward": [], "better_share": []}
+
+    def _on_step(self) -> bool:
+        rewards = np.asarray(self.locals["rewards"], dtype=np.float64)
+        mean_r, better = float(rewards.mean()), float((rewards > 0).mean())
+        self.history["clicks"].append(int(self.num_timesteps))
+        self.history["reward"].append(mean_r)
+        self.history["better_share"].append(better)
+        self.logger.record_mean("charts/reward", mean_r)
+        self.logger.record_mean("charts/better_share", better)
+        return True
+
+
+#: SB3's logger keys -> the project's TensorBoard tags (``charts/...``, ``losses/...``).
+_TAG_NAMES = {
+    "time/fps": "charts/clicks_per_s",
+    "rollout/ep_rew_mean": "charts/episode_reward",
+    "rollout/exploration_rate": "charts/epsilon",
+    "train/policy_gradient_loss": "losses/policy",
+    "train/value_loss": "losses/value",
+    "train/entropy_loss": "losses/entropy_loss",
+    "train/loss": "losses/loss",
+    "train/approx_kl": "losses/approx_kl",
+    "train/clip_fraction": "losses/clip_fraction",
+}
+
+
+def tag_name(key: str) -> str:
+    """The project's tag for an SB3 logger key (``train/*`` -> ``losses/*``, else ``charts/*``)."""
+    if key in _TAG_NAMES:
+        return _TAG_NAMES[key]
+    prefix, _, rest = key.partition("/")
+    if prefix in ("charts", "losses") or not rest:
+        return key
+    return f"losses/{rest}" if prefix == "train" and rest.endswith("loss") else f"charts/{rest}"
+
+
+class RenamedOutput(KVWriter):
+    """An SB3 output format that renames keys with :func:`tag_name` before writing."""
+
+    def __init__(self, inner: KVWriter):
+        self.inner = inner
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]],
+              step: int = 0) -> None:
+        self.inner.write({tag_name(k): v for k, v in key_values.items()},
+                         {tag_name(k): v for k, v in key_excluded.items()}, step)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def make_logger(out: Path, tensorboard: bool) -> Logger:
+    """SB3 logger: ``<out>/progress.csv`` always, TensorBoard in ``<out>/tb`` if asked."""
+    formats = [RenamedOutput(make_output_format("csv", str(out)))]
+    if tensorboard:
+        try:
+            import tensorboard as _  # noqa: F401
+
+            formats.append(RenamedOutput(make_output_format("tensorboard", str(out / "tb"))))
+        except ImportError:
+            print("tensorboard is not installed (pip install tensorboard): logging to CSV only")
+    return Logger(str(out), formats)
+
+
+# ---------------------------------------------------------------------------- training
+def make_vec_env(args: SB3Args, n: int):
+    """SB3 ``DummyVecEnv`` of ``n`` ``Monitor(PatchActions(StripEvalInfo(env)))`` training envs.
+
+    The envs come from :func:`agents.reinforce.make_envs` (seeded split, shared data set and
+    backbone, no ground truth in ``info``). Built here rather than with SB3's ``make_vec_env``
+    because the envs share one featurised data set, which ``make_vec_env``'s per-env factory
+    would build ``n`` times.
+    """
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from agents.reinforce import make_envs
+    from bow_gym.wrappers import PatchActions
+
+    envs = [Monitor(PatchActions(e)) for e in make_envs(args, n)]  # type: ignore[arg-type]
+    return DummyVecEnv([(lambda e=e: e) for e in envs])
+
+
+def build_model(args: SB3Args, vec_env: Any, out: Path):
+    """The SB3 model of ``args.algo`` with the project's extractor, defaults and logger."""
+    from stable_baselines3 import A2C, DQN, PPO
+
+    hp = resolved(args)
+    base: BetterWorseSegEnv = vec_env.envs[0].unwrapped
+    kwargs = policy_kwargs(args.algo, base.grid, args.width, args.channels, args.head)
+    common = dict(learning_rate=hp["lr"], gamma=args.gamma, seed=args.seed, device=args.device,
+                  policy_kwargs=kwargs, verbose=0)
+    if args.algo == "ppo":
+        model = PPO("CnnPolicy", vec_env, n_steps=hp["n_steps"], batch_size=hp["batch_size"],
+                    n_epochs=args.n_epochs, ent_coef=args.ent_coef, vf_coef=args.vf_coef, **common)
+    elif args.algo == "a2c":
+        model = A2C("CnnPolicy", vec_env, n_steps=hp["n_steps"], ent_coef=args.ent_coef,
+                    vf_coef=args.vf_coef, use_rms_prop=args.use_rms_prop, **common)
+    else:
+        # 64 KB per stored click: keep only what the run can fill, and store each observation
+        # once (the env never truncates, so timeout handling is not needed).
+        size = max(args.num_envs, min(args.buffer_size, args.total_clicks + args.num_envs))
+        model = DQN("CnnPolicy", vec_env, buffer_size=size, learning_starts=args.learning_starts,
+                    batch_size=hp["batch_size"], train_freq=args.train_freq,
+                    gradient_steps=args.gradient_steps,
+                    target_update_interval=args.target_update_interval,
+                    exploration_fraction=args.exploration_fraction,
+                    exploration_final_eps=args.exploration_final_eps,
+                    optimize_memory_usage=True,
+                    replay_buffer_kwargs={"handle_timeout_termination": False}, **common)
+    if args.head == "patch":
+        tie_patch_head(model.policy)
+    model.set_logger(make_logger(out, args.tensorboard))
+    return model
+
+
+def train_sb3(args: SB3Args) -> tuple[SB3ClickPolicy, dict[str, list[float]]]:
+    """Train ``args.algo`` on patch actions; returns the click policy and its learning curve.
+
+    Writes ``<out>/agent.safetensors`` (policy weights; algo, architecture and arguments in the
+    metadata), ``<out>/model.zip`` (SB3's own, for ``PPO.load``), ``args.json``,
+    ``history.json``, ``progress.csv`` and TensorBoard logs under ``<out>/tb``.
+    """
+    from stable_baselines3.common.utils import set_random_seed
+
+    hp = resolved(args)
+    out = Path(hp["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    set_random_seed(args.seed)
+    vec_env = make_vec_env(args, args.num_envs)
+    model = build_model(args, vec_env, out)
+    callback = ClickHistoryCallback()
+    base: BetterWorseSegEnv = vec_env.envs[0].unwrapped
+    # SB3 counts its log interval in rollouts (on-policy) or episodes (DQN), not in clicks.
+    per_dump = base.clicks_per_episode if args.algo == "dqn" else hp["n_steps"] * args.num_envs
+    log_interval = max(1, round(args.log_every / per_dump))
+    t0 = time.time()
+    model.learn(total_timesteps=args.total_clicks, callback=callback, log_interval=log_interval,
+                progress_bar=args.progress)
+    seconds = time.time() - t0
+    model.logger.dump(model.num_timesteps)  # what was recorded after SB3's last dump
+    model.logger.close()
+
+    spec = {"obs_shape": list(base.observation_space.shape), "n_actions": 2 * base.n_patches,
+            "grid": list(base.grid), "width": args.width, "channels": args.channels,
+            "head": args.head}
+    agent = SB3ClickPolicy(model.policy, args.algo, spec, avoid_rejected=args.avoid_rejected,
+                           seed=args.seed)
+    agent.model = model
+    agent.metadata = {"args": json.dumps(hp), "clicks": str(model.num_timesteps),
+                      "train_seconds": f"{seconds:.1f}",
+                      "avoid_rejected": json.dumps(args.avoid_rejected)}
+    agent.save(out / "agent.safetensors")
+    model.save(out / "model.zip")
+    (out / "args.json").write_text(json.dumps(hp, indent=1))
+    history = callback.history
+    (out / "history.json").write_text(json.dumps(history))
+    vec_env.close()
+    return agent, history
+
+
+def main(argv: list[str] | None = None) -> None:
+    import tyro
+
+    args = tyro.cli(SB3Args, args=argv, description=__doc__)
+    agent, history = train_sb3(args)
+    last = history["reward"][-max(1, len(history["reward"]) // 10):]
+    out = Path(resolved(args)["out"])
+    print(f"{agent.name}: trained {history['clicks'][-1]} clicks in "
+          f"{agent.metadata['train_seconds']} s; mean reward over the last 10%: "
+          f"{np.mean(last):+.3f}; checkpoint {out / 'agent.safetensors'}")
+
+
+if __name__ == "__main__":
+    main()

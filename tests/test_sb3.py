@@ -1,0 +1,238 @@
+"""SB3 baselines: the extractor with PPO/A2C/DQN, checkpoints, masking, no ground truth."""
+
+import csv
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+import bow_gym  # noqa: F401
+from agents import ClickPolicy, run_episode
+from agents.sb3 import (
+    ALGOS,
+    PatchGridExtractor,
+    SB3Args,
+    SB3ClickPolicy,
+    main,
+    make_vec_env,
+    tag_name,
+    train_sb3,
+)
+from bow_gym.datasets.base import Sample, SegmentationDataset
+from bow_gym.datasets.synthetic import SyntheticDataset
+from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY, BetterWorseSegEnv
+from bow_gym.wrappers import PatchActions, StripEvalInfo
+
+TINY = {"dataset_kwargs": {"n_images": 8, "size": 96}}
+
+# Small networks and a few hundred clicks: the tests check the plumbing, not the learning.
+_PER_ALGO = {
+    "ppo": {"n_steps": 16, "batch_size": 32, "n_epochs": 2},
+    "a2c": {"n_steps": 2},
+    "dqn": {"learning_starts": 48, "batch_size": 16, "gradient_steps": 1},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny networks and single observations gain nothing from a second thread, and on a busy
+    # two-core machine two threads spend most of their time waiting for each other.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _args(algo: str, out, **overrides) -> SB3Args:
+    kwargs = dict(algo=algo, total_clicks=192, num_envs=4, width=8, channels=4, out=str(out),
+                  progress=False, env_kwargs=TINY, **_PER_ALGO[algo])
+    return SB3Args(**{**kwargs, **overrides})
+
+
+@pytest.fixture(scope="module", params=ALGOS)
+def trained(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"sb3-{request.param}")
+    args = _args(request.param, out)
+    policy, history = train_sb3(args)
+    return args, policy, history, out
+
+
+def _tiny_env(**kwargs) -> gym.Env:
+    return gym.make("BetterWorseSeg-v0", **TINY, **kwargs)
+
+
+def test_trains_and_writes_run_folder(trained):
+    args, policy, history, out = trained
+    assert isinstance(policy, ClickPolicy) and policy.name == args.algo
+    assert not policy.reads_ground_truth
+    net = getattr(policy.policy, "q_net", policy.policy)  # DQN keeps its extractor in q_net
+    assert isinstance(net.features_extractor, PatchGridExtractor)
+    # One entry per vectorised step; rewards are +-1, so the mean is 2 * share - 1.
+    assert set(history) == {"clicks", "reward", "better_share"}
+    assert history["clicks"] == [args.num_envs * (i + 1) for i in range(len(history["clicks"]))]
+    assert history["clicks"][-1] >= args.total_clicks
+    np.testing.assert_allclose(history["reward"], 2 * np.array(history["better_share"]) - 1)
+    assert json.loads((out / "history.json").read_text()) == history
+    assert json.loads((out / "args.json").read_text())["algo"] == args.algo
+    for name in ("agent.safetensors", "model.zip", "progress.csv"):
+        assert (out / name).is_file(), name
+    with open(out / "progress.csv") as f:
+        columns = set(next(csv.reader(f)))
+    assert {"charts/reward", "charts/better_share", "charts/clicks_per_s"} <= columns
+    assert any(c.startswith("losses/") for c in columns)
+    assert not any(c.startswith(("train/", "rollout/", "time/")) for c in columns)
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+
+
+def test_patch_head_is_tied_and_frozen(trained):
+    _, policy, _, _ = trained
+    p = policy.policy
+    heads = [p.action_net] if hasattr(p, "action_net") else [p.q_net.q_net[-1]]
+    for head in heads:
+        n = head.out_features
+        assert not head.weight.requires_grad
+        torch.testing.assert_close(head.weight[:, :n], torch.eye(n))
+        assert not head.weight[:, n:].any() and not head.bias.any()
+
+
+def test_checkpoint_round_trip_gives_identical_actions(trained):
+    args, policy, _, out = trained
+    loaded = SB3ClickPolicy.load(out / "agent.safetensors")
+    assert loaded.name == args.algo and loaded.spec == policy.spec
+    assert json.loads(loaded.metadata["args"])["algo"] == args.algo
+    env = _tiny_env()
+    for seed in range(3):
+        a = run_episode(env, policy, seed=seed).actions
+        b = run_episode(env, loaded, seed=seed).actions
+        assert a == b
+    obs = env.reset(seed=0)[0]
+    torch.testing.assert_close(policy.scores(obs), loaded.scores(obs), rtol=0, atol=0)
+
+
+def test_sb3_zip_loads_with_sb3(trained):
+    from stable_baselines3 import A2C, DQN, PPO
+
+    args, policy, _, out = trained
+    model = {"ppo": PPO, "a2c": A2C, "dqn": DQN}[args.algo].load(out / "model.zip", device="cpu")
+    obs = _tiny_env().reset(seed=1)[0]
+    action, _ = model.predict(obs, deterministic=True)
+    assert int(action) == int(torch.argmax(policy.scores(obs)))
+
+
+def test_never_repeats_a_rejected_click(trained):
+    _, policy, _, _ = trained
+    env = _tiny_env(clicks_per_episode=20)  # long episodes: many rejections to avoid
+    base: BetterWorseSegEnv = env.unwrapped
+    rejections = 0
+    for seed in range(3):
+        rec = run_episode(env, policy, seed=seed)
+        clicks = []
+        for a in rec.actions:
+            label, y, x = base.decode_action(a)
+            assert (y % 8, x % 8) == (4, 4)  # the patch's centre pixel
+            clicks.append((label, (y // 8) * 16 + x // 8))
+        rejected = set()
+        for click, r in zip(clicks, rec.rewards, strict=True):
+            assert click not in rejected
+            if r < 0:
+                rejected.add(click)
+        rejections += len(rejected)
+    assert rejections > 0
+    # Without the mask a greedy policy repeats a reverted click: the state has not changed.
+    unmasked = SB3ClickPolicy(policy.policy, policy.algo, policy.spec, avoid_rejected=False)
+    rec = run_episode(env, unmasked, seed=0)
+    assert len(set(rec.actions)) < len(rec.actions)
+
+
+class _OtherMasks(SegmentationDataset):
+    def __init__(self, base):
+        self.base, self.name = base, "other"
+
+    @property
+    def ids(self):
+        return self.base.ids
+
+    def _load(self, index):
+        s = self.base[index]
+        return Sample(s.image, np.roll(~s.mask, 9, axis=0), s.id)
+
+
+def test_actions_do_not_depend_on_ground_truth(trained):
+    _, policy, _, _ = trained
+    ds = SyntheticDataset(n_images=3, size=96)
+    envs = [BetterWorseSegEnv(d, on_worse="keep", feature_cache=None)
+            for d in (ds, _OtherMasks(ds))]
+    blind = SB3ClickPolicy(policy.policy, policy.algo, policy.spec, avoid_rejected=False)
+    runs = [[run_episode(e, blind, seed=s).actions for s in range(3)] for e in envs]
+    assert runs[0] == runs[1]
+    # With the mask, later clicks may differ only through the expert's answers; the first
+    # click of every episode sees the same observation and no answer yet.
+    runs = [[run_episode(e, policy, seed=s) for s in range(3)] for e in envs]
+    assert [r.actions[0] for r in runs[0]] == [r.actions[0] for r in runs[1]]
+    assert [r.rewards for r in runs[0]] != [r.rewards for r in runs[1]]  # the truths differ
+
+
+def test_training_envs_hide_ground_truth(tmp_path):
+    vec = make_vec_env(_args("a2c", tmp_path), 2)
+    assert vec.action_space == spaces.Discrete(512)
+    for env in vec.envs:
+        chain, e = [], env
+        while isinstance(e, gym.Wrapper):
+            chain.append(type(e))
+            e = e.env
+        assert PatchActions in chain and StripEvalInfo in chain
+    vec.reset()
+    _, _, _, infos = vec.step(np.array([0, 300]))
+    assert all(EVAL_ONLY_KEY not in info for info in infos)
+    vec.close()
+
+
+def test_sampling_is_seeded(trained):
+    _, policy, _, _ = trained
+    sampler = SB3ClickPolicy(policy.policy, policy.algo, policy.spec, greedy=False)
+    env = _tiny_env()
+    a = run_episode(env, sampler, seed=4).actions
+    assert a == run_episode(env, sampler, seed=4).actions
+
+
+def test_extractor_geometry():
+    ext = PatchGridExtractor(spaces.Box(0, 255, (4, 128, 128), np.uint8), width=8, channels=3)
+    x = torch.rand(2, 4, 128, 128)
+    out = ext(x)
+    assert out.shape == (2, 3 * 256) and ext.features_dim == 3 * 256
+    assert not out.view(2, 3, 256)[:, :2].any()  # zero-initialised logits: uniform first clicks
+    # A grid that is not a power-of-two divisor of the observation (DINOv2 at 224: 14 x 14).
+    ext = PatchGridExtractor(spaces.Box(0, 255, (5, 224, 224), np.uint8), grid=(14, 14), width=8)
+    assert ext(torch.rand(1, 5, 224, 224)).shape == (1, 8 * 196)
+    with pytest.raises(ValueError, match="multiple"):
+        PatchGridExtractor(spaces.Box(0, 255, (4, 100, 100), np.uint8))
+
+
+def test_tag_names_follow_project_convention():
+    assert tag_name("train/value_loss") == "losses/value"
+    assert tag_name("train/loss") == "losses/loss"
+    assert tag_name("time/fps") == "charts/clicks_per_s"
+    assert tag_name("train/learning_rate") == "charts/learning_rate"
+    assert tag_name("charts/reward") == "charts/reward"
+
+
+def test_bad_arguments_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="algo"):
+        train_sb3(SB3Args(algo="sac", out=str(tmp_path)))  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError):
+        SB3ClickPolicy.load(tmp_path / "missing.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a bow-gym SB3 checkpoint"):
+        SB3ClickPolicy.load(tmp_path / "bad.safetensors")
+
+
+def test_cli(tmp_path, capsys):
+    main(["--algo", "a2c", "--total-clicks", "8", "--num-envs", "2", "--limit", "2",
+          "--width", "8", "--channels", "2", "--no-tensorboard", "--no-progress",
+          "--out", str(tmp_path)])
+    assert "a2c: trained 8 clicks" in capsys.readouterr().out
+    policy = SB3ClickPolicy.load(tmp_path / "agent.safetensors")
+    assert policy.name == "a2c" and not (tmp_path / "tb").exists()
