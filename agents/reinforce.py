@@ -21,34 +21,23 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from agents.common import TrainDataArgs, make_envs
 from agents.policy import ClickPolicy
 from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 
 
 @dataclass
-class ReinforceArgs:
+class ReinforceArgs(TrainDataArgs):
     """Arguments of REINFORCE training (every field is a ``--flag`` of the CLI)."""
 
-    env_id: str = "BetterWorseSeg-v0"
-    """registered env id"""
-    dataset: str | None = None
-    """data set name (default: the env's synthetic data)"""
-    root: str | None = None
-    """data set folder, for file-based data sets"""
-    split: str = "train"
-    """which part of a seeded 80/20 split to train on: train, test or all"""
-    limit: int | None = None
-    """use only the first N images of that part"""
-    backbone: str | None = None
-    """backbone name (default: the env's lab_texture)"""
     total_clicks: int = 2000
     """clicks (env steps) to train for, over all envs"""
     num_envs: int = 8
@@ -81,8 +70,6 @@ class ReinforceArgs:
     """write TensorBoard logs to <out>/tb"""
     progress: bool = True
     """show a progress bar"""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """extra gym.make keyword arguments"""
 
 
 class ReinforceAgent(ClickPolicy):
@@ -268,38 +255,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def make_envs(args: ReinforceArgs, n: int) -> list:
-    """``n`` independent envs on the training data (no ground truth in their ``info``)."""
-    import gymnasium as gym
-
-    import bow_gym  # noqa: F401
-    from bow_gym.wrappers import StripEvalInfo
-
-    kwargs: dict[str, Any] = dict(args.env_kwargs)
-    if args.dataset:
-        kwargs["dataset"] = args.dataset
-    if args.root:
-        kwargs["root"] = args.root
-    if args.backbone:
-        kwargs["backbone"] = args.backbone
-    ds_kwargs = dict(kwargs.pop("dataset_kwargs", {}))
-    if args.split != "all":
-        ds_kwargs["split"] = args.split
-    if args.limit:
-        ds_kwargs["limit"] = args.limit
-    if ds_kwargs:
-        kwargs["dataset_kwargs"] = ds_kwargs
-    first = gym.make(args.env_id, **kwargs)
-    envs = [first]
-    for _ in range(n - 1):
-        # Share the data set, backbone and feature cache: one featurisation for all envs.
-        base = first.unwrapped
-        envs.append(gym.make(args.env_id, **{**kwargs, "dataset": base.dataset,
-                                             "backbone": base.backbone, "root": None,
-                                             "dataset_kwargs": None, "backbone_kwargs": None}))
-    return [StripEvalInfo(e) for e in envs]
 
 
 def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:

@@ -34,7 +34,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -47,6 +47,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from agents.common import TrainDataArgs
 from agents.policy import ClickPolicy
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 
@@ -54,7 +55,7 @@ ALGOS = ("ppo", "a2c", "dqn")
 
 
 @dataclass
-class SB3Args:
+class SB3Args(TrainDataArgs):
     """Arguments of SB3 training (every field is a ``--flag`` of the CLI).
 
     Fields left at ``None`` take the per-algorithm default of :data:`ALGO_DEFAULTS`, chosen for a
@@ -63,18 +64,6 @@ class SB3Args:
 
     algo: Literal["ppo", "a2c", "dqn"] = "ppo"
     """SB3 algorithm"""
-    env_id: str = "BetterWorseSeg-v0"
-    """registered env id"""
-    dataset: str | None = None
-    """data set name (default: the env's synthetic data)"""
-    root: str | None = None
-    """data set folder, for file-based data sets"""
-    split: str = "train"
-    """which part of a seeded 80/20 split to train on: train, test or all"""
-    limit: int | None = None
-    """use only the first N images of that part"""
-    backbone: str | None = None
-    """backbone name (default: the env's lab_texture)"""
     total_clicks: int = 2000
     """clicks (env steps) to train for, over all envs (PPO/A2C round up to whole rollouts)"""
     num_envs: int = 8
@@ -130,8 +119,6 @@ class SB3Args:
     """show a progress bar"""
     log_every: int = 128
     """clicks between points of the TensorBoard/CSV logs (rounded to whole rollouts/episodes)"""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """extra gym.make keyword arguments"""
 
 
 #: Per-algorithm defaults of the ``None`` fields of :class:`SB3Args`, tuned briefly on 2,000
@@ -529,7 +516,7 @@ def make_logger(out: Path, tensorboard: bool) -> Logger:
 def make_vec_env(args: SB3Args, n: int):
     """SB3 ``DummyVecEnv`` of ``n`` ``Monitor(PatchActions(StripEvalInfo(env)))`` training envs.
 
-    The envs come from :func:`agents.reinforce.make_envs` (seeded split, shared data set and
+    The envs come from :func:`agents.common.make_envs` (seeded split, shared data set and
     backbone, no ground truth in ``info``). Built here rather than with SB3's ``make_vec_env``
     because the envs share one featurised data set, which ``make_vec_env``'s per-env factory
     would build ``n`` times.
@@ -537,7 +524,7 @@ def make_vec_env(args: SB3Args, n: int):
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents.reinforce import make_envs
+    from agents.common import make_envs
     from bow_gym.wrappers import PatchActions
 
     envs = [Monitor(PatchActions(e)) for e in make_envs(args, n)]  # type: ignore[arg-type]

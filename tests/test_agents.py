@@ -1,11 +1,11 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+from _support import OtherMasks
 
 import bow_gym  # noqa: F401
 from agents import ClickPolicy, GroundTruthClicker, RandomClicker, make_policy, run_episode
 from agents.reference import largest_error_click
-from bow_gym.datasets.base import Sample, SegmentationDataset
 from bow_gym.datasets.synthetic import SyntheticDataset
 from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY, BetterWorseSegEnv
 
@@ -67,23 +67,12 @@ def test_runner_hides_ground_truth_from_non_reference_policies():
         GroundTruthClicker().act(env.reset()[0], {}, env.unwrapped, ground_truth=None)
 
 
-class _OtherMasks(SegmentationDataset):
-    def __init__(self, base):
-        self.base, self.name = base, "other"
-
-    @property
-    def ids(self):
-        return self.base.ids
-
-    def _load(self, index):
-        s = self.base[index]
-        return Sample(s.image, np.roll(~s.mask, 9, axis=0), s.id)
 
 
 def test_random_policy_actions_do_not_depend_on_ground_truth():
     ds = SyntheticDataset(n_images=3, size=96)
     runs = []
-    for data in (ds, _OtherMasks(ds)):
+    for data in (ds, OtherMasks(ds, 9, 0)):
         env = BetterWorseSegEnv(data, on_worse="keep", feature_cache=None)
         runs.append([run_episode(env, RandomClicker(), seed=s).actions for s in range(3)])
     assert runs[0] == runs[1]

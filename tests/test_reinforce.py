@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from _support import OtherMasks
 
 import bow_gym  # noqa: F401
 from agents import RandomClicker, run_episode
 from agents.reinforce import ReinforceAgent, ReinforceArgs, train
 from agents.unet import ClickUNet
-from bow_gym.datasets.base import Sample, SegmentationDataset
 from bow_gym.datasets.synthetic import SyntheticDataset
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 
@@ -20,17 +20,6 @@ def test_unet_logits_map_to_actions_and_start_uniform():
     assert ClickUNet(5)(torch.zeros(1, 5, 128, 128))[0].shape == (1, 2, 128, 128)
 
 
-class _OtherMasks(SegmentationDataset):
-    def __init__(self, base):
-        self.base, self.name = base, "other"
-
-    @property
-    def ids(self):
-        return self.base.ids
-
-    def _load(self, index):
-        s = self.base[index]
-        return Sample(s.image, np.roll(~s.mask, 11, axis=1), s.id)
 
 
 def test_actions_unchanged_when_only_ground_truth_differs():
@@ -41,7 +30,7 @@ def test_actions_unchanged_when_only_ground_truth_differs():
         for p in agent.net.head.parameters():
             p.normal_(0, 0.5)  # a non-trivial policy
     runs = []
-    for data in (ds, _OtherMasks(ds)):
+    for data in (ds, OtherMasks(ds, 11, 1)):
         env = BetterWorseSegEnv(data, on_worse="keep", feature_cache=None)
         runs.append([run_episode(env, agent, seed=s, options={"index": s}).actions
                      for s in range(3)])

@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from _support import OtherMasks
 from gymnasium import spaces
 
 import bow_gym  # noqa: F401
@@ -21,7 +22,6 @@ from agents.sb3 import (
     tag_name,
     train_sb3,
 )
-from bow_gym.datasets.base import Sample, SegmentationDataset
 from bow_gym.datasets.synthetic import SyntheticDataset
 from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY, BetterWorseSegEnv
 from bow_gym.wrappers import PatchActions, StripEvalInfo
@@ -147,24 +147,13 @@ def test_never_repeats_a_rejected_click(trained):
     assert len(set(rec.actions)) < len(rec.actions)
 
 
-class _OtherMasks(SegmentationDataset):
-    def __init__(self, base):
-        self.base, self.name = base, "other"
-
-    @property
-    def ids(self):
-        return self.base.ids
-
-    def _load(self, index):
-        s = self.base[index]
-        return Sample(s.image, np.roll(~s.mask, 9, axis=0), s.id)
 
 
 def test_actions_do_not_depend_on_ground_truth(trained):
     _, policy, _, _ = trained
     ds = SyntheticDataset(n_images=3, size=96)
     envs = [BetterWorseSegEnv(d, on_worse="keep", feature_cache=None)
-            for d in (ds, _OtherMasks(ds))]
+            for d in (ds, OtherMasks(ds, 9, 0))]
     blind = SB3ClickPolicy(policy.policy, policy.algo, policy.spec, avoid_rejected=False)
     runs = [[run_episode(e, blind, seed=s).actions for s in range(3)] for e in envs]
     assert runs[0] == runs[1]

@@ -1,0 +1,26 @@
+"""Test helpers shared by several test modules."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bow_gym.datasets.base import Sample, SegmentationDataset
+
+
+class OtherMasks(SegmentationDataset):
+    """The images of ``base`` with another ground truth (inverted and shifted).
+
+    Two envs over ``base`` and ``OtherMasks(base)`` differ only in ground truth: what an agent
+    does must not differ between them.
+    """
+
+    def __init__(self, base: SegmentationDataset, shift: int = 9, axis: int = 0):
+        self.base, self.shift, self.axis, self.name = base, shift, axis, "other-masks"
+
+    @property
+    def ids(self) -> list[str]:
+        return self.base.ids
+
+    def _load(self, index: int) -> Sample:
+        s = self.base[index]
+        return Sample(s.image, np.roll(~s.mask, self.shift, axis=self.axis), s.id)
