@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from agents.common import TrainDataArgs, make_envs
 from agents.policy import ClickPolicy
 from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
+from bow_gym.io_utils import atomic_path
 
 
 @dataclass
@@ -211,19 +211,11 @@ class ReinforceAgent(ClickPolicy):
         """Weights as safetensors (atomic), hyper-parameters in its metadata."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"agent": self.name, "hparams": json.dumps(self.hparams), "ema": str(self.ema),
                 "updates": str(self.updates)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-            save_file(state, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", **overrides: Any) -> ReinforceAgent:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from torch import nn
 from agents.common import TrainDataArgs
 from agents.policy import ClickPolicy
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
+from bow_gym.io_utils import atomic_path
 
 ALGOS = ("ppo", "a2c", "dqn")
 
@@ -373,21 +373,13 @@ class SB3ClickPolicy(ClickPolicy):
         """Policy weights as safetensors (atomic); algo, spec and metadata in its header."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {**self.metadata, "agent": "sb3", "algo": self.algo, "spec": json.dumps(self.spec)}
         # Clones: PPO's actor and critic share one extractor, and safetensors refuses tensors
         # that share memory; loading copies each key back into the shared module.
         state = {k: v.detach().cpu().clone().contiguous()
                  for k, v in self.policy.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", **overrides: Any) -> SB3ClickPolicy:

@@ -10,7 +10,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from bow_gym.cli import atomic_write_bytes
+from bow_gym.io_utils import atomic_write_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from bow_gym.io_utils import atomic_write_bytes
 
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -24,19 +24,6 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "limit", None):
         kwargs.setdefault("dataset_kwargs", {})["limit"] = args.limit
     return kwargs
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -2,7 +2,9 @@
 
 ``create_backbone("dinov2_vits14", checkpoint="weights.safetensors")`` or
 ``create_backbone("lab_texture")``; ``list_backbones()`` names them all. Heavy dependencies
-(torch, timm) are imported only when a backbone that needs them is built.
+(torch, timm) are imported only when a backbone that needs them is built; the LoRA names
+(``apply_lora``, ``LoRAConfig``, ... from :mod:`bow_gym.backbones.lora`) are re-exported lazily
+for the same reason.
 """
 
 from __future__ import annotations
@@ -15,6 +17,26 @@ from bow_gym.backbones.base import Backbone, l2_normalize
 from bow_gym.backbones.cache import FeatureCache, image_key
 from bow_gym.backbones.dinov2 import DINOV2_MODELS, DinoV2Backbone, resolve_dinov2_name
 
+# Re-exported from bow_gym.backbones.lora on first access (it imports torch).
+_LORA_EXPORTS = (
+    "LoRAConfig",
+    "LoRAHandle",
+    "NotAdaptableError",
+    "QVLoRA",
+    "apply_lora",
+    "base_model_identity",
+    "export_peft",
+    "get_lora",
+    "import_peft",
+    "load_lora",
+    "lora_state_dict",
+    "merge_lora",
+    "read_lora_metadata",
+    "remove_lora",
+    "save_lora",
+    "unmerge_lora",
+)
+
 __all__ = [
     "BACKBONES",
     "Backbone",
@@ -25,6 +47,7 @@ __all__ = [
     "image_key",
     "l2_normalize",
     "list_backbones",
+    *_LORA_EXPORTS,
 ]
 
 
@@ -73,3 +96,11 @@ def create_backbone(name: str, **kwargs: Any) -> Backbone:
             f"unknown backbone {name!r}; valid names: {', '.join(list_backbones())} "
             "(or a timm DINOv2 name such as 'vit_small_patch14_dinov2')") from None
     return DinoV2Backbone(name, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LORA_EXPORTS:
+        from bow_gym.backbones import lora
+
+        return getattr(lora, name)
+    raise AttributeError(f"module 'bow_gym.backbones' has no attribute {name!r}")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bow_gym.backbones.base import Backbone
+from bow_gym.io_utils import atomic_path
 
 #: Environment variable that overrides the default cache directory.
 CACHE_ENV = "BOW_GYM_CACHE"
@@ -201,20 +201,9 @@ class FeatureCache:
 
     @staticmethod
     def _write(path: Path, feats: np.ndarray) -> None:
-        # Temp file in the same directory + os.replace (atomic on one filesystem): a killed
-        # process leaves either the old state or the complete file, never a partial .npy.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:16]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, feats, allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        # A killed process leaves either the old state or the complete file, never a partial .npy.
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, feats, allow_pickle=False)
 
     def clear_memory(self) -> None:
         """Empties the in-memory LRU (the disk cache is kept)."""

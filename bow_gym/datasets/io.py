@@ -14,12 +14,13 @@ frame, so the samples-per-pixel count, not the photometric tag, decides how a TI
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from bow_gym.io_utils import atomic_write_bytes
 
 __all__ = [
     "DatasetError",
@@ -178,17 +179,7 @@ def write_file_list(path: PathLike, ids: Iterable[str]) -> None:
                 f"cannot write id {sample_id!r} to {path}: ids must be non-empty "
                 "and contain no line breaks"
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write("".join(f"{sample_id}\n" for sample_id in ids))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, "".join(f"{sample_id}\n" for sample_id in ids).encode("utf-8"))
 
 
 def read_file_list(path: PathLike) -> list[str]:
