@@ -10,6 +10,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bow_gym.io_utils import atomic_write_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,3 +59,10 @@ def machine() -> dict[str, Any]:
     return {"python": platform.python_version(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "cuda": torch.cuda.is_available(),
             "platform": platform.platform()}
+
+
+def bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))

@@ -48,13 +48,6 @@ RANDOM_NOTE = "random weights: pipeline check, not a result"
 METRIC = "adapted_minus_base_dice"
 
 
-def bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (n, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def gt_clicker_round(env, n: int, desc: str, progress: bool) -> tuple[np.ndarray, list, list[str]]:
     """Dice after each click ``(n, clicks)``, final masks and ids of one GT-clicker round."""
     from tqdm.auto import tqdm
@@ -157,7 +150,15 @@ def main(argv: list[str] | None = None) -> None:
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
-    from benchmarks._common import machine, out_dir, save_figure, shared_data, write_csv, write_json
+    from benchmarks._common import (
+        bootstrap_ci,
+        machine,
+        out_dir,
+        save_figure,
+        shared_data,
+        write_csv,
+        write_json,
+    )
     from bow_gym.adaptation import TripletConfig, adapt_backbone, mean_cosine_gap, triplet_loss
     from bow_gym.backbones import DinoV2Backbone
     from bow_gym.backbones.lora import LoRAConfig, save_lora

@@ -23,13 +23,6 @@ import math
 import numpy as np
 
 
-def bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (n, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def evaluate(env, policy_name: str, seeds: list[int], progress: bool) -> np.ndarray:
     """(images, clicks) Dice after each click; random: mean over seeds."""
     from tqdm.auto import tqdm
@@ -63,7 +56,15 @@ def main(argv: list[str] | None = None) -> None:
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
-    from benchmarks._common import machine, out_dir, save_figure, shared_data, write_csv, write_json
+    from benchmarks._common import (
+        bootstrap_ci,
+        machine,
+        out_dir,
+        save_figure,
+        shared_data,
+        write_csv,
+        write_json,
+    )
 
     out = out_dir("reference_clickers", args.out)
     data = shared_data(args.data)
