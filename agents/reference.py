@@ -9,6 +9,7 @@ import numpy as np
 
 from agents.policy import ClickPolicy
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
+from bow_gym.propagation import cells_to_pixels
 
 
 class RandomClicker(ClickPolicy):
@@ -90,7 +91,7 @@ class GroundTruthClicker(ClickPolicy):
         if self._rejected:
             sel = np.zeros(env.n_patches, bool)
             sel[list(self._rejected)] = True
-            exclude = _cells(sel, env)
+            exclude = cells_to_pixels(sel, env.grid, (env.obs_size, env.obs_size))
         click = largest_error_click(pred, ground_truth, exclude)
         if click is None:
             click = largest_error_click(pred, ground_truth)
@@ -102,7 +103,3 @@ class GroundTruthClicker(ClickPolicy):
         if reward < 0 and "patch" in info:
             self._rejected.add(int(info["patch"]))
 
-
-def _cells(selected: np.ndarray, env: BetterWorseSegEnv) -> np.ndarray:
-    (gh, gw), (ch, cw) = env.grid, env.cell
-    return np.repeat(np.repeat(selected.reshape(gh, gw), ch, axis=0), cw, axis=1)

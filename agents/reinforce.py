@@ -158,7 +158,7 @@ class ReinforceAgent(ClickPolicy):
     def observe(self, action: int, reward: float, terminated: bool, info: dict[str, Any]) -> None:
         """Online learning: every answered click is a training signal (the method's protocol)."""
         if reward < 0 and "patch" in info:
-            self._rejected.append((_label_of(action, info), int(info["patch"])))
+            self._rejected.append((int(info["click"]["label"]), int(info["patch"])))
         if self.online_batch <= 0 or self._last_obs is None:
             return
         self._pending.append((self._last_obs, action, reward))
@@ -237,10 +237,6 @@ class ReinforceAgent(ClickPolicy):
         agent.ema = float(meta.get("ema", 0.0))
         agent.updates = int(meta.get("updates", 0))
         return agent
-
-
-def _label_of(action: int, info: dict[str, Any]) -> int:
-    return int(info["click"]["label"]) if "click" in info else 0
 
 
 def resolve_device(device: str) -> str:
