@@ -34,23 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._common import t_interval
+
 LEVELS = (0.80, 0.85, 0.90)
 LEARNERS = ("reinforce", "ppo", "a2c", "dqn")
-
-
-# Student-t 97.5% quantiles for 1..10 degrees of freedom (beyond: the normal 1.96 is close enough).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
-
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% Student-t interval over seeds."""
-    v = np.asarray(values, dtype=np.float64)
-    m = float(v.mean())
-    if len(v) < 2 or np.allclose(v, v[0]):
-        return m, m, m
-    t = _T975[len(v) - 2] if len(v) - 1 <= len(_T975) else 1.96
-    half = float(t * v.std(ddof=1) / math.sqrt(len(v)))
-    return m, m - half, m + half
 
 
 def clicks_to_90(clicks: list[int], reward: list[float], window: int = 10) -> float:

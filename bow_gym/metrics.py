@@ -338,3 +338,23 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     padded = np.pad(m, 1).astype(np.uint8)
     cv2.floodFill(padded, None, (0, 0), 2, flags=4)
     return padded[1:-1, 1:-1] != 2
+
+
+def bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of ``values`` (NaNs are dropped).
+
+    Args:
+        values: 1-D sample (e.g. per-image Dice).
+        n: Bootstrap resamples.
+        seed: Seed of the resampling, so tables repeat.
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` when no finite value is left.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), (n, len(v)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))

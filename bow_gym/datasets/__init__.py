@@ -13,7 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bow_gym.datasets.base import Sample, SegmentationDataset, Subset, train_test_ids
+from bow_gym.datasets.base import (
+    ConcatDataset,
+    Sample,
+    SegmentationDataset,
+    Subset,
+    train_test_ids,
+)
 from bow_gym.datasets.io import (
     DatasetError,
     read_file_list,
@@ -33,6 +39,7 @@ from bow_gym.datasets.layouts import (
 
 __all__ = [
     "BUSI",
+    "ConcatDataset",
     "DATASETS",
     "ISIC2018",
     "CVCClinicDB",

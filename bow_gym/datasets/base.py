@@ -103,6 +103,36 @@ class Subset(SegmentationDataset):
         return self.parent[self.indices[index]]
 
 
+class ConcatDataset(SegmentationDataset):
+    """Several data sets as one (e.g. Kvasir-SEG + CVC-ClinicDB, the polyp training set of the
+    original work). Ids are prefixed with each part's ``prefix`` so they stay unique.
+
+    Args:
+        parts: ``(prefix, dataset)`` pairs; prefixes must be unique and non-empty.
+        name: Name of the union (default: the parts' names joined by ``+``).
+    """
+
+    def __init__(self, parts: Sequence[tuple[str, SegmentationDataset]], name: str | None = None):
+        if not parts:
+            raise ValueError("ConcatDataset needs at least one (prefix, dataset) part")
+        prefixes = [p for p, _ in parts]
+        if any(not p for p in prefixes) or len(set(prefixes)) != len(prefixes):
+            raise ValueError(f"ConcatDataset prefixes must be unique and non-empty, got {prefixes}")
+        self.parts = [d for _, d in parts]
+        self.name = name or "+".join(d.name for d in self.parts)
+        self._ids = [f"{p}/{i}" for p, d in parts for i in d.ids]
+        self._where = [(k, j) for k, d in enumerate(self.parts) for j in range(len(d))]
+
+    @property
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def _load(self, index: int) -> Sample:
+        k, j = self._where[index]
+        s = self.parts[k][j]
+        return Sample(s.image, s.mask, self._ids[index])
+
+
 def train_test_ids(
     ids: Sequence[str], test_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[str], list[str]]:
