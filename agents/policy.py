@@ -25,6 +25,8 @@ class ClickPolicy(abc.ABC):
     name: ClassVar[str] = "policy"
     #: True only for reference policies that read the ground truth (never for learners).
     reads_ground_truth: ClassVar[bool] = False
+    #: Confidence of the last :meth:`act` in [0, 1], for policies that have one (else ``None``).
+    last_confidence: float | None = None
 
     def reset(self, seed: int | None = None) -> None:  # noqa: B027 - optional hook
         """Called at the start of each episode; reseeds the policy's randomness if ``seed``."""
@@ -54,9 +56,11 @@ class EpisodeRecord:
 
     image_id: str
     initial_dice: float
+    initial_mask: np.ndarray | None = None  # working resolution, as the episode started
     dice: list[float] = field(default_factory=list)  # after each click
     rewards: list[float] = field(default_factory=list)
     actions: list[int] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)  # policy's own, NaN if it has none
     frames: list[np.ndarray] = field(default_factory=list)
 
     @property
@@ -88,7 +92,7 @@ def run_episode(env: gym.Env, policy: ClickPolicy, *, seed: int | None = None,
         raise TypeError(f"run_episode needs a BetterWorseSeg env, got {type(base).__name__}")
     obs, info = env.reset(seed=seed, options=options)
     policy.reset(seed)
-    record = EpisodeRecord(image_id=info["image_id"],
+    record = EpisodeRecord(image_id=info["image_id"], initial_mask=obs[3] > 127,
                            initial_dice=float(base._get_info()[EVAL_ONLY_KEY]["initial_dice"]))
     if render:
         record.frames.append(env.render())
@@ -96,6 +100,8 @@ def run_episode(env: gym.Env, policy: ClickPolicy, *, seed: int | None = None,
     while not (terminated or truncated):
         gt = base.ground_truth_for_evaluation() if policy.reads_ground_truth else None
         action = int(policy.act(obs, _public(info), base, ground_truth=gt))
+        conf = policy.last_confidence
+        record.confidence.append(float("nan") if conf is None else float(conf))
         obs, reward, terminated, truncated, info = env.step(action)
         policy.observe(action, float(reward), bool(terminated), _public(info))
         record.actions.append(action)

@@ -112,6 +112,7 @@ class ReinforceAgent(ClickPolicy):
         self._rejected: list[tuple[int, int]] = []
         self._pending: list[tuple[np.ndarray, int, float]] = []
         self._last_obs: np.ndarray | None = None
+        self.last_confidence: float | None = None
 
     # -------------------------------------------------------------- acting
     def logits(self, obs: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,11 +148,15 @@ class ReinforceAgent(ClickPolicy):
         logits, _ = self.logits(obs)
         if self.avoid_rejected:
             logits = self._mask_rejected(logits, self._rejected, env)
+        probs = torch.softmax(logits[0].cpu() / self.temperature, dim=0)
         if self.greedy:
             action = int(torch.argmax(logits[0]))
         else:
-            probs = torch.softmax(logits[0].cpu() / self.temperature, dim=0)
             action = int(torch.multinomial(probs, 1, generator=self.generator))
+        # 1 - normalised entropy: 0 for a uniform policy, 1 for a certain one. A model signal the
+        # multi-round pipeline may use to rank pseudo-masks (never the ground truth).
+        entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum()
+        self.last_confidence = float(1.0 - entropy / np.log(probs.numel()))
         self._last_obs = np.asarray(obs)
         return action
 
@@ -163,6 +168,13 @@ class ReinforceAgent(ClickPolicy):
             return
         self._pending.append((self._last_obs, action, reward))
         if len(self._pending) >= self.online_batch:
+            obs, actions, rewards = zip(*self._pending, strict=True)
+            self.update(np.stack(obs), np.array(actions), np.array(rewards, np.float32))
+            self._pending = []
+
+    def flush(self) -> None:
+        """Learn from online clicks still waiting for a full batch (e.g. at the end of a round)."""
+        if self._pending:
             obs, actions, rewards = zip(*self._pending, strict=True)
             self.update(np.stack(obs), np.array(actions), np.array(rewards, np.float32))
             self._pending = []
