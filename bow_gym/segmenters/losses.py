@@ -1,0 +1,66 @@
+"""The structure loss of PraNet and HSNet: boundary-weighted BCE plus weighted IoU."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: Side of the box filter that finds the region around the mask boundary (PraNet's 31 x 31).
+BOUNDARY_KERNEL = 31
+
+
+def _box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    # Equals F.avg_pool2d(x, k, stride=1, padding=k // 2) (zero padding counted, as by default),
+    # computed as two 1-D passes: O(k) instead of O(k^2) per pixel, which matters on a CPU.
+    p = k // 2
+    x = F.avg_pool2d(x, (k, 1), stride=1, padding=(p, 0))
+    return F.avg_pool2d(x, (1, k), stride=1, padding=(0, p))
+
+
+def structure_weight(mask: torch.Tensor) -> torch.Tensor:
+    """Pixel weights ``1 + 5 * |avg_pool(mask, 31, stride 1, pad 15) - mask|``.
+
+    1 where the 31 x 31 neighbourhood is uniform, up to 6 near the boundary (and at the image
+    border, whose zero padding counts as background, as in the original).
+
+    Args:
+        mask: ``(B, 1, H, W)`` float target in ``[0, 1]``.
+    """
+    return 1.0 + 5.0 * torch.abs(_box_mean(mask, BOUNDARY_KERNEL) - mask)
+
+
+def structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Weighted BCE + weighted IoU loss (PraNet, Fan et al. 2020; used by HSNet), batch mean.
+
+    Per image, with ``w = structure_weight(mask)`` and ``p = sigmoid(logits)``::
+
+        wbce = sum(w * bce(logits, mask)) / sum(w)
+        wiou = 1 - (sum(w * p * mask) + 1) / (sum(w * (p + mask)) - sum(w * p * mask) + 1)
+
+    The published code passes ``reduce='none'`` to ``binary_cross_entropy_with_logits``, a truthy
+    legacy flag that makes its BCE term the plain unweighted mean; this is the weighted BCE the
+    papers describe.
+
+    Args:
+        logits: ``(B, 1, H, W)`` raw network outputs.
+        mask: ``(B, 1, H, W)`` target in ``[0, 1]`` (soft values allowed, e.g. after resizing).
+
+    Returns:
+        Scalar tensor: mean over the batch of ``wbce + wiou``.
+
+    Raises:
+        ValueError: The shapes differ or are not ``(B, 1, H, W)``.
+    """
+    if logits.shape != mask.shape or logits.ndim != 4 or logits.shape[1] != 1:
+        raise ValueError(
+            f"logits and mask must both be (B, 1, H, W), got {tuple(logits.shape)} and "
+            f"{tuple(mask.shape)}")
+    mask = mask.to(logits.dtype)
+    weight = structure_weight(mask)
+    bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
+    wbce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
+    prob = torch.sigmoid(logits)
+    inter = (prob * mask * weight).sum(dim=(2, 3))
+    union = ((prob + mask) * weight).sum(dim=(2, 3))
+    wiou = 1.0 - (inter + 1.0) / (union - inter + 1.0)
+    return (wbce + wiou).mean()

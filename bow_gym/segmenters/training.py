@@ -1,0 +1,291 @@
+"""Training a segmenter on (pseudo-)masks and predicting foreground probabilities."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bow_gym.segmenters.augment import augment_pair
+from bow_gym.segmenters.config import SIZE_MULTIPLE, SegmenterConfig, resolve_device, scaled_size
+from bow_gym.segmenters.losses import structure_loss
+
+#: ImageNet channel statistics (RGB, 0..1 scale): every network here expects inputs normalised
+#: with them (HSNet's encoder is ImageNet-pretrained; the light one uses them for consistency).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check_image(image: Any, i: int) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise ValueError(f"images[{i}] must be a non-empty (H, W, 3) uint8 RGB array, got "
+                         f"shape {image.shape} dtype {image.dtype}")
+    return image
+
+
+def _resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    # Area averaging when shrinking avoids aliasing; bilinear when enlarging.
+    interp = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    m = mask.astype(np.float32)
+    h, w = m.shape
+    interp = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
+    # Thresholding the resampled coverage keeps the boundary where it is (nearest neighbour
+    # would shift it by up to half a source pixel and drop thin parts when shrinking).
+    return cv2.resize(m, (size, size), interpolation=interp) >= 0.5
+
+
+def prepare_images(images: Sequence[np.ndarray], size: int, *, first_index: int = 0
+                   ) -> np.ndarray:
+    """Resizes RGB uint8 images of any size to one ``(N, size, size, 3)`` uint8 array.
+
+    Raises:
+        ValueError: An image is not a non-empty ``(H, W, 3)`` uint8 array (its index, counted
+            from ``first_index``, is named).
+    """
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = _resize_image(_check_image(image, first_index + i), size)
+    return out
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 -> ``(N, 3, H, W)`` float32 ImageNet-normalised."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _outputs(out: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [out] if isinstance(out, torch.Tensor) else list(out)
+
+
+def segmentation_loss(out: torch.Tensor | Sequence[torch.Tensor], mask: torch.Tensor
+                      ) -> torch.Tensor:
+    """Structure loss summed over a model's outputs (one tensor or a list of side outputs).
+
+    Each output is upsampled bilinearly to the mask's size first (deep supervision at any scale).
+    """
+    total = None
+    for logits in _outputs(out):
+        if logits.shape[-2:] != mask.shape[-2:]:
+            logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+        loss = structure_loss(logits, mask)
+        total = loss if total is None else total + loss
+    if total is None:
+        raise ValueError("the model returned no output")
+    return total
+
+
+def _lr_factor(schedule: str, step: int, total: int) -> float:
+    if schedule == "constant" or total <= 1:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def train_segmenter(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    config: SegmenterConfig,
+    *,
+    writer: Any | None = None,
+    global_step: int = 0,
+) -> dict[str, Any]:
+    """Trains ``model`` in place on images and (pseudo-)masks with the structure loss.
+
+    Protocol: every image is resized once to ``config.size`` (area or bilinear) and every mask
+    too (its resampled coverage thresholded at 0.5). Each epoch visits the images in a seeded
+    random order in batches of ``config.batch_size``; each sample is augmented
+    (:func:`augment_pair`, if ``config.augment``), and each batch is trained once per rate in
+    ``config.scales`` (images and masks resized bilinearly to :func:`scaled_size`, masks becoming
+    soft at the boundary; one AdamW step per rate, gradients clipped to norm
+    ``config.grad_clip``). The learning rate is constant or follows a cosine decay to 0 over all
+    steps (``config.lr_schedule``). The loss is :func:`structure_loss` summed over the model's
+    outputs (:func:`segmentation_loss`).
+
+    Seeded: a numpy ``Generator(config.seed)`` draws the order and augmentations; torch is seeded
+    with ``config.seed`` for dropout/stochastic depth, inside ``torch.random.fork_rng`` so the
+    caller's RNG state is left alone. The model is moved to ``resolve_device(config.device)``
+    (and stays there) and is left in eval mode.
+
+    Args:
+        model: A network from :func:`create_segmenter` (any module mapping ``(B, 3, H, W)`` to
+            logits, or a list of logits, works).
+        images: RGB uint8 ``(H, W, 3)`` arrays of any sizes.
+        masks: One bool ``(H', W')`` mask per image, any size (need not equal the image's).
+        config: Training settings.
+        writer: Optional TensorBoard ``SummaryWriter``; logs ``losses/segmenter`` every step.
+        global_step: Step number of the first logged step (to continue a curve across calls).
+
+    Returns:
+        ``{"loss": [mean loss of each epoch], "seconds": wall time, "n_images": N,
+        "steps": optimiser steps, "device": device string}``.
+
+    Raises:
+        ValueError: No images, different numbers of images and masks, or a malformed array.
+        FloatingPointError: The loss became NaN or infinite (the step is not taken).
+    """
+    if len(images) != len(masks):
+        raise ValueError(f"images and masks differ in length: {len(images)} images but "
+                         f"{len(masks)} masks")
+    if len(images) == 0:
+        raise ValueError("no images to train on: images is empty")
+    size = config.size
+    x_all = prepare_images(images, size)
+    y_all = np.empty((len(masks), size, size), bool)
+    for i, mask in enumerate(masks):
+        mask = np.asarray(mask)
+        if mask.ndim != 2 or 0 in mask.shape:
+            raise ValueError(f"masks[{i}] must be a non-empty 2-D array, got shape {mask.shape}")
+        y_all[i] = _resize_mask(mask != 0, size)
+
+    device = torch.device(resolve_device(config.device))
+    n = len(x_all)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch * len(config.scales)
+    sizes = [scaled_size(size, r) for r in config.scales]
+
+    from tqdm.auto import tqdm
+
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed)
+    old_threads = torch.get_num_threads()
+    history: list[float] = []
+    step = 0
+    start = time.perf_counter()
+    cuda_ids = []
+    if device.type == "cuda":
+        cuda_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    try:
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=cuda_ids))
+            torch.manual_seed(config.seed)
+            model.train()
+            bar = stack.enter_context(tqdm(total=total_steps, desc=f"train {config.name}",
+                                           unit="step", disable=not config.progress))
+            for _ in range(config.epochs):
+                losses = []
+                order = rng.permutation(n)
+                for b in range(steps_per_epoch):
+                    idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                    xb, yb = x_all[idx], y_all[idx]
+                    if config.augment:
+                        pairs = [augment_pair(xb[j], yb[j], rng) for j in range(len(idx))]
+                        xb = np.stack([p[0] for p in pairs])
+                        yb = np.stack([p[1] for p in pairs])
+                    x = to_tensor(xb).to(device)
+                    y = torch.from_numpy(yb).unsqueeze(1).float().to(device)
+                    for side in sizes:
+                        if side != size:
+                            xs = F.interpolate(x, size=(side, side), mode="bilinear",
+                                               align_corners=True)
+                            ys = F.interpolate(y, size=(side, side), mode="bilinear",
+                                               align_corners=True)
+                        else:
+                            xs, ys = x, y
+                        for group in optimizer.param_groups:
+                            group["lr"] = config.lr * _lr_factor(config.lr_schedule, step,
+                                                                 total_steps)
+                        loss = segmentation_loss(model(xs), ys)
+                        value = float(loss.detach())
+                        if not math.isfinite(value):  # before the step spoils the weights
+                            raise FloatingPointError(
+                                f"the training loss is {value} at step {step} (lr {config.lr}); "
+                                "try a lower lr or grad_clip")
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if config.grad_clip:
+                            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                        optimizer.step()
+                        losses.append(value)
+                        if writer is not None:
+                            writer.add_scalar("losses/segmenter", value, global_step + step)
+                        step += 1
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{value:.4f}")
+                history.append(float(np.mean(losses)))
+    finally:
+        model.eval()
+        torch.set_num_threads(old_threads)
+    return {"loss": history, "seconds": time.perf_counter() - start, "n_images": n,
+            "steps": step, "device": str(device)}
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    *,
+    size: int,
+    batch_size: int = 16,
+    device: str = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """Foreground probabilities of ``model`` on images resized to ``size x size``.
+
+    The model runs in eval mode without gradients (its previous training flag is restored); it
+    is moved to ``device`` and stays there. Resize the result back to each image's size when
+    needed (e.g. ``cv2.resize(p, (w, h)) >= 0.5``).
+
+    Args:
+        model: A segmentation network (eval output: ``(B, 1, H, W)`` logits, or a list whose
+            last element is the final map).
+        images: RGB uint8 ``(H, W, 3)`` arrays of any sizes.
+        size: Input side, a positive multiple of 32 (normally the training ``config.size``).
+        batch_size: Images per forward pass.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:<index>"`` or ``"auto"``.
+        progress: Show a tqdm bar over the batches.
+
+    Returns:
+        ``(N, size, size)`` float32 array of sigmoid probabilities in ``[0, 1]``.
+
+    Raises:
+        ValueError: Bad ``size``/``batch_size``, or a malformed image.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % SIZE_MULTIPLE:
+        raise ValueError(f"size must be a positive multiple of {SIZE_MULTIPLE}, got {size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    dev = torch.device(resolve_device(device))
+    out = np.empty((len(images), size, size), np.float32)
+    if len(images) == 0:
+        return out
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.to(dev)
+    model.eval()
+    try:
+        for s in tqdm(range(0, len(images), batch_size), desc="predict", unit="batch",
+                      disable=not progress):
+            x = to_tensor(prepare_images(images[s:s + batch_size], size, first_index=s)).to(dev)
+            logits = model(x)
+            if not isinstance(logits, torch.Tensor):
+                logits = _outputs(logits)[-1]
+            if logits.shape[-2:] != (size, size):
+                logits = F.interpolate(logits, size=(size, size), mode="bilinear",
+                                       align_corners=False)
+            out[s:s + len(x)] = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
