@@ -1,4 +1,4 @@
-"""The ``bow-gym`` command line: ``demo``, ``list``, ``featurize``."""
+"""The ``bow-gym`` command line: ``demo``, ``list``, ``featurize``, ``rounds``, ``figures``."""
 
 from __future__ import annotations
 
@@ -102,6 +102,70 @@ def cmd_featurize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value as TOML would read it (numbers, booleans, strings, lists, tables)."""
+    from bow_gym.rounds import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word is a string
+
+
+def cmd_rounds(args: argparse.Namespace) -> int:
+    """The multi-round method: clicks, pseudo-masks, segmenter, evaluation; resumable."""
+    from bow_gym.rounds import load_config, run_rounds
+
+    overrides: dict[str, Any] = {
+        "dataset": args.dataset, "rounds": args.rounds, "clicks": args.clicks,
+        "agent": args.agent, "protocol": args.protocol, "limit": args.limit,
+        "backbone": args.backbone, "segmenter": args.segmenter, "top_k": args.top_k,
+        "seed": args.seed, "device": args.device, "name": args.name,
+    }
+    if args.lora is not None:
+        overrides["lora"] = args.lora
+    if args.checkpoint:
+        overrides["backbone_kwargs"] = {"checkpoint": args.checkpoint}
+    if args.dataset:
+        overrides["dataset_kwargs"] = {}  # the config's data-set arguments belong to its data set
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = _parse_value(value.strip())
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.root:
+        overrides["root"] = args.root
+    elif args.dataset:
+        overrides["root"] = None  # another data set than the config's: not the config's folder
+    config = load_config(args.config, **overrides)
+    out = Path(args.out or f"runs/rounds/{config.name}")
+    print(f"run {out}: {config.dataset} ({config.protocol}), agent {config.agent}, backbone "
+          f"{config.backbone}, segmenter {config.segmenter}, {config.rounds} rounds x "
+          f"{config.clicks} clicks")
+    rows = run_rounds(config, out, resume=not args.no_resume)
+    print(f"{'round':>5} {'target':<11} {'split':<5} {'n':>5} {'dice':>6} {'95% CI':>15} "
+          f"{'hd95':>7} {'better':>6} {'sec':>7}")
+    for row in rows:
+        if row["fill_holes"]:
+            continue
+        print(f"{row['round']:>5} {row['target']:<11} {row['split']:<5} {row['n']:>5} "
+              f"{row['dice_mean']:>6.3f} [{row['dice_ci_low']:.3f},{row['dice_ci_high']:.3f}] "
+              f"{row['hd95_mean']:>7.1f} {row['better_share']:>6.2f} "
+              f"{row.get('seconds_total', float('nan')):>7.1f}")
+    print(f"wrote {out / 'metrics.csv'}; figures: bow-gym figures {out}")
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    """The method's figures (Dice/HD95 per round, distributions, rewards, examples) of runs."""
+    from bow_gym.figures import main as figures_main
+
+    argv = [*args.runs] + (["--out", args.out] if args.out else []) + (
+        ["--labels", args.labels] if args.labels else [])
+    return figures_main(argv)
+
+
 def _add_env_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default="BetterWorseSeg-v0", help="registered env id")
     p.add_argument("--dataset", help="data set name (default: the env's, synthetic)")
@@ -125,6 +189,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("featurize", help=cmd_featurize.__doc__)
     _add_env_args(p)
     p.set_defaults(func=cmd_featurize)
+
+    p = sub.add_parser("rounds", help=cmd_rounds.__doc__)
+    p.add_argument("--config", help="shipped config name (synthetic, kvasir-cpu, kvasir-cvc, "
+                   "busi, isic2018) or a TOML file; default: synthetic defaults")
+    p.add_argument("--dataset", help="data set name")
+    p.add_argument("--root", help="data set folder")
+    p.add_argument("--rounds", type=int, help="rounds (default 5)")
+    p.add_argument("--clicks", type=int, help="clicks per image and round (default 5)")
+    p.add_argument("--agent", choices=["reinforce", "random", "gt"], help="clicking agent")
+    p.add_argument("--protocol", choices=["heldout", "transductive"], help="evaluation protocol")
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--backbone", help="backbone name (lab_texture, dinov2_vits14, ...)")
+    p.add_argument("--checkpoint", help="local DINOv2 weights file")
+    p.add_argument("--segmenter", choices=["light", "hsnet"], help="segmenter preset")
+    p.add_argument("--top-k", dest="top_k", type=float, help="share of pseudo-masks kept")
+    p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
+                   help="adapt the backbone with LoRA each round")
+    p.add_argument("--seed", type=int, help="seed of the run")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--name", help="name of the run in tables and figures")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any config field, value in TOML syntax (repeatable), e.g. "
+                   "--set 'segmenter_kwargs={epochs=2}'")
+    p.add_argument("--out", help="run folder (default runs/rounds/<name>); resumed if present")
+    p.add_argument("--no-resume", action="store_true", help="refuse to reuse an existing run")
+    p.set_defaults(func=cmd_rounds)
+
+    p = sub.add_parser("figures", help=cmd_figures.__doc__)
+    p.add_argument("runs", nargs="+", help="run folders (several: overlaid, e.g. an ablation)")
+    p.add_argument("--out", help="output folder (default <first run>/figures)")
+    p.add_argument("--labels", help="comma-separated names of the runs")
+    p.set_defaults(func=cmd_figures)
     return parser
 
 

@@ -1,0 +1,854 @@
+"""The method's outer loop: click, filter, adapt, train a segmenter, evaluate; for several rounds.
+
+One round (:func:`run_rounds`):
+
+1. **label**: the clicking agent labels every labelling image with ``clicks`` clicks in
+   :class:`~bow_gym.envs.BetterWorseSegEnv`, learning online from the oracle's answers, starting
+   from the previous round's segmenter predictions (empty in round 1). Its pseudo-masks are the
+   env's masks after the clicks (working resolution, 128 px by default).
+2. **filter** (optional, ``top_k < 1``): keep the best ``top_k`` share of pseudo-masks by a
+   quality score from feedback and model signals only (:mod:`bow_gym.pseudo_labels`).
+3. **adapt** (optional, ``lora = true``): train q/v LoRA adapters of the DINOv2 backbone with the
+   triplet loss on the kept pseudo-masks (:func:`bow_gym.adaptation.adapt_backbone`); the next
+   round's clicks propagate with the adapted features.
+4. **train**: a fresh segmenter learns from the kept pseudo-masks, then predicts the labelling
+   images (the next round's starting masks) and the evaluation images.
+5. **evaluate**: starting masks, pseudo-masks and predictions against the ground truth, at the
+   images' own resolution, with Dice, IoU and HD95, also after hole filling. Evaluation is the
+   only step besides the oracle that reads the ground truth.
+
+Protocols: ``"transductive"`` (the original: every image is labelled, and predictions are
+evaluated on the same images) and ``"heldout"`` (a seeded split: the agent labels the training
+part, predictions are evaluated on the held-out part).
+
+A run directory holds::
+
+    config.json                resolved configuration (a resumed run must match it)
+    metrics.csv, metrics.json  one row per (round, target, fill_holes), with wall times
+    tb/                        TensorBoard logs (charts/, losses/, eval/)
+    round_01/ ...
+        labels.npz             ids, pseudo-masks, starting masks, answers, confidences
+        clicks.csv             step, round, image_id, click, label, reward
+        agent.safetensors      the agent after this round's clicks (+ agent_optimizer.pt)
+        quality.csv            signals, score and kept flag per image
+        adapter.safetensors    the LoRA adapter after this round (lora = true)
+        segmenter.safetensors  the segmenter trained this round
+        predictions.npz        probabilities (uint8) on labelling and evaluation images
+        per_image.csv          per-image metrics
+        examples.npz           a few images with every mask, for the qualitative figure
+        times.json, done.json  wall time per stage; done.json is written last
+
+Every file is written atomically, and each stage's output marks it done: a killed run resumes
+from the last finished stage, without redoing it. All randomness derives from ``seed``, the round
+and the stage, so a resumed run gives the same numbers as an uninterrupted one.
+
+Configs are TOML files (:func:`load_config`); named ones ship in ``bow_gym/configs``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from bow_gym.datasets.base import Sample, SegmentationDataset
+from bow_gym.io_utils import atomic_path, atomic_write_bytes
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+AGENTS = ("reinforce", "random", "gt")
+PROTOCOLS = ("heldout", "transductive")
+TARGETS = ("initial", "pseudo", "prediction")
+#: Config fields that may change when a run is resumed (they do not change its results).
+RESUMABLE_KEYS = frozenset({"rounds", "progress", "tensorboard", "device", "name"})
+
+
+@dataclass
+class RoundsConfig:
+    """One multi-round experiment (every field can be set in a TOML config or on the CLI)."""
+
+    name: str = "synthetic"
+    """label of the run in tables and figures"""
+    dataset: str = "synthetic"
+    """data set name (bow_gym.datasets.list_datasets)"""
+    root: str | None = None
+    """data set folder; $VARS and ~ are expanded"""
+    dataset_kwargs: dict[str, Any] = field(default_factory=lambda: {"n_images": 96})
+    """extra arguments of the data set"""
+    extra_datasets: list[dict[str, Any]] = field(default_factory=list)
+    """more data sets joined to the first, each {dataset=, root=, dataset_kwargs=}"""
+    protocol: str = "heldout"
+    """heldout (label the train part, evaluate on the test part) or transductive (all images)"""
+    test_fraction: float = 0.2
+    """share of images held out (protocol heldout)"""
+    split_seed: int = 0
+    """seed of the held-out split"""
+    limit: int | None = None
+    """use only the first N images (before splitting)"""
+    rounds: int = 5
+    """rounds of clicks + segmenter training"""
+    clicks: int = 5
+    """clicks per image and round"""
+    agent: str = "reinforce"
+    """clicking agent: reinforce (learns online), random, or gt (reads the ground truth: a ceiling)"""
+    agent_checkpoint: str | None = None
+    """start the REINFORCE agent from this checkpoint instead of from scratch"""
+    agent_kwargs: dict[str, Any] = field(default_factory=dict)
+    """ReinforceAgent arguments (lr, temperature, online_batch, width, ...)"""
+    backbone: str = "lab_texture"
+    """patch-feature backbone (bow_gym.backbones.list_backbones)"""
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    """backbone arguments (e.g. checkpoint= a local DINOv2 weights file)"""
+    threshold: float = 0.8
+    """cosine-similarity threshold of propagation"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """other BetterWorseSegEnv arguments (oracle, on_worse, obs_size, ...)"""
+    top_k: float = 1.0
+    """share of pseudo-masks the segmenter trains on (1 = all)"""
+    quality: str = "feedback"
+    """quality score for top_k: feedback, confidence, agreement or combined"""
+    lora: bool = False
+    """adapt the backbone (q/v LoRA, triplet loss) on each round's pseudo-masks"""
+    lora_kwargs: dict[str, Any] = field(default_factory=dict)
+    """LoRAConfig arguments (r, alpha, ...)"""
+    triplet_kwargs: dict[str, Any] = field(default_factory=dict)
+    """TripletConfig arguments (steps, margin, ...)"""
+    segmenter: str = "light"
+    """segmenter preset: light (CPU) or hsnet (PVT-v2-b2, as published)"""
+    segmenter_kwargs: dict[str, Any] = field(default_factory=dict)
+    """overrides of the segmenter preset (epochs, size, lr, checkpoint, ...)"""
+    fill_holes: bool = True
+    """also evaluate every mask after hole filling"""
+    examples: int = 8
+    """labelling images kept with all their masks for the qualitative figure"""
+    feature_cache: str | None = "default"
+    """feature cache folder, default ($BOW_GYM_CACHE), or none (memory only; TOML has no null)"""
+    seed: int = 0
+    """seed of everything (agent, order of images, segmenter)"""
+    device: str = "auto"
+    """auto, cpu or cuda"""
+    progress: bool = True
+    """progress bars"""
+    tensorboard: bool = True
+    """TensorBoard logs in <run>/tb"""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.feature_cache, str) and self.feature_cache.lower() in ("none", ""):
+            self.feature_cache = None
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.agent not in AGENTS:
+            raise ValueError(f"agent must be one of {AGENTS}, got {self.agent!r}")
+        for key in ("rounds", "clicks"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{key} must be an int >= 1, got {v!r}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
+        if not 0.0 < self.top_k <= 1.0:
+            raise ValueError(f"top_k must be a share in (0, 1], got {self.top_k!r}")
+        if self.quality not in ("feedback", "confidence", "agreement", "combined"):
+            raise ValueError("quality must be feedback, confidence, agreement or combined, got "
+                             f"{self.quality!r}")
+        if self.limit is not None and self.limit < 2:
+            raise ValueError(f"limit must be None or >= 2, got {self.limit!r}")
+        if self.agent_checkpoint and self.agent != "reinforce":
+            raise ValueError("agent_checkpoint applies only to agent = 'reinforce'")
+        for item in self.extra_datasets:
+            if not isinstance(item, Mapping) or "dataset" not in item:
+                raise ValueError(f"each extra_datasets entry needs a 'dataset' key, got {item!r}")
+
+
+def list_configs() -> list[str]:
+    """Names of the configs shipped with the package (``bow_gym/configs/*.toml``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def load_config(source: str | os.PathLike | None = None, **overrides: Any) -> RoundsConfig:
+    """A :class:`RoundsConfig` from a shipped config name, a TOML file, or the defaults.
+
+    Args:
+        source: ``None`` (defaults), a name from :func:`list_configs`, or a path to a TOML file
+            whose top-level keys are :class:`RoundsConfig` fields.
+        **overrides: Fields set on top of the file's values.
+
+    Raises:
+        FileNotFoundError: ``source`` is neither a shipped name nor an existing file.
+        ValueError: The file is not valid TOML or names an unknown field (listing the valid ones).
+    """
+    values: dict[str, Any] = {}
+    if source is not None:
+        path = Path(source)
+        if not path.suffix and str(source) in list_configs():
+            path = CONFIG_DIR / f"{source}.toml"
+        if not path.is_file():
+            raise FileNotFoundError(f"no config {str(source)!r}: not a file, and not one of the "
+                                    f"shipped configs {list_configs()}")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML: {e}") from e
+        _check_keys(values, str(path))
+    _check_keys(overrides, "overrides")
+    values.update(overrides)
+    return RoundsConfig(**values)
+
+
+def _check_keys(values: Mapping[str, Any], where: str) -> None:
+    valid = [f.name for f in fields(RoundsConfig)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ValueError(f"{where}: unknown config key(s) {unknown}; valid keys: {valid}")
+
+
+def _expand(path: str | None) -> str | None:
+    if not path:
+        return path
+    out = os.path.expanduser(os.path.expandvars(path))
+    if "$" in out:
+        raise ValueError(f"path {path!r} names an environment variable that is not set; set it "
+                         "(e.g. BOW_GYM_SHARED_DATA=../shared/data) or pass --root")
+    return out
+
+
+# --------------------------------------------------------------------------- data
+class MemoryDataset(SegmentationDataset):
+    """A data set held in memory: decoded once, read by every stage of every round."""
+
+    def __init__(self, samples: Sequence[Sample], name: str):
+        self.samples = list(samples)
+        self.name = name
+        self._ids = [s.id for s in self.samples]
+
+    @property
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def _load(self, index: int) -> Sample:
+        return self.samples[index]
+
+
+def build_datasets(config: RoundsConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """The labelling and evaluation data sets of a config (lazy; see :func:`load_in_memory`).
+
+    ``heldout``: the seeded train and test parts. ``transductive``: the whole set, twice.
+    """
+    from bow_gym.datasets import ConcatDataset, make_dataset
+
+    def one(name: str, root: str | None, kwargs: Mapping[str, Any] | None) -> SegmentationDataset:
+        return make_dataset(name, _expand(root), **dict(kwargs or {}))
+
+    data = one(config.dataset, config.root, config.dataset_kwargs)
+    if config.extra_datasets:
+        parts = [(config.dataset, data)] + [
+            (e["dataset"], one(e["dataset"], e.get("root"), e.get("dataset_kwargs")))
+            for e in config.extra_datasets]
+        data = ConcatDataset(parts)
+    if config.limit is not None and config.limit < len(data):
+        data = data.subset(list(range(config.limit)), name=f"{data.name}[:{config.limit}]")
+    if config.protocol == "transductive":
+        return data, data
+    train, test = data.split(config.test_fraction, seed=config.split_seed)
+    if not len(train) or not len(test):
+        raise ValueError(f"{data.name}: {len(data)} images are too few for a held-out split "
+                         f"with test_fraction={config.test_fraction}")
+    return train, test
+
+
+def load_in_memory(dataset: SegmentationDataset, progress: bool = True) -> MemoryDataset:
+    """Decode every sample once (a progress bar; about 1 GB for the 1000 Kvasir-SEG images)."""
+    from tqdm.auto import tqdm
+
+    if isinstance(dataset, MemoryDataset):
+        return dataset
+    samples = [dataset[i] for i in tqdm(range(len(dataset)), desc=f"load {dataset.name}",
+                                         disable=not progress, leave=False)]
+    return MemoryDataset(samples, dataset.name)
+
+
+# --------------------------------------------------------------------------- small I/O
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, default=_json_default).encode())
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    names = list(dict.fromkeys(k for row in rows for k in row)) if rows else []
+    writer = csv.DictWriter(buf, fieldnames=names)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _seed(config: RoundsConfig, round_: int, stage: int) -> int:
+    """Independent, reproducible seed per (run seed, round, stage)."""
+    return int(np.random.SeedSequence([config.seed, round_, stage]).generate_state(1)[0])
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    return device
+
+
+# --------------------------------------------------------------------------- stages
+@dataclass
+class Labels:
+    """What one round of clicking produced (working resolution)."""
+
+    ids: list[str]
+    pseudo: np.ndarray  # (N, S, S) bool
+    initial: np.ndarray  # (N, S, S) bool
+    rewards: np.ndarray  # (N, clicks) int8
+    labels: np.ndarray  # (N, clicks) int8, 1 = foreground click
+    confidence: np.ndarray  # (N, clicks) float32, NaN where the agent has none
+
+    def save(self, path: Path) -> None:
+        _save_npz(path, ids=np.array(self.ids), pseudo=self.pseudo, initial=self.initial,
+                  rewards=self.rewards, labels=self.labels, confidence=self.confidence)
+
+    @classmethod
+    def load(cls, path: Path) -> Labels:
+        z = _load_npz(path)
+        return cls([str(i) for i in z["ids"]], z["pseudo"], z["initial"], z["rewards"],
+                   z["labels"], z["confidence"])
+
+
+def make_agent(config: RoundsConfig, in_channels: int, device: str) -> Any:
+    """A fresh clicking agent of ``config.agent`` (or REINFORCE from ``agent_checkpoint``)."""
+    from agents.reference import GroundTruthClicker, RandomClicker
+
+    if config.agent == "random":
+        return RandomClicker(seed=config.seed)
+    if config.agent == "gt":
+        return GroundTruthClicker()
+    from agents.reinforce import ReinforceAgent
+
+    kwargs = {"online_batch": 8, **config.agent_kwargs}
+    if config.agent_checkpoint:
+        return ReinforceAgent.load(_expand(config.agent_checkpoint), device=device, **kwargs)
+    return ReinforceAgent(in_channels, device=device, seed=config.seed, **kwargs)
+
+
+def save_agent(agent: Any, round_dir: Path) -> None:
+    """Weights (safetensors) and optimiser state, so that the next round resumes exactly."""
+    import torch
+
+    if not hasattr(agent, "save"):
+        return
+    agent.save(round_dir / "agent.safetensors")
+    with atomic_path(round_dir / "agent_optimizer.pt") as tmp:
+        torch.save(agent.opt.state_dict(), tmp)
+
+
+def load_agent(config: RoundsConfig, round_dir: Path, in_channels: int, device: str) -> Any:
+    import torch
+
+    if config.agent != "reinforce":
+        return make_agent(config, in_channels, device)
+    from agents.reinforce import ReinforceAgent
+
+    kwargs = {"online_batch": 8, **config.agent_kwargs}
+    agent = ReinforceAgent.load(round_dir / "agent.safetensors", device=device, **kwargs)
+    opt = round_dir / "agent_optimizer.pt"
+    if opt.is_file():
+        agent.opt.load_state_dict(torch.load(opt, map_location=device, weights_only=True))
+    return agent
+
+
+def label_round(env: Any, agent: Any, order: Sequence[int], *, seed: int,
+                progress: bool = True, desc: str = "label") -> tuple[Labels, list[float]]:
+    """Each image of ``order`` gets one episode of ``env.clicks_per_episode`` clicks.
+
+    Returns the :class:`Labels` (in ``order``) and the per-episode evaluation Dice after the
+    clicks (for logging only).
+    """
+    from tqdm.auto import tqdm
+
+    from agents.policy import run_episode
+
+    base = env.unwrapped
+    ids, pseudo, initial, rewards, labels, conf, dice_after = [], [], [], [], [], [], []
+    bar = tqdm(order, desc=desc, unit="img", disable=not progress, leave=False)
+    for j, index in enumerate(bar):
+        rec = run_episode(env, agent, seed=seed + j, options={"index": int(index)})
+        ids.append(rec.image_id)
+        pseudo.append(base.current_mask())
+        initial.append(rec.initial_mask)
+        rewards.append(rec.rewards)
+        labels.append([base.decode_action(a)[0] for a in rec.actions])
+        conf.append(rec.confidence)
+        dice_after.append(rec.final_dice)
+        if progress and j % 20 == 0:
+            bar.set_postfix(better=f"{np.mean(np.array(rewards) > 0):.2f}")
+    if hasattr(agent, "flush"):
+        agent.flush()
+    return Labels(ids, np.stack(pseudo), np.stack(initial), np.array(rewards, np.int8),
+                  np.array(labels, np.int8), np.array(conf, np.float32)), dice_after
+
+
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if mask.shape == shape:
+        return mask.astype(bool)
+    return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]),
+                      interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def _resize_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 probability map -> bool mask at ``shape`` (linear, then 0.5)."""
+    if prob.shape != shape:
+        prob = cv2.resize(prob, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return prob >= 128
+
+
+def evaluate_masks(masks: Sequence[np.ndarray], gts: Sequence[np.ndarray], *,
+                   probabilities: bool = False, fill: bool = False) -> list[dict[str, float]]:
+    """Dice, IoU and HD95 of each mask against its ground truth, at the ground truth's size.
+
+    Args:
+        masks: Bool masks (or uint8 probabilities with ``probabilities=True``) of any size.
+        gts: Ground-truth masks at the images' own resolution. **Evaluation only.**
+        fill: Fill holes first (:func:`bow_gym.metrics.fill_holes`).
+    """
+    from bow_gym.metrics import evaluate, fill_holes
+
+    rows = []
+    for m, gt in zip(masks, gts, strict=True):
+        shape = gt.shape[:2]
+        pred = _resize_prob(m, shape) if probabilities else _resize_mask(m, shape)
+        if fill:
+            pred = fill_holes(pred)
+        rows.append(evaluate(pred, gt))
+    return rows
+
+
+def summarise(rows: Sequence[Mapping[str, float]], seed: int = 0) -> dict[str, float]:
+    """Mean Dice with a 95% bootstrap CI, mean IoU, and HD95 (mean, median, CI of the mean)."""
+    from bow_gym.metrics import bootstrap_ci
+
+    d = np.array([r["dice"] for r in rows], np.float64)
+    h = np.array([r["hd95"] for r in rows], np.float64)
+    dl, dh = bootstrap_ci(d, seed=seed)
+    hl, hh = bootstrap_ci(h, seed=seed)
+    finite = h[np.isfinite(h)]
+    return {"n": len(rows), "dice_mean": float(d.mean()) if len(d) else float("nan"),
+            "dice_ci_low": dl, "dice_ci_high": dh,
+            "iou_mean": float(np.mean([r["iou"] for r in rows])) if rows else float("nan"),
+            "hd95_mean": float(finite.mean()) if len(finite) else float("nan"),
+            "hd95_median": float(np.median(finite)) if len(finite) else float("nan"),
+            "hd95_ci_low": hl, "hd95_ci_high": hh}
+
+
+# --------------------------------------------------------------------------- the run
+class RoundsRun:
+    """A run directory and the state that carries from round to round.
+
+    Args:
+        config: The experiment.
+        out: Run directory; an existing one is resumed if its ``config.json`` matches.
+        resume: ``False`` refuses to touch a directory that already holds a run.
+    """
+
+    def __init__(self, config: RoundsConfig, out: str | os.PathLike, *, resume: bool = True):
+        self.config = config
+        self.out = Path(out)
+        self.device = resolve_device(config.device)
+        stored = self.out / "config.json"
+        if stored.is_file():
+            if not resume:
+                raise FileExistsError(f"{self.out} already holds a run; pass resume=True "
+                                      "(CLI: drop --no-resume) or choose another --out")
+            old = json.loads(stored.read_text())
+            new = json.loads(json.dumps(asdict(config)))
+            differ = sorted(k for k in set(old) | set(new)
+                            if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
+            if differ:
+                raise ValueError(
+                    f"{self.out} was started with another config: {differ} differ "
+                    f"(stored: {[old.get(k) for k in differ]}, now: "
+                    f"{[new.get(k) for k in differ]}); use another --out to start afresh")
+        self.out.mkdir(parents=True, exist_ok=True)
+        _write_json(stored, asdict(config))
+        self._writer = None
+
+    # ------------------------------------------------------------------ helpers
+    def round_dir(self, r: int) -> Path:
+        return self.out / f"round_{r:02d}"
+
+    def finished_rounds(self) -> list[int]:
+        return sorted(int(p.parent.name[6:]) for p in self.out.glob("round_*/done.json"))
+
+    @property
+    def writer(self) -> Any:
+        if self._writer is None and self.config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self.config.tensorboard = False
+                print("tensorboard is not installed (pip install tensorboard): no TB logs")
+                return None
+            self._writer = SummaryWriter(str(self.out / "tb"))
+        return self._writer
+
+    def _log(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None and np.isfinite(value):
+            self.writer.add_scalar(tag, value, step)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> list[dict[str, Any]]:
+        """Runs (or resumes) every round; returns all metrics rows."""
+        from bow_gym.backbones import create_backbone
+
+        cfg = self.config
+        t_setup = time.time()
+        label_lazy, eval_lazy = build_datasets(cfg)
+        label_ds = load_in_memory(label_lazy, cfg.progress)
+        eval_ds = label_ds if eval_lazy is label_lazy else load_in_memory(eval_lazy, cfg.progress)
+        bkw = dict(cfg.backbone_kwargs)
+        if cfg.backbone.startswith("dinov2"):
+            bkw.setdefault("device", self.device)
+        self.backbone = create_backbone(cfg.backbone, **bkw)
+        if cfg.lora and not getattr(self.backbone, "adaptable", False):
+            raise ValueError(f"lora = true needs an adaptable (DINOv2) backbone; "
+                             f"{cfg.backbone!r} has no weights to adapt")
+        setup_seconds = time.time() - t_setup
+        rows: list[dict[str, Any]] = []
+        for r in range(1, cfg.rounds + 1):
+            rows.extend(self.run_round(r, label_ds, eval_ds,
+                                       setup_seconds if r == 1 else 0.0))
+        self._write_metrics()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        return rows
+
+    def _initial_masks(self, r: int) -> dict[str, np.ndarray] | None:
+        if r == 1:
+            return None
+        pred = _load_npz(self.round_dir(r - 1) / "predictions.npz")
+        return {str(i): p >= 128 for i, p in zip(pred["label_ids"], pred["label_prob"],
+                                                 strict=True)}
+
+    def _make_env(self, dataset: SegmentationDataset, initial: Mapping[str, np.ndarray] | None):
+        from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
+
+        cfg = self.config
+        return BetterWorseSegEnv(dataset, backbone=self.backbone, threshold=cfg.threshold,
+                                 clicks_per_episode=cfg.clicks, initial_masks=initial,
+                                 feature_cache=cfg.feature_cache, image_order="sequential",
+                                 **cfg.env_kwargs)
+
+    def _restore_adapter(self, r: int) -> None:
+        """Before round ``r``, the backbone carries the adapter of the latest earlier round."""
+        if not self.config.lora:
+            return
+        from bow_gym.backbones.lora import load_lora
+
+        for k in range(r - 1, 0, -1):
+            path = self.round_dir(k) / "adapter.safetensors"
+            if path.is_file():
+                load_lora(self.backbone, path)
+                return
+
+    def run_round(self, r: int, label_ds: MemoryDataset, eval_ds: MemoryDataset,
+                  setup_seconds: float = 0.0) -> list[dict[str, Any]]:
+        """One round; every stage whose output exists is loaded instead of rerun."""
+        cfg = self.config
+        rd = self.round_dir(r)
+        if (rd / "done.json").is_file():
+            return [row for row in self._metrics_rows() if row["round"] == r]
+        rd.mkdir(parents=True, exist_ok=True)
+        times: dict[str, float] = {"setup": setup_seconds}
+        n = len(label_ds)
+        self._restore_adapter(r)
+
+        # 1. label -------------------------------------------------------------------------
+        t = time.time()
+        labels_path = rd / "labels.npz"
+        if labels_path.is_file():
+            labels = Labels.load(labels_path)
+        else:
+            env = self._make_env(label_ds, self._initial_masks(r))
+            if r == 1 or cfg.agent != "reinforce":
+                agent = make_agent(cfg, env.n_channels, self.device)
+            else:
+                agent = load_agent(cfg, self.round_dir(r - 1), env.n_channels, self.device)
+            order = np.random.default_rng(_seed(cfg, r, 1)).permutation(n)
+            labels, _ = label_round(env, agent, order, seed=_seed(cfg, r, 2),
+                                    progress=cfg.progress, desc=f"round {r}: clicks")
+            step0 = (r - 1) * n * cfg.clicks
+            clicks = [{"step": step0 + i * cfg.clicks + k + 1, "round": r, "image_id": iid,
+                       "click": k + 1, "label": int(labels.labels[i, k]),
+                       "reward": int(labels.rewards[i, k])}
+                      for i, iid in enumerate(labels.ids) for k in range(cfg.clicks)]
+            _write_csv(rd / "clicks.csv", clicks)
+            save_agent(agent, rd)
+            labels.save(labels_path)  # last: marks the stage done
+            rewards = labels.rewards.ravel().astype(float)
+            window = 50
+            for s in range(0, len(rewards), window):
+                self._log("charts/reward", float(rewards[s:s + window].mean()),
+                          step0 + s + window)
+        times["label"] = time.time() - t
+        better_share = float((labels.rewards > 0).mean())
+        self._log("charts/better_share", better_share, r)
+
+        # 2. filter ------------------------------------------------------------------------
+        t = time.time()
+        quality_path = rd / "quality.csv"
+        if quality_path.is_file():
+            kept_ids = {row["image_id"] for row in _read_csv(quality_path) if row["kept"] == "1"}
+            keep = np.array([i in kept_ids for i in labels.ids])
+        else:
+            from bow_gym.pseudo_labels import combined_score, quality_signals, select_top_k
+
+            starts = [m if r > 1 else None for m in labels.initial]
+            signals = quality_signals(labels.rewards, labels.confidence, labels.pseudo, starts)
+            score = combined_score(signals, cfg.quality)
+            keep = select_top_k(score, cfg.top_k, seed=_seed(cfg, r, 3))
+            _write_csv(quality_path, [
+                {"image_id": iid, **{k: float(v[i]) for k, v in signals.items()},
+                 "score": float(score[i]), "kept": int(keep[i])}
+                for i, iid in enumerate(labels.ids)])
+        times["filter"] = time.time() - t
+        kept_idx = np.flatnonzero(keep)
+        label_images = [label_ds[label_ds.index_of(i)].image for i in labels.ids]
+
+        # 3. adapt -------------------------------------------------------------------------
+        t = time.time()
+        if cfg.lora and not (rd / "adapter.safetensors").is_file():
+            from bow_gym.adaptation import TripletConfig, adapt_backbone
+            from bow_gym.backbones.lora import LoRAConfig, save_lora
+
+            tcfg = TripletConfig(**{"seed": _seed(cfg, r, 4), **cfg.triplet_kwargs})
+            adapt_backbone(self.backbone, [label_images[i] for i in kept_idx],
+                           [labels.pseudo[i] for i in kept_idx], tcfg,
+                           lora=LoRAConfig(**cfg.lora_kwargs), progress=cfg.progress)
+            save_lora(self.backbone, rd / "adapter.safetensors")
+        times["adapt"] = time.time() - t
+
+        # 4. train the segmenter and predict ----------------------------------------------
+        t = time.time()
+        pred_path = rd / "predictions.npz"
+        if pred_path.is_file():
+            pred = _load_npz(pred_path)
+        else:
+            seg_cfg = self._segmenter_config(r)
+            model = self._train_segmenter(rd, seg_cfg, [label_images[i] for i in kept_idx],
+                                          [labels.pseudo[i] for i in kept_idx], step=r)
+            times["train"] = time.time() - t
+            t = time.time()
+            pred = self._predict(model, seg_cfg, label_images, labels.ids, eval_ds)
+            _save_npz(pred_path, **pred)
+            times["predict"] = time.time() - t
+        times.setdefault("train", 0.0)
+        times.setdefault("predict", time.time() - t)
+
+        # 5. evaluate ----------------------------------------------------------------------
+        t = time.time()
+        rows = self._evaluate(r, rd, labels, pred, label_ds, eval_ds, keep)
+        times["evaluate"] = time.time() - t
+        self._write_examples(rd, labels, pred, label_ds, label_images)
+        times["total"] = float(sum(times.values()))
+        for row in rows:
+            row.update(better_share=better_share, kept=float(keep.mean()),
+                       **{f"seconds_{k}": round(v, 2) for k, v in times.items()})
+        _write_json(rd / "metrics.json", {"rows": rows})
+        _write_json(rd / "times.json", times)
+        for row in rows:
+            if not row["fill_holes"]:
+                self._log(f"eval/dice_{row['target']}", row["dice_mean"], r)
+                self._log(f"eval/hd95_{row['target']}", row["hd95_mean"], r)
+        self._log("time/round_seconds", times["total"], r)
+        _write_json(rd / "done.json", {"round": r, "seconds": times["total"]})
+        self._write_metrics()
+        return rows
+
+    # ------------------------------------------------------------------ stage helpers
+    def _segmenter_config(self, r: int) -> Any:
+        from bow_gym.segmenters import preset
+
+        cfg = self.config
+        kw = {"seed": _seed(cfg, r, 5), "device": self.device, "progress": cfg.progress,
+              **cfg.segmenter_kwargs}
+        if "checkpoint" in kw:
+            kw["checkpoint"] = _expand(kw["checkpoint"])
+        return preset(cfg.segmenter, **kw)
+
+    def _train_segmenter(self, rd: Path, seg_cfg: Any, images: list[np.ndarray],
+                         masks: list[np.ndarray], step: int) -> Any:
+        from bow_gym.segmenters import (
+            build_segmenter,
+            load_segmenter,
+            save_segmenter,
+            train_segmenter,
+        )
+
+        path = rd / "segmenter.safetensors"
+        if path.is_file():
+            model, _ = load_segmenter(path, device=seg_cfg.device)
+            return model
+        if not images:
+            raise ValueError("no pseudo-masks left to train the segmenter on")
+        model = build_segmenter(seg_cfg)
+        history = train_segmenter(model, images, masks, seg_cfg)
+        for e, loss in enumerate(history.get("loss", [])):
+            self._log("losses/segmenter_epoch", float(loss), (step - 1) * 1000 + e)
+        save_segmenter(model, path, seg_cfg)
+        return model
+
+    def _predict(self, model: Any, seg_cfg: Any, label_images: list[np.ndarray],
+                 label_ids: list[str], eval_ds: MemoryDataset) -> dict[str, np.ndarray]:
+        from bow_gym.segmenters import predict_probabilities
+
+        def probs(images: list[np.ndarray]) -> np.ndarray:
+            p = predict_probabilities(model, images, size=seg_cfg.size, device=seg_cfg.device,
+                                      batch_size=seg_cfg.batch_size, progress=False)
+            return np.round(p * 255).astype(np.uint8)
+
+        out = {"label_ids": np.array(label_ids), "label_prob": probs(label_images)}
+        if self.config.protocol == "transductive":
+            out["eval_ids"], out["eval_prob"] = out["label_ids"], out["label_prob"]
+        else:
+            out["eval_ids"] = np.array(eval_ds.ids)
+            out["eval_prob"] = probs([s.image for s in eval_ds.samples])
+        return out
+
+    def _evaluate(self, r: int, rd: Path, labels: Labels, pred: Mapping[str, np.ndarray],
+                  label_ds: MemoryDataset, eval_ds: MemoryDataset, keep: np.ndarray
+                  ) -> list[dict[str, Any]]:
+        cfg = self.config
+        label_gt = [label_ds[label_ds.index_of(i)].mask for i in labels.ids]
+        eval_ids = [str(i) for i in pred["eval_ids"]]
+        eval_gt = [eval_ds[eval_ds.index_of(i)].mask for i in eval_ids]
+        split_label = "all" if cfg.protocol == "transductive" else "train"
+        split_eval = "all" if cfg.protocol == "transductive" else "test"
+        jobs = [("initial", split_label, labels.ids, labels.initial, label_gt, False),
+                ("pseudo", split_label, labels.ids, labels.pseudo, label_gt, False),
+                ("prediction", split_eval, eval_ids, pred["eval_prob"], eval_gt, True)]
+        per_image, rows = [], []
+        for fill in ([False, True] if cfg.fill_holes else [False]):
+            for target, split, ids, masks, gts, is_prob in jobs:
+                res = evaluate_masks(masks, gts, probabilities=is_prob, fill=fill)
+                per_image += [{"round": r, "target": target, "fill_holes": int(fill),
+                               "image_id": iid, **m} for iid, m in zip(ids, res, strict=True)]
+                rows.append({"round": r, "target": target, "split": split,
+                             "fill_holes": int(fill), **summarise(res, seed=r)})
+                if target == "pseudo" and not fill and cfg.top_k < 1:
+                    kept = [m for m, k in zip(res, keep, strict=True) if k]
+                    rows.append({"round": r, "target": "pseudo_kept", "split": split,
+                                 "fill_holes": 0, **summarise(kept, seed=r)})
+        _write_csv(rd / "per_image.csv", per_image)
+        return rows
+
+    def _write_examples(self, rd: Path, labels: Labels, pred: Mapping[str, np.ndarray],
+                        label_ds: MemoryDataset, label_images: list[np.ndarray]) -> None:
+        k = min(self.config.examples, len(labels.ids))
+        if k <= 0:
+            return
+        # the same images every round: the first ids in sorted order
+        chosen = sorted(range(len(labels.ids)), key=lambda i: labels.ids[i])[:k]
+        s = labels.pseudo.shape[1]
+        prob = dict(zip([str(i) for i in pred["label_ids"]], pred["label_prob"], strict=True))
+        _save_npz(
+            rd / "examples.npz",
+            ids=np.array([labels.ids[i] for i in chosen]),
+            image=np.stack([cv2.resize(label_images[i], (s, s), interpolation=cv2.INTER_AREA)
+                            for i in chosen]),
+            initial=labels.initial[chosen], pseudo=labels.pseudo[chosen],
+            prediction=np.stack([_resize_prob(prob[labels.ids[i]], (s, s)) for i in chosen]),
+            ground_truth=np.stack([
+                _resize_mask(label_ds[label_ds.index_of(labels.ids[i])].mask, (s, s))
+                for i in chosen]))
+
+    def _metrics_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for r in self.finished_rounds():
+            path = self.round_dir(r) / "metrics.json"
+            if path.is_file():
+                rows.extend(json.loads(path.read_text())["rows"])
+        return rows
+
+    def _write_metrics(self) -> None:
+        rows = self._metrics_rows()
+        _write_csv(self.out / "metrics.csv", rows)
+        _write_json(self.out / "metrics.json", {"config": asdict(self.config), "rows": rows})
+
+
+def run_rounds(config: RoundsConfig, out: str | os.PathLike, *, resume: bool = True
+               ) -> list[dict[str, Any]]:
+    """Runs (or resumes) a multi-round experiment in ``out``; returns its metrics rows.
+
+    See the module docstring for the stages, the protocols and the run directory.
+    """
+    return RoundsRun(config, out, resume=resume).run()
+
+
+def train_supervised(config: RoundsConfig, out: str | os.PathLike) -> list[dict[str, Any]]:
+    """The upper bound: the segmenter trained on the labelling images' **ground truth**.
+
+    Not part of the method (no clicks, no oracle); it tells how good the segmenter can get on
+    these images with perfect masks. Writes ``metrics.json`` and ``per_image.csv`` in ``out``.
+    """
+    from bow_gym.segmenters import build_segmenter, train_segmenter
+
+    run = RoundsRun(config, out)
+    label_lazy, eval_lazy = build_datasets(config)
+    label_ds = load_in_memory(label_lazy, config.progress)
+    eval_ds = label_ds if eval_lazy is label_lazy else load_in_memory(eval_lazy, config.progress)
+    seg_cfg = run._segmenter_config(1)
+    t = time.time()
+    model = build_segmenter(seg_cfg)
+    train_segmenter(model, [s.image for s in label_ds.samples],
+                    [s.mask for s in label_ds.samples], seg_cfg)
+    pred = run._predict(model, seg_cfg, [s.image for s in label_ds.samples], label_ds.ids,
+                        eval_ds)
+    res = evaluate_masks(pred["eval_prob"], [eval_ds[eval_ds.index_of(str(i))].mask
+                                             for i in pred["eval_ids"]], probabilities=True)
+    row = {"target": "supervised", "fill_holes": 0, **summarise(res),
+           "seconds": round(time.time() - t, 2)}
+    _write_csv(Path(out) / "per_image.csv",
+               [{"image_id": str(i), **m} for i, m in zip(pred["eval_ids"], res, strict=True)])
+    _write_json(Path(out) / "metrics.json", {"config": asdict(config), "rows": [row]})
+    return [row]

@@ -1,0 +1,183 @@
+"""The multi-round pipeline: configs, run directory, determinism, resume, smoke runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bow_gym.rounds import RoundsConfig, list_configs, load_config, run_rounds
+
+TINY = dict(dataset="synthetic", dataset_kwargs={"n_images": 12, "size": 96}, rounds=2,
+            clicks=2, segmenter="light", segmenter_kwargs={"epochs": 2, "size": 64},
+            examples=3, feature_cache=None, progress=False, tensorboard=False, device="cpu")
+
+
+def _metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_shipped_configs_load():
+    names = list_configs()
+    assert {"synthetic", "kvasir-cpu", "kvasir-cvc", "busi", "isic2018"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.rounds == 5 and cfg.clicks == 5 and cfg.threshold == 0.8
+    assert load_config("kvasir-cvc").lora and load_config("kvasir-cvc").segmenter == "hsnet"
+    assert load_config("kvasir-cvc").protocol == "transductive"
+    assert load_config("kvasir-cpu", root=None).root is None
+    assert load_config(None, rounds=2).rounds == 2
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('rounds = 3\ncliks = 5\n')
+    with pytest.raises(ValueError, match=r"bad\.toml.*cliks"):
+        load_config(bad)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("rounds = [\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(broken)
+    with pytest.raises(FileNotFoundError, match="shipped configs"):
+        load_config("no-such-config")
+    with pytest.raises(ValueError, match="agent"):
+        RoundsConfig(agent="clever")
+    with pytest.raises(ValueError, match="top_k"):
+        RoundsConfig(top_k=0)
+    with pytest.raises(ValueError, match="rounds"):
+        RoundsConfig(rounds=0)
+    with pytest.raises(ValueError, match="not set"):
+        run_rounds(load_config("kvasir-cpu", root="$BOW_GYM_NO_SUCH_VARIABLE/x",
+                               progress=False), tmp_path / "r")
+
+
+def test_lora_needs_an_adaptable_backbone(tmp_path):
+    with pytest.raises(ValueError, match="adaptable"):
+        run_rounds(RoundsConfig(**{**TINY, "lora": True}), tmp_path / "r")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rounds") / "run"
+    run_rounds(RoundsConfig(**TINY), out)
+    return out
+
+
+@pytest.mark.slow
+def test_run_directory_contents(tiny_run):
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    assert cfg["rounds"] == 2
+    for r in (1, 2):
+        rd = tiny_run / f"round_{r:02d}"
+        for name in ("labels.npz", "clicks.csv", "agent.safetensors", "quality.csv",
+                     "segmenter.safetensors", "predictions.npz", "per_image.csv",
+                     "examples.npz", "times.json", "done.json", "metrics.json"):
+            assert (rd / name).is_file(), name
+        with np.load(rd / "examples.npz") as z:
+            assert z["image"].shape == (3, 128, 128, 3) and z["ground_truth"].dtype == bool
+    rows = _metrics(tiny_run)
+    # 2 rounds x (initial, pseudo, prediction) x (raw, hole-filled)
+    assert len(rows) == 12
+    assert {r["target"] for r in rows} == {"initial", "pseudo", "prediction"}
+    # round 1 starts empty; clicks only keep "better" changes, so pseudo >= initial
+    first = {r["target"]: float(r["dice_mean"]) for r in rows
+             if r["round"] == "1" and r["fill_holes"] == "0"}
+    assert first["initial"] == 0.0 and first["pseudo"] >= first["initial"]
+    # round 2 starts from round 1's predictions on the labelling images
+    with np.load(tiny_run / "round_01" / "predictions.npz") as z:
+        pred = dict(zip(z["label_ids"], z["label_prob"], strict=True))
+    with np.load(tiny_run / "round_02" / "labels.npz") as z:
+        i0 = str(z["ids"][0])
+        assert z["initial"][0].any() == (pred[i0] >= 128).any()
+    with open(tiny_run / "round_02" / "clicks.csv") as f:
+        clicks = list(csv.DictReader(f))
+    n_label = 12 - round(0.2 * 12)
+    assert [int(c["step"]) for c in clicks] == list(range(n_label * 2 + 1, n_label * 4 + 1))
+
+
+@pytest.mark.slow
+def test_seeded_runs_repeat_and_resume_after_a_kill(tiny_run, tmp_path, monkeypatch):
+    import bow_gym.rounds as rounds
+
+    out = tmp_path / "killed"
+    real = rounds.RoundsRun._train_segmenter
+    calls = {"n": 0}
+
+    def dies_in_round_2(self, rd, *args, **kwargs):
+        if rd.name == "round_02":
+            raise KeyboardInterrupt  # the run is killed mid-round
+        calls["n"] += 1
+        return real(self, rd, *args, **kwargs)
+
+    monkeypatch.setattr(rounds.RoundsRun, "_train_segmenter", dies_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_rounds(RoundsConfig(**TINY), out)
+    assert (out / "round_01" / "done.json").is_file()
+    assert (out / "round_02" / "labels.npz").is_file()  # clicks of round 2 were kept
+    assert not (out / "round_02" / "done.json").exists()
+    monkeypatch.setattr(rounds.RoundsRun, "_train_segmenter", real)
+    labels_before = (out / "round_02" / "labels.npz").stat().st_mtime_ns
+    run_rounds(RoundsConfig(**TINY), out)
+    assert (out / "round_02" / "labels.npz").stat().st_mtime_ns == labels_before  # not redone
+    keys = ("round", "target", "fill_holes", "dice_mean", "hd95_mean", "better_share")
+    assert [[r[k] for k in keys] for r in _metrics(out)] == \
+        [[r[k] for k in keys] for r in _metrics(tiny_run)]
+
+
+def test_resume_refuses_another_config(tiny_run):
+    with pytest.raises(ValueError, match="clicks"):
+        run_rounds(RoundsConfig(**{**TINY, "clicks": 3}), tiny_run)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        run_rounds(RoundsConfig(**TINY), tiny_run, resume=False)
+
+
+@pytest.mark.slow
+def test_random_agent_and_filtering(tmp_path):
+    cfg = RoundsConfig(**{**TINY, "agent": "random", "rounds": 1, "top_k": 0.5,
+                          "quality": "combined"})
+    run_rounds(cfg, tmp_path / "r")
+    with open(tmp_path / "r" / "round_01" / "quality.csv") as f:
+        q = list(csv.DictReader(f))
+    kept = [row for row in q if row["kept"] == "1"]
+    assert len(kept) == int(np.ceil(0.5 * len(q)))
+    assert min(float(r["score"]) for r in kept) >= max(
+        float(r["score"]) for r in q if r["kept"] == "0")
+    assert any(r["target"] == "pseudo_kept" for r in _metrics(tmp_path / "r"))
+
+
+@pytest.mark.slow
+def test_original_config_code_path_with_random_weights(tmp_path):
+    """kvasir-cvc's settings (DINOv2 + LoRA + HSNet) on tiny data with random weights."""
+    cfg = load_config(
+        "kvasir-cvc", dataset="synthetic", root=None, extra_datasets=[],
+        dataset_kwargs={"n_images": 4, "size": 64}, rounds=2, clicks=2,
+        backbone="dinov2_vits14", backbone_kwargs={"pretrained": False, "seed": 0},
+        segmenter_kwargs={"pretrained": False, "epochs": 1, "size": 64, "batch_size": 2},
+        triplet_kwargs={"steps": 2, "batch_size": 2}, feature_cache=None, progress=False,
+        tensorboard=False, device="cpu", examples=2)
+    run_rounds(cfg, tmp_path / "r")
+    assert (tmp_path / "r" / "round_01" / "adapter.safetensors").is_file()
+    assert (tmp_path / "r" / "round_02" / "done.json").is_file()
+
+
+@pytest.mark.slow
+def test_cli_rounds_and_figures(tmp_path, capsys):
+    from bow_gym.cli import main
+
+    out = tmp_path / "cli-run"
+    argv = ["rounds", "--rounds", "1", "--clicks", "2", "--agent", "random", "--out", str(out),
+            "--set", "dataset_kwargs={n_images=10, size=96}", "--set", "feature_cache='none'",
+            "--set", "segmenter_kwargs={epochs=1, size=64}", "--set", "progress=false",
+            "--set", "tensorboard=false", "--set", "device='cpu'"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "prediction" in text and "metrics.csv" in text
+    assert json.loads((out / "config.json").read_text())["agent"] == "random"
+    assert main(["figures", str(out)]) == 0
+    assert (out / "figures" / "fig1_dice_hd95.png").is_file()
+    assert main(["rounds", "--set", "cliks=3", "--out", str(tmp_path / "x")]) == 2
+    assert "cliks" in capsys.readouterr().err
