@@ -160,17 +160,44 @@ class ReinforceAgent(ClickPolicy):
         self._last_obs = np.asarray(obs)
         return action
 
+    @torch.no_grad()
+    def act_batch(self, obs: np.ndarray, rejected: list[list[tuple[int, int]]],
+                  env: BetterWorseSegEnv) -> tuple[np.ndarray, np.ndarray]:
+        """Actions and confidences for a batch of episodes run in lockstep (one forward pass).
+
+        Args:
+            obs: ``(B, C, H, W)`` observations.
+            rejected: Per episode, the ``(label, patch)`` clicks the expert rejected so far.
+            env: Any of the envs, for its geometry.
+        """
+        self.net.eval()
+        logits, _ = self.logits(obs)
+        if self.avoid_rejected:
+            logits = torch.cat([self._mask_rejected(logits[i:i + 1], rejected[i], env)
+                                for i in range(len(obs))])
+        probs = torch.softmax(logits.cpu() / self.temperature, dim=1)
+        if self.greedy:
+            actions = torch.argmax(logits, dim=1).cpu()
+        else:
+            actions = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(1)
+        conf = 1.0 - entropy / np.log(probs.shape[1])
+        return actions.numpy(), conf.numpy()
+
+    def learn_online(self, obs: np.ndarray, action: int, reward: float) -> None:
+        """Queue one answered click; update once ``online_batch`` clicks are queued."""
+        if self.online_batch <= 0:
+            return
+        self._pending.append((np.asarray(obs), int(action), float(reward)))
+        if len(self._pending) >= self.online_batch:
+            self.flush()
+
     def observe(self, action: int, reward: float, terminated: bool, info: dict[str, Any]) -> None:
         """Online learning: every answered click is a training signal (the method's protocol)."""
         if reward < 0 and "patch" in info:
             self._rejected.append((int(info["click"]["label"]), int(info["patch"])))
-        if self.online_batch <= 0 or self._last_obs is None:
-            return
-        self._pending.append((self._last_obs, action, reward))
-        if len(self._pending) >= self.online_batch:
-            obs, actions, rewards = zip(*self._pending, strict=True)
-            self.update(np.stack(obs), np.array(actions), np.array(rewards, np.float32))
-            self._pending = []
+        if self._last_obs is not None:
+            self.learn_online(self._last_obs, action, reward)
 
     def flush(self) -> None:
         """Learn from online clicks still waiting for a full batch (e.g. at the end of a round)."""

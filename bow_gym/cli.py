@@ -191,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_featurize)
 
     p = sub.add_parser("rounds", help=cmd_rounds.__doc__)
-    p.add_argument("--config", help="shipped config name (synthetic, kvasir-cpu, kvasir-cvc, "
-                   "busi, isic2018) or a TOML file; default: synthetic defaults")
+    p.add_argument("--config", default="synthetic",
+                   help="shipped config name (synthetic, kvasir-cpu, kvasir-cvc, busi, isic2018) "
+                   "or a TOML file (default synthetic)")
     p.add_argument("--dataset", help="data set name")
     p.add_argument("--root", help="data set folder")
     p.add_argument("--rounds", type=int, help="rounds (default 5)")

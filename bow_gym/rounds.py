@@ -87,7 +87,7 @@ class RoundsConfig:
     """data set name (bow_gym.datasets.list_datasets)"""
     root: str | None = None
     """data set folder; $VARS and ~ are expanded"""
-    dataset_kwargs: dict[str, Any] = field(default_factory=lambda: {"n_images": 96})
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     """extra arguments of the data set"""
     extra_datasets: list[dict[str, Any]] = field(default_factory=list)
     """more data sets joined to the first, each {dataset=, root=, dataset_kwargs=}"""
@@ -109,6 +109,8 @@ class RoundsConfig:
     """start the REINFORCE agent from this checkpoint instead of from scratch"""
     agent_kwargs: dict[str, Any] = field(default_factory=dict)
     """ReinforceAgent arguments (lr, temperature, online_batch, width, ...)"""
+    label_envs: int = 8
+    """images labelled in lockstep (one batched forward pass of the agent per click)"""
     backbone: str = "lab_texture"
     """patch-feature backbone (bow_gym.backbones.list_backbones)"""
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -153,7 +155,7 @@ class RoundsConfig:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.agent not in AGENTS:
             raise ValueError(f"agent must be one of {AGENTS}, got {self.agent!r}")
-        for key in ("rounds", "clicks"):
+        for key in ("rounds", "clicks", "label_envs"):
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{key} must be an int >= 1, got {v!r}")
@@ -397,35 +399,91 @@ def load_agent(config: RoundsConfig, round_dir: Path, in_channels: int, device: 
     return agent
 
 
-def label_round(env: Any, agent: Any, order: Sequence[int], *, seed: int,
-                progress: bool = True, desc: str = "label") -> tuple[Labels, list[float]]:
-    """Each image of ``order`` gets one episode of ``env.clicks_per_episode`` clicks.
+def label_round(envs: Sequence[Any], agent: Any, order: Sequence[int], *, seed: int,
+                progress: bool = True, desc: str = "label") -> Labels:
+    """Each image of ``order`` gets one episode of ``clicks_per_episode`` clicks.
 
-    Returns the :class:`Labels` (in ``order``) and the per-episode evaluation Dice after the
-    clicks (for logging only).
+    The episodes run in lockstep over ``envs`` (copies of one env), so that a learning agent
+    acts on a batch with one forward pass and learns online from every answered click
+    (:meth:`~agents.reinforce.ReinforceAgent.learn_online`). Other policies act one episode at
+    a time, each env with its own copy of the policy. Only policies that declare
+    ``reads_ground_truth`` (the ceiling) get the ground truth.
+
+    Returns:
+        The :class:`Labels`, in ``order``.
     """
+    import copy
+
     from tqdm.auto import tqdm
 
-    from agents.policy import run_episode
+    from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY
 
-    base = env.unwrapped
-    ids, pseudo, initial, rewards, labels, conf, dice_after = [], [], [], [], [], [], []
-    bar = tqdm(order, desc=desc, unit="img", disable=not progress, leave=False)
-    for j, index in enumerate(bar):
-        rec = run_episode(env, agent, seed=seed + j, options={"index": int(index)})
-        ids.append(rec.image_id)
-        pseudo.append(base.current_mask())
-        initial.append(rec.initial_mask)
-        rewards.append(rec.rewards)
-        labels.append([base.decode_action(a)[0] for a in rec.actions])
-        conf.append(rec.confidence)
-        dice_after.append(rec.final_dice)
-        if progress and j % 20 == 0:
-            bar.set_postfix(better=f"{np.mean(np.array(rewards) > 0):.2f}")
+    batched = hasattr(agent, "act_batch")
+    policies = [agent] + [agent if batched else copy.deepcopy(agent) for _ in envs[1:]]
+    n, k = len(order), envs[0].unwrapped.clicks_per_episode
+    ids: list[str] = [""] * n
+    pseudo = np.zeros((n, *envs[0].unwrapped.observation_space.shape[1:]), bool)
+    initial = np.zeros_like(pseudo)
+    rewards = np.zeros((n, k), np.int8)
+    labels = np.zeros((n, k), np.int8)
+    conf = np.full((n, k), np.nan, np.float32)
+    queue = list(range(n))
+    slots: list[dict[str, Any] | None] = [None] * len(envs)
+    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False)
+
+    def start(s: int) -> None:
+        if not queue:
+            slots[s] = None
+            return
+        pos = queue.pop(0)
+        obs, info = envs[s].reset(seed=seed + pos, options={"index": int(order[pos])})
+        policies[s].reset(seed + pos)
+        ids[pos] = info["image_id"]
+        initial[pos] = obs[3] > 127
+        slots[s] = {"pos": pos, "obs": obs, "info": info, "click": 0, "rejected": []}
+
+    for s in range(len(envs)):
+        start(s)
+    while any(slot is not None for slot in slots):
+        live = [s for s, slot in enumerate(slots) if slot is not None]
+        if batched:
+            acts, confs = agent.act_batch(np.stack([slots[s]["obs"] for s in live]),
+                                          [slots[s]["rejected"] for s in live],
+                                          envs[0].unwrapped)
+        else:
+            acts, confs = [], []
+            for s in live:
+                base = envs[s].unwrapped
+                gt = base.ground_truth_for_evaluation() if policies[s].reads_ground_truth else None
+                public = {key: v for key, v in slots[s]["info"].items() if key != EVAL_ONLY_KEY}
+                acts.append(int(policies[s].act(slots[s]["obs"], public, base, ground_truth=gt)))
+                c = policies[s].last_confidence
+                confs.append(np.nan if c is None else c)
+        for s, a, c in zip(live, acts, confs, strict=True):
+            slot = slots[s]
+            obs, r, term, trunc, info = envs[s].step(int(a))
+            pos, j = slot["pos"], slot["click"]
+            rewards[pos, j], conf[pos, j] = int(r), c
+            labels[pos, j] = int(info["click"]["label"])
+            public = {key: v for key, v in info.items() if key != EVAL_ONLY_KEY}
+            if batched:
+                agent.learn_online(slot["obs"], int(a), float(r))
+                if r < 0:
+                    slot["rejected"].append((int(info["click"]["label"]), int(info["patch"])))
+            else:
+                policies[s].observe(int(a), float(r), bool(term), public)
+            slot.update(obs=obs, info=info, click=j + 1)
+            if term or trunc:
+                pseudo[pos] = envs[s].unwrapped.current_mask()
+                bar.update(1)
+                start(s)
+        if progress and bar.n % 20 == 0:
+            done = rewards[:bar.n] if bar.n else rewards[:1]
+            bar.set_postfix(better=f"{np.mean(done > 0):.2f}")
+    bar.close()
     if hasattr(agent, "flush"):
         agent.flush()
-    return Labels(ids, np.stack(pseudo), np.stack(initial), np.array(rewards, np.int8),
-                  np.array(labels, np.int8), np.array(conf, np.float32)), dice_after
+    return Labels(ids, pseudo, initial, rewards, labels, conf)
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -609,14 +667,18 @@ class RoundsRun:
         if labels_path.is_file():
             labels = Labels.load(labels_path)
         else:
-            env = self._make_env(label_ds, self._initial_masks(r))
+            initial = self._initial_masks(r)
+            envs = [self._make_env(label_ds, initial) for _ in range(cfg.label_envs)]
+            for env in envs[1:]:
+                env.features = envs[0].features  # one feature cache: each image featurised once
+            n_channels = envs[0].n_channels
             if r == 1 or cfg.agent != "reinforce":
-                agent = make_agent(cfg, env.n_channels, self.device)
+                agent = make_agent(cfg, n_channels, self.device)
             else:
-                agent = load_agent(cfg, self.round_dir(r - 1), env.n_channels, self.device)
+                agent = load_agent(cfg, self.round_dir(r - 1), n_channels, self.device)
             order = np.random.default_rng(_seed(cfg, r, 1)).permutation(n)
-            labels, _ = label_round(env, agent, order, seed=_seed(cfg, r, 2),
-                                    progress=cfg.progress, desc=f"round {r}: clicks")
+            labels = label_round(envs, agent, order, seed=_seed(cfg, r, 2),
+                                 progress=cfg.progress, desc=f"round {r}: clicks")
             step0 = (r - 1) * n * cfg.clicks
             clicks = [{"step": step0 + i * cfg.clicks + k + 1, "round": r, "image_id": iid,
                        "click": k + 1, "label": int(labels.labels[i, k]),
@@ -829,11 +891,15 @@ def train_supervised(config: RoundsConfig, out: str | os.PathLike) -> list[dict[
     """The upper bound: the segmenter trained on the labelling images' **ground truth**.
 
     Not part of the method (no clicks, no oracle); it tells how good the segmenter can get on
-    these images with perfect masks. Writes ``metrics.json`` and ``per_image.csv`` in ``out``.
+    these images with perfect masks. Writes ``per_image.csv`` and then ``metrics.json`` in
+    ``out``; a folder that already has ``metrics.json`` is not trained again.
     """
     from bow_gym.segmenters import build_segmenter, train_segmenter
 
     run = RoundsRun(config, out)
+    done = Path(out) / "metrics.json"
+    if done.is_file():  # written last: this upper bound was already measured
+        return json.loads(done.read_text())["rows"]
     label_lazy, eval_lazy = build_datasets(config)
     label_ds = load_in_memory(label_lazy, config.progress)
     eval_ds = label_ds if eval_lazy is label_lazy else load_in_memory(eval_lazy, config.progress)

@@ -49,6 +49,34 @@ def test_rejected_clicks_are_not_repeated():
     assert len(patches) == len(set(patches))
 
 
+def test_batched_acting_matches_single_and_masks_rejected():
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 2, "size": 96}, feature_cache=None)
+    agent = ReinforceAgent(4, online_batch=0, greedy=True)
+    with torch.no_grad():
+        agent.net.head.weight.normal_(0, 0.1)
+    obs = np.stack([env.reset(seed=0, options={"index": i})[0] for i in range(2)])
+    actions, conf = agent.act_batch(obs, [[], []], env)
+    for i in range(2):
+        agent.reset()
+        assert agent.act(obs[i], {}, env) == actions[i]
+        assert agent.last_confidence == pytest.approx(conf[i], rel=1e-4)
+    assert np.all((conf > 0) & (conf < 1))
+    label, y, x = env.decode_action(int(actions[0]))
+    patch = (y // 8) * env.grid[1] + x // 8
+    again, _ = agent.act_batch(obs[:1], [[(label, patch)]], env)
+    l2, y2, x2 = env.decode_action(int(again[0]))
+    assert (l2, (y2 // 8) * env.grid[1] + x2 // 8) != (label, patch)
+    # learn_online updates once a batch of answered clicks is queued; flush() takes the rest
+    agent.online_batch = 2
+    agent.learn_online(obs[0], int(actions[0]), 1.0)
+    assert agent.updates == 0
+    agent.learn_online(obs[1], int(actions[1]), -1.0)
+    assert agent.updates == 1
+    agent.learn_online(obs[1], int(actions[1]), -1.0)
+    agent.flush()
+    assert agent.updates == 2 and not agent._pending
+
+
 def test_checkpoint_round_trip(tmp_path):
     agent = ReinforceAgent(4, temperature=0.5, baseline="value", seed=3)
     with torch.no_grad():
