@@ -627,23 +627,13 @@ def read_lora_metadata(path: str | Path) -> dict[str, str]:
         FileNotFoundError: No such file.
         ValueError: Not a safetensors file, or not a bow_gym QV-LoRA adapter.
     """
-    from safetensors import safe_open
+    from bow_gym.io_utils import read_checked_metadata
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"LoRA adapter file not found: {str(path)!r}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
-    if meta.get("format") != LORA_FORMAT:
-        raise ValueError(f"{path}: not a bow_gym QV-LoRA adapter (metadata format="
-                         f"{meta.get('format')!r}, expected {LORA_FORMAT!r})")
-    if meta.get("format_version") != LORA_FORMAT_VERSION:
-        raise ValueError(f"{path}: adapter format version {meta.get('format_version')!r}, this "
-                         f"bow_gym reads version {LORA_FORMAT_VERSION}")
-    return meta
+    return read_checked_metadata(path, fmt=LORA_FORMAT, version=LORA_FORMAT_VERSION,
+                                 what="QV-LoRA adapter")
 
 
 def _config_differences(a: LoRAConfig, b: LoRAConfig, names: tuple[str, str]) -> list[str]:

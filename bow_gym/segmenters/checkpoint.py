@@ -65,20 +65,10 @@ def read_segmenter_metadata(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"segmenter checkpoint not found: {str(path)!r}")
-    from safetensors import safe_open
+    from bow_gym.io_utils import read_checked_metadata
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as e:
-        raise ValueError(f"{str(path)!r} is not a safetensors file: {e}") from e
-    if metadata.get("format") != SEGMENTER_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a bow_gym segmenter checkpoint (metadata format "
-                         f"{metadata.get('format')!r}, expected {SEGMENTER_FORMAT!r})")
-    if metadata.get("version") != SEGMENTER_FORMAT_VERSION:
-        raise ValueError(f"{str(path)!r} has segmenter format version {metadata.get('version')!r}; "
-                         f"this bow_gym reads version {SEGMENTER_FORMAT_VERSION}")
-    return metadata
+    return read_checked_metadata(path, fmt=SEGMENTER_FORMAT, version=SEGMENTER_FORMAT_VERSION,
+                                 what="segmenter checkpoint", version_key="version")
 
 
 def load_segmenter(path: str | os.PathLike, device: str = "cpu"
