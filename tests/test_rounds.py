@@ -181,3 +181,27 @@ def test_cli_rounds_and_figures(tmp_path, capsys):
     assert (out / "figures" / "fig1_dice_hd95.png").is_file()
     assert main(["rounds", "--set", "cliks=3", "--out", str(tmp_path / "x")]) == 2
     assert "cliks" in capsys.readouterr().err
+
+
+def test_evaluation_known_answers():
+    from bow_gym.rounds import evaluate_masks, summarise
+
+    gt = np.zeros((40, 60), bool)
+    gt[:20, :30] = True  # the top-left quarter
+    quarter = np.zeros((4, 4), bool)
+    quarter[:2, :2] = True
+    ring = np.zeros((40, 60), bool)
+    ring[:20, :30] = True
+    ring[5:15, 10:20] = False  # a hole, filled by fill_holes=True
+    prob = np.zeros((2, 2), np.uint8)
+    prob[0, 0] = 200  # probabilities (uint8) are resized linearly, then cut at 0.5
+    rows = evaluate_masks([quarter, ring, prob], [gt, gt, gt], probabilities=False)
+    assert rows[0]["dice"] == 1.0 and rows[0]["hd95"] == 0.0  # nearest resize keeps the quarter
+    assert rows[1]["dice"] == pytest.approx(2 * 500 / (500 + 600))
+    filled = evaluate_masks([ring], [gt], fill=True)
+    assert filled[0]["dice"] == 1.0
+    p = evaluate_masks([prob], [gt], probabilities=True)[0]
+    assert 0.3 < p["dice"] < 1.0  # a blurred quarter: overlapping, not exact
+    s = summarise(rows[:2])
+    assert s["n"] == 2 and s["dice_mean"] == pytest.approx((1 + 1000 / 1100) / 2)
+    assert s["dice_ci_low"] <= s["dice_mean"] <= s["dice_ci_high"]
