@@ -7,6 +7,9 @@ split and seeds, changing one thing:
 * ``no_lora``: the same without adaptation;
 * ``random``: random clicking instead of the agent (no LoRA);
 * ``gt``: the ground-truth-guided clicker (a ceiling: it reads the ground truth to click);
+* ``*_top50``: the same with only the best half of the pseudo-masks kept for the segmenter, by
+  the ``auto`` quality score (the share of "better" answers in round 1, agreement with the
+  previous segmenter later; :mod:`bow_gym.pseudo_labels`);
 * ``supervised``: the segmenter trained on the ground-truth masks of the labelling images (the
   upper bound; no clicks).
 
@@ -59,6 +62,10 @@ CPU_VARIANTS = {
     "reinforce_lab": ("REINFORCE, lab_texture (no LoRA: no weights)", {"agent": "reinforce"}),
     "random_lab": ("random clicking, lab_texture", {"agent": "random"}),
     "gt_lab": ("GT-guided clicker, lab_texture (ceiling)", {"agent": "gt"}),
+    "reinforce_lab_top50": ("REINFORCE, lab_texture, top-50% pseudo-masks (quality auto)",
+                            {"agent": "reinforce", "top_k": 0.5, "quality": "auto"}),
+    "random_lab_top50": ("random clicking, lab_texture, top-50% pseudo-masks (quality auto)",
+                         {"agent": "random", "top_k": 0.5, "quality": "auto"}),
 }
 
 

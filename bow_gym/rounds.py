@@ -122,7 +122,8 @@ class RoundsConfig:
     top_k: float = 1.0
     """share of pseudo-masks the segmenter trains on (1 = all)"""
     quality: str = "feedback"
-    """quality score for top_k: feedback, confidence, agreement or combined"""
+    """quality score for top_k: feedback, confidence, agreement, combined, or auto (feedback in
+    round 1, where there is no earlier segmenter to agree with; agreement from round 2 on)"""
     lora: bool = False
     """adapt the backbone (q/v LoRA, triplet loss) on each round's pseudo-masks"""
     lora_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -163,9 +164,9 @@ class RoundsConfig:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
         if not 0.0 < self.top_k <= 1.0:
             raise ValueError(f"top_k must be a share in (0, 1], got {self.top_k!r}")
-        if self.quality not in ("feedback", "confidence", "agreement", "combined"):
-            raise ValueError("quality must be feedback, confidence, agreement or combined, got "
-                             f"{self.quality!r}")
+        if self.quality not in ("feedback", "confidence", "agreement", "combined", "auto"):
+            raise ValueError("quality must be feedback, confidence, agreement, combined or auto, "
+                             f"got {self.quality!r}")
         if self.limit is not None and self.limit < 2:
             raise ValueError(f"limit must be None or >= 2, got {self.limit!r}")
         if self.agent_checkpoint and self.agent != "reinforce":
@@ -707,7 +708,10 @@ class RoundsRun:
 
             starts = [m if r > 1 else None for m in labels.initial]
             signals = quality_signals(labels.rewards, labels.confidence, labels.pseudo, starts)
-            score = combined_score(signals, cfg.quality)
+            use = cfg.quality
+            if use == "auto":
+                use = "feedback" if r == 1 else "agreement"
+            score = combined_score(signals, use)
             keep = select_top_k(score, cfg.top_k, seed=_seed(cfg, r, 3))
             _write_csv(quality_path, [
                 {"image_id": iid, **{k: float(v[i]) for k, v in signals.items()},

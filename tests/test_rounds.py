@@ -48,6 +48,9 @@ def test_config_errors_name_the_problem(tmp_path):
         RoundsConfig(agent="clever")
     with pytest.raises(ValueError, match="top_k"):
         RoundsConfig(top_k=0)
+    with pytest.raises(ValueError, match="quality"):
+        RoundsConfig(quality="best")
+    assert RoundsConfig(quality="auto", feature_cache="none").feature_cache is None
     with pytest.raises(ValueError, match="rounds"):
         RoundsConfig(rounds=0)
     with pytest.raises(ValueError, match="not set"):
@@ -138,7 +141,7 @@ def test_resume_refuses_another_config(tiny_run):
 @pytest.mark.slow
 def test_random_agent_and_filtering(tmp_path):
     cfg = RoundsConfig(**{**TINY, "agent": "random", "rounds": 1, "top_k": 0.5,
-                          "quality": "combined"})
+                          "quality": "auto"})
     run_rounds(cfg, tmp_path / "r")
     with open(tmp_path / "r" / "round_01" / "quality.csv") as f:
         q = list(csv.DictReader(f))
