@@ -366,12 +366,18 @@ def make_agent(config: RoundsConfig, in_channels: int, device: str) -> Any:
         return RandomClicker(seed=config.seed)
     if config.agent == "gt":
         return GroundTruthClicker()
+    import torch
+
     from agents.reinforce import ReinforceAgent
 
     kwargs = {"online_batch": 8, **config.agent_kwargs}
     if config.agent_checkpoint:
         return ReinforceAgent.load(_expand(config.agent_checkpoint), device=device, **kwargs)
-    return ReinforceAgent(in_channels, device=device, seed=config.seed, **kwargs)
+    # The network's initial weights come from the run's seed, not from whatever the caller's
+    # global torch RNG holds (which would make a run depend on what ran before it).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(config, 0, 6))
+        return ReinforceAgent(in_channels, device=device, seed=config.seed, **kwargs)
 
 
 def save_agent(agent: Any, round_dir: Path) -> None:

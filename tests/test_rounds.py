@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from bow_gym.rounds import RoundsConfig, list_configs, load_config, run_rounds
 
@@ -117,6 +118,7 @@ def test_seeded_runs_repeat_and_resume_after_a_kill(tiny_run, tmp_path, monkeypa
         return real(self, rd, *args, **kwargs)
 
     monkeypatch.setattr(rounds.RoundsRun, "_train_segmenter", dies_in_round_2)
+    torch.manual_seed(12345)  # whatever ran before must not change a seeded run
     with pytest.raises(KeyboardInterrupt):
         run_rounds(RoundsConfig(**TINY), out)
     assert (out / "round_01" / "done.json").is_file()
@@ -208,3 +210,16 @@ def test_evaluation_known_answers():
     s = summarise(rows[:2])
     assert s["n"] == 2 and s["dice_mean"] == pytest.approx((1 + 1000 / 1100) / 2)
     assert s["dice_ci_low"] <= s["dice_mean"] <= s["dice_ci_high"]
+
+
+def test_agent_initialisation_depends_only_on_the_run_seed():
+    from bow_gym.rounds import make_agent
+
+    torch.manual_seed(1)
+    a = make_agent(RoundsConfig(**TINY), 4, "cpu")
+    torch.rand(100)  # other work in between moves the global generator
+    b = make_agent(RoundsConfig(**TINY), 4, "cpu")
+    c = make_agent(RoundsConfig(**{**TINY, "seed": 1}), 4, "cpu")
+    sa, sb, sc = (x.net.state_dict() for x in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
