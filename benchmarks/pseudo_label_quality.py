@@ -21,23 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import out_dir, save_figure, write_csv, write_json
-from bow_gym.pseudo_labels import SIGNALS
+from bow_gym.pseudo_labels import SIGNALS, average_ranks
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rho (Pearson correlation of average ranks); NaN for fewer than 3 pairs."""
+    """Spearman's rho (Pearson correlation of average ranks); NaN for fewer than 3 pairs.
+
+    Ranks scaled to [0, 1] give the same correlation as raw ranks.
+    """
     ok = np.isfinite(x) & np.isfinite(y)
     if ok.sum() < 3:
         return math.nan
 
-    def ranks(v: np.ndarray) -> np.ndarray:
-        order = np.argsort(v, kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v), dtype=np.float64)
-        _, inv = np.unique(v, return_inverse=True)
-        return (np.bincount(inv, weights=r) / np.bincount(inv))[inv]
-
-    rx, ry = ranks(x[ok]), ranks(y[ok])
+    rx, ry = average_ranks(x[ok]), average_ranks(y[ok])
     if rx.std() == 0 or ry.std() == 0:
         return math.nan
     return float(np.corrcoef(rx, ry)[0, 1])

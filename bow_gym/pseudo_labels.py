@@ -77,8 +77,8 @@ def quality_signals(
             "confidence": conf.astype(np.float64), "agreement": agreement}
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks scaled to ``[0, 1]``; NaN stays NaN."""
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank) scaled to ``[0, 1]``; NaN stays NaN."""
     out = np.full(len(x), np.nan)
     ok = np.isfinite(x)
     v = x[ok]
@@ -117,7 +117,7 @@ def combined_score(signals: dict[str, np.ndarray], use: str | Sequence[str] = "f
         raise ValueError(f"unknown quality signal(s) {unknown}; expected {list(SIGNALS)} "
                          "or 'combined'")
     n = len(next(iter(signals.values())))
-    ranked = [_ranks(np.asarray(signals[u], dtype=np.float64)) for u in names]
+    ranked = [average_ranks(np.asarray(signals[u], dtype=np.float64)) for u in names]
     ranked = [r for r in ranked if np.isfinite(r).any()]
     if not ranked:
         return np.full(n, 0.5)

@@ -236,6 +236,7 @@ class MemoryDataset(SegmentationDataset):
         self.samples = list(samples)
         self.name = name
         self._ids = [s.id for s in self.samples]
+        self._index = {sid: i for i, sid in enumerate(self._ids)}
 
     @property
     def ids(self) -> list[str]:
@@ -243,6 +244,13 @@ class MemoryDataset(SegmentationDataset):
 
     def _load(self, index: int) -> Sample:
         return self.samples[index]
+
+    def index_of(self, sample_id: str) -> int:
+        # every stage looks images up by id; a dict keeps that O(1) for 1000 images
+        try:
+            return self._index[sample_id]
+        except KeyError:
+            raise KeyError(f"{self.name}: no sample with id {sample_id!r}") from None
 
 
 def build_datasets(config: RoundsConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
@@ -323,16 +331,6 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 def _seed(config: RoundsConfig, round_: int, stage: int) -> int:
     """Independent, reproducible seed per (run seed, round, stage)."""
     return int(np.random.SeedSequence([config.seed, round_, stage]).generate_state(1)[0])
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
-    return device
 
 
 # --------------------------------------------------------------------------- stages
@@ -558,6 +556,8 @@ class RoundsRun:
     def __init__(self, config: RoundsConfig, out: str | os.PathLike, *, resume: bool = True):
         self.config = config
         self.out = Path(out)
+        from bow_gym.segmenters.config import resolve_device
+
         self.device = resolve_device(config.device)
         stored = self.out / "config.json"
         if stored.is_file():
