@@ -30,10 +30,11 @@ class ClickUNet(nn.Module):
         downsample: The observation is average-pooled by this factor first and the logits are
             repeated back to full size: all pixels of an 8 x 8 patch cell propagate alike, so
             pixel-exact logits buy nothing and cost ``downsample**2`` times the compute.
+        out_channels: Output maps (2 for click logits; other agents use the body for other maps).
     """
 
     def __init__(self, in_channels: int = 4, width: int = 16, depth: int = 3,
-                 downsample: int = 2):
+                 downsample: int = 2, out_channels: int = 2):
         super().__init__()
         self.downsample = int(downsample)
         chans = [width * 2**i for i in range(depth + 1)]
@@ -47,7 +48,7 @@ class ClickUNet(nn.Module):
         for ch_skip, ch_in in zip(reversed(chans[:-1]), reversed(chans[1:]), strict=True):
             self.up.append(nn.ConvTranspose2d(ch_in, ch_skip, 2, stride=2))
             self.merge.append(_block(2 * ch_skip, ch_skip))
-        self.head = nn.Conv2d(chans[0], 2, 1)
+        self.head = nn.Conv2d(chans[0], out_channels, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.value = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(chans[-1], 1))

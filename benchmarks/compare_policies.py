@@ -1,7 +1,8 @@
 """Train and compare click policies on the same data, seeds and click budget.
 
 For each data set (the embedded synthetic set; Kvasir-SEG when the real data is present) and each
-seed, every learning agent is trained for ``--clicks`` clicks on the training part of a seeded
+seed, every learning agent (REINFORCE, SB3's PPO/A2C/DQN, and the model-based answer-model agent of
+:mod:`agents.answer_model`) is trained for ``--clicks`` clicks on the training part of a seeded
 80/20 split, from better/worse answers alone, then evaluated greedily on the held-out part
 (``--transductive``: the method's protocol, training and evaluating on all images). Random clicking
 and the ground-truth-guided clicker are evaluated on the same images.
@@ -37,7 +38,7 @@ import numpy as np
 from benchmarks._common import t_interval
 
 LEVELS = (0.80, 0.85, 0.90)
-LEARNERS = ("reinforce", "ppo", "a2c", "dqn")
+LEARNERS = ("reinforce", "ppo", "a2c", "dqn", "answer_model")
 
 
 def clicks_to_90(clicks: list[int], reward: list[float], window: int = 10) -> float:
@@ -86,6 +87,15 @@ def train_learner(name: str, cfg: dict, seed: int, clicks: int, out: Path, progr
         agent, history = train(args)
         agent.greedy, agent.online_batch = True, 0
         return agent, history
+    if name == "answer_model":
+        from agents.answer_model import AnswerModelArgs
+        from agents.answer_model import train as train_answer_model
+
+        args = AnswerModelArgs(total_clicks=clicks, seed=seed, out=str(out), progress=progress,
+                               **cfg["reinforce"])
+        agent, history = train_answer_model(args)
+        agent.greedy, agent.online_batch = True, 0
+        return agent, history
     from agents.sb3 import SB3Args, train_sb3
 
     args = SB3Args(algo=name, total_clicks=clicks, seed=seed, out=str(out), progress=progress,
@@ -115,8 +125,9 @@ def evaluate(policy, env, seed: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--datasets", default="synthetic,kvasir-seg")
-    p.add_argument("--agents", default="reinforce,ppo,dqn",
-                   help=f"learners among {','.join(LEARNERS)} (default reinforce,ppo,dqn)")
+    p.add_argument("--agents", default="reinforce,ppo,dqn,answer_model",
+                   help=f"learners among {','.join(LEARNERS)} "
+                        "(default reinforce,ppo,dqn,answer_model)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--clicks", type=int, default=2000, help="training clicks per agent")
     p.add_argument("--transductive", action="store_true",
@@ -225,7 +236,8 @@ def _figures(out: Path, summary, curves, datasets, learners, save_figure) -> Non
     import matplotlib.pyplot as plt
 
     colours = {"random": "tab:gray", "gt": "tab:green", "reinforce": "tab:red",
-               "ppo": "tab:blue", "a2c": "tab:purple", "dqn": "tab:orange"}
+               "ppo": "tab:blue", "a2c": "tab:purple", "dqn": "tab:orange",
+               "answer_model": "tab:brown"}
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
         for name in learners:

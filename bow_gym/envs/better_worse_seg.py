@@ -445,6 +445,18 @@ class BetterWorseSegEnv(gym.Env):
         """The current ``(H, W)`` bool mask at working resolution (what the agent also sees)."""
         return self._obs[3] > 127
 
+    def propagation_graph(self) -> np.ndarray:
+        """Which patches a click on each patch of the current image would select.
+
+        Row ``p`` of the ``(P, P)`` bool matrix is the selection of a click in patch ``p`` (patches
+        in row-major order of ``grid``). It is computed from the image's backbone features alone,
+        as an annotation tool could preview a click's reach, so agents may use it: it holds no
+        ground truth.
+        """
+        if self._ctx is None:
+            raise RuntimeError("call reset() first")
+        return self._ctx.selects.copy()
+
     def ground_truth_for_evaluation(self) -> np.ndarray:
         """The current image's ground truth at working resolution. **Evaluation only.**
 
