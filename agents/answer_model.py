@@ -33,10 +33,12 @@ It shares :class:`~agents.ClickPolicy` with every other agent and learns online 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -173,16 +175,25 @@ class AnswerModelAgent(ClickPolicy):
         self.posterior_steps, self.prior_weight = posterior_steps, prior_weight
         self.epsilon, self.online_batch, self.greedy = epsilon, online_batch, greedy
         self.rng = np.random.default_rng(seed)
-        self.updates = 0
-        # Replay buffer: images by id (each stored once), answered clicks as rows.
-        self._images: dict[str, np.ndarray] = {}
-        self._buf_image: list[str] = []
-        self._buf_before: list[np.ndarray] = []
-        self._buf_after: list[np.ndarray] = []
-        self._buf_answer: list[float] = []
-        self._new_since_update = 0
+        self.replay = ReplayBuffer(buffer_size)
         self._episode: _Episode | None = None
         self.last_confidence: float | None = None
+
+    @property
+    def updates(self) -> int:
+        """Gradient steps taken so far (shared with :meth:`fork` twins)."""
+        return self.replay.updates
+
+    def fork(self) -> AnswerModelAgent:
+        """A twin for lockstep labelling: its own episode, everything learned shared.
+
+        The network, answer model, optimiser and replay buffer are the same objects, so clicks
+        answered in any twin's episode train the one model (as REINFORCE's ``act_batch`` does).
+        """
+        twin = copy.copy(self)
+        twin._episode = None
+        twin.rng = np.random.default_rng(self.rng.integers(2**63))
+        return twin
 
     # ---------------------------------------------------------------- belief
     def belief_logits(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -258,9 +269,8 @@ class AnswerModelAgent(ClickPolicy):
         if ep is None or ep.pending is None:
             return
         self.record(ep, reward)
-        if self.online_batch > 0 and self._new_since_update >= self.online_batch:
+        if self.online_batch > 0 and self.replay.new >= self.online_batch:
             self.learn(1)
-            self._new_since_update = 0
         if terminated:
             self._episode = None
 
@@ -274,16 +284,7 @@ class AnswerModelAgent(ClickPolicy):
         if answer == 0.0:
             ep.rejected.append((label, patch))
         self._posterior(ep)
-        if ep.image_id not in self._images:
-            self._images[ep.image_id] = ep.image
-        self._buf_image.append(ep.image_id)
-        self._buf_before.append(before.cpu().numpy())
-        self._buf_after.append(after.cpu().numpy())
-        self._buf_answer.append(answer)
-        if len(self._buf_answer) > self.buffer_size:
-            for buf in (self._buf_image, self._buf_before, self._buf_after, self._buf_answer):
-                del buf[0]
-        self._new_since_update += 1
+        self.replay.add(ep.image_id, ep.image, before.cpu().numpy(), after.cpu().numpy(), answer)
 
     def _posterior(self, ep: _Episode) -> None:
         if not self.posterior_steps:
@@ -307,20 +308,15 @@ class AnswerModelAgent(ClickPolicy):
     # ---------------------------------------------------------------- learning
     def learn(self, steps: int = 1) -> dict[str, float]:
         """``steps`` gradient steps of the answer model on minibatches from the replay buffer."""
-        n = len(self._buf_answer)
-        if n == 0:
+        if not len(self.replay):
             return {}
+        self.replay.new = 0
         stats: dict[str, float] = {}
         self.net.train()
         for _ in range(steps):
-            idx = self.rng.integers(n, size=min(self.batch_size, n))
-            images = np.stack([self._images[self._buf_image[i]] for i in idx])
-            before = torch.as_tensor(np.stack([self._buf_before[i] for i in idx]),
-                                     device=self.device)
-            after = torch.as_tensor(np.stack([self._buf_after[i] for i in idx]),
-                                    device=self.device)
-            y = torch.as_tensor(np.array([self._buf_answer[i] for i in idx], np.float32),
-                                device=self.device)
+            images, before, after, y = (
+                torch.as_tensor(a, device=self.device)
+                for a in self.replay.sample(self.rng, self.batch_size))
             q = torch.sigmoid(self.belief_logits(images))
             logit = self.answer_logit(q, before, after)
             loss = nn.functional.binary_cross_entropy_with_logits(logit, y)
@@ -328,17 +324,16 @@ class AnswerModelAgent(ClickPolicy):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
             self.opt.step()
-            self.updates += 1
+            self.replay.updates += 1
             stats = {"losses/answer_nll": loss.item(),
                      "charts/answer_accuracy": float(((logit > 0).float() == y).float().mean()),
-                     "charts/kappa": float(self.log_kappa.exp()), "charts/beta": float(self.beta)}
+                     "charts/kappa": self.log_kappa.exp().item(), "charts/beta": self.beta.item()}
         return stats
 
     def flush(self) -> None:
         """Learn from online clicks not yet learned from (e.g. at the end of a round)."""
-        if self.online_batch > 0 and self._new_since_update:
+        if self.online_batch > 0 and self.replay.new:
             self.learn(1)
-            self._new_since_update = 0
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, path: str | os.PathLike) -> None:
@@ -377,8 +372,37 @@ class AnswerModelAgent(ClickPolicy):
         with torch.no_grad():
             agent.log_kappa.copy_(state["log_kappa"][0])
             agent.beta.copy_(state["beta"][0])
-        agent.updates = int(meta.get("updates", 0))
+        agent.replay.updates = int(meta.get("updates", 0))
         return agent
+
+
+class ReplayBuffer:
+    """Answered clicks for replay; each image is stored once, however many clicks it got.
+
+    Args:
+        capacity: Clicks kept (the oldest are dropped first).
+    """
+
+    def __init__(self, capacity: int):
+        self.images: dict[str, np.ndarray] = {}
+        self.rows: deque[tuple[str, np.ndarray, np.ndarray, float]] = deque(maxlen=capacity)
+        self.new = 0  # clicks added since the last gradient step
+        self.updates = 0  # gradient steps taken on this buffer
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, image_id: str, image: np.ndarray, before: np.ndarray, after: np.ndarray,
+            answer: float) -> None:
+        self.images.setdefault(image_id, image)
+        self.rows.append((image_id, before, after, float(answer)))
+        self.new += 1
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+        """``n`` clicks drawn with replacement: images, masks before, masks after, answers."""
+        rows = [self.rows[i] for i in rng.integers(len(self.rows), size=n)]
+        return (np.stack([self.images[r[0]] for r in rows]), np.stack([r[1] for r in rows]),
+                np.stack([r[2] for r in rows]), np.array([r[3] for r in rows], np.float32))
 
 
 @dataclass

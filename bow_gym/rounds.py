@@ -70,7 +70,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-AGENTS = ("reinforce", "random", "gt")
+AGENTS = ("reinforce", "answer_model", "random", "gt")
+#: Agents that learn while labelling; their weights carry over from round to round.
+LEARNING_AGENTS = ("reinforce", "answer_model")
 PROTOCOLS = ("heldout", "transductive")
 TARGETS = ("initial", "pseudo", "prediction")
 #: Config fields that may change when a run is resumed (they do not change its results).
@@ -104,11 +106,13 @@ class RoundsConfig:
     clicks: int = 5
     """clicks per image and round"""
     agent: str = "reinforce"
-    """clicking agent: reinforce (learns online), random, or gt (reads the ground truth: a ceiling)"""
+    """clicking agent: reinforce or answer_model (both learn online), random, or gt (reads the
+    ground truth: a ceiling)"""
     agent_checkpoint: str | None = None
-    """start the REINFORCE agent from this checkpoint instead of from scratch"""
+    """start the learning agent from this checkpoint instead of from scratch"""
     agent_kwargs: dict[str, Any] = field(default_factory=dict)
-    """ReinforceAgent arguments (lr, temperature, online_batch, width, ...)"""
+    """arguments of the agent's class (ReinforceAgent: lr, temperature, online_batch, width, ...;
+    AnswerModelAgent: lr, epsilon, posterior_steps, ...)"""
     label_envs: int = 8
     """images labelled in lockstep (one batched forward pass of the agent per click)"""
     backbone: str = "lab_texture"
@@ -169,8 +173,8 @@ class RoundsConfig:
                              f"got {self.quality!r}")
         if self.limit is not None and self.limit < 2:
             raise ValueError(f"limit must be None or >= 2, got {self.limit!r}")
-        if self.agent_checkpoint and self.agent != "reinforce":
-            raise ValueError("agent_checkpoint applies only to agent = 'reinforce'")
+        if self.agent_checkpoint and self.agent not in LEARNING_AGENTS:
+            raise ValueError(f"agent_checkpoint applies only to the learning agents {LEARNING_AGENTS}")
         for item in self.extra_datasets:
             if not isinstance(item, Mapping) or "dataset" not in item:
                 raise ValueError(f"each extra_datasets entry needs a 'dataset' key, got {item!r}")
@@ -356,8 +360,26 @@ class Labels:
                    z["labels"], z["confidence"])
 
 
-def make_agent(config: RoundsConfig, in_channels: int, device: str) -> Any:
-    """A fresh clicking agent of ``config.agent`` (or REINFORCE from ``agent_checkpoint``)."""
+def _agent_class(name: str) -> Any:
+    if name == "answer_model":
+        from agents.answer_model import AnswerModelAgent
+
+        return AnswerModelAgent
+    from agents.reinforce import ReinforceAgent
+
+    return ReinforceAgent
+
+
+def make_agent(config: RoundsConfig, in_channels: int, device: str,
+               grid: tuple[int, int] = (16, 16)) -> Any:
+    """A fresh clicking agent of ``config.agent`` (or a learning agent from ``agent_checkpoint``).
+
+    Args:
+        config: The run's config.
+        in_channels: Observation channels (REINFORCE's input).
+        device: Torch device of a learning agent.
+        grid: The env's patch grid (the answer-model agent's output).
+    """
     from agents.reference import GroundTruthClicker, RandomClicker
 
     if config.agent == "random":
@@ -366,16 +388,16 @@ def make_agent(config: RoundsConfig, in_channels: int, device: str) -> Any:
         return GroundTruthClicker()
     import torch
 
-    from agents.reinforce import ReinforceAgent
-
+    cls = _agent_class(config.agent)
     kwargs = {"online_batch": 8, **config.agent_kwargs}
     if config.agent_checkpoint:
-        return ReinforceAgent.load(_expand(config.agent_checkpoint), device=device, **kwargs)
+        return cls.load(_expand(config.agent_checkpoint), device=device, **kwargs)
+    first = in_channels if config.agent == "reinforce" else tuple(grid)
     # The network's initial weights come from the run's seed, not from whatever the caller's
     # global torch RNG holds (which would make a run depend on what ran before it).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed(config, 0, 6))
-        return ReinforceAgent(in_channels, device=device, seed=config.seed, **kwargs)
+        return cls(first, device=device, seed=config.seed, **kwargs)
 
 
 def save_agent(agent: Any, round_dir: Path) -> None:
@@ -389,15 +411,16 @@ def save_agent(agent: Any, round_dir: Path) -> None:
         torch.save(agent.opt.state_dict(), tmp)
 
 
-def load_agent(config: RoundsConfig, round_dir: Path, in_channels: int, device: str) -> Any:
+def load_agent(config: RoundsConfig, round_dir: Path, in_channels: int, device: str,
+               grid: tuple[int, int] = (16, 16)) -> Any:
+    """The learning agent as a round left it (the answer model's replay buffer starts empty)."""
     import torch
 
-    if config.agent != "reinforce":
-        return make_agent(config, in_channels, device)
-    from agents.reinforce import ReinforceAgent
-
+    if config.agent not in LEARNING_AGENTS:
+        return make_agent(config, in_channels, device, grid)
     kwargs = {"online_batch": 8, **config.agent_kwargs}
-    agent = ReinforceAgent.load(round_dir / "agent.safetensors", device=device, **kwargs)
+    agent = _agent_class(config.agent).load(round_dir / "agent.safetensors", device=device,
+                                            **kwargs)
     opt = round_dir / "agent_optimizer.pt"
     if opt.is_file():
         agent.opt.load_state_dict(torch.load(opt, map_location=device, weights_only=True))
@@ -411,7 +434,8 @@ def label_round(envs: Sequence[Any], agent: Any, order: Sequence[int], *, seed: 
     The episodes run in lockstep over ``envs`` (copies of one env), so that a learning agent
     acts on a batch with one forward pass and learns online from every answered click
     (:meth:`~agents.reinforce.ReinforceAgent.learn_online`). Other policies act one episode at
-    a time, each env with its own copy of the policy. Only policies that declare
+    a time, each env with its own copy of the policy, or with a :meth:`fork` twin that shares
+    what it learns (:class:`~agents.answer_model.AnswerModelAgent`). Only policies that declare
     ``reads_ground_truth`` (the ceiling) get the ground truth.
 
     Returns:
@@ -424,7 +448,12 @@ def label_round(envs: Sequence[Any], agent: Any, order: Sequence[int], *, seed: 
     from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY
 
     batched = hasattr(agent, "act_batch")
-    policies = [agent] + [agent if batched else copy.deepcopy(agent) for _ in envs[1:]]
+    if batched:
+        policies = [agent] * len(envs)
+    elif hasattr(agent, "fork"):  # a learner with per-episode state: twins share what it learns
+        policies = [agent] + [agent.fork() for _ in envs[1:]]
+    else:
+        policies = [agent] + [copy.deepcopy(agent) for _ in envs[1:]]
     n, k = len(order), envs[0].unwrapped.clicks_per_episode
     ids: list[str] = [""] * n
     pseudo = np.zeros((n, *envs[0].unwrapped.observation_space.shape[1:]), bool)
@@ -679,10 +708,11 @@ class RoundsRun:
             for env in envs[1:]:
                 env.features = envs[0].features  # one feature cache: each image featurised once
             n_channels = envs[0].n_channels
-            if r == 1 or cfg.agent != "reinforce":
-                agent = make_agent(cfg, n_channels, self.device)
+            grid = tuple(envs[0].grid)
+            if r == 1 or cfg.agent not in LEARNING_AGENTS:
+                agent = make_agent(cfg, n_channels, self.device, grid)
             else:
-                agent = load_agent(cfg, self.round_dir(r - 1), n_channels, self.device)
+                agent = load_agent(cfg, self.round_dir(r - 1), n_channels, self.device, grid)
             order = np.random.default_rng(_seed(cfg, r, 1)).permutation(n)
             labels = label_round(envs, agent, order, seed=_seed(cfg, r, 2),
                                  progress=cfg.progress, desc=f"round {r}: clicks")

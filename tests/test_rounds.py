@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.rounds import RoundsConfig, list_configs, load_config, run_rounds
 
 TINY = dict(dataset="synthetic", dataset_kwargs={"n_images": 12, "size": 96}, rounds=2,
@@ -152,6 +153,26 @@ def test_random_agent_and_filtering(tmp_path):
     assert min(float(r["score"]) for r in kept) >= max(
         float(r["score"]) for r in q if r["kept"] == "0")
     assert any(r["target"] == "pseudo_kept" for r in _metrics(tmp_path / "r"))
+
+
+def test_answer_model_agent_learns_across_lockstep_episodes_and_rounds(tmp_path):
+    from agents.answer_model import AnswerModelAgent
+    from bow_gym.rounds import label_round
+
+    cfg = RoundsConfig(**{**TINY, "agent": "answer_model", "label_envs": 4})
+    run_rounds(cfg, tmp_path / "r")
+    for r in (1, 2):
+        agent = AnswerModelAgent.load(tmp_path / "r" / f"round_{r:02d}" / "agent.safetensors")
+        # 12 images x 2 clicks per round, one online step per 8 clicks: all twins fed one model
+        assert agent.updates == 3 * r
+    # the twins of one lockstep labelling share the replay buffer
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 6, "size": 96}, feature_cache=None)
+    agent = AnswerModelAgent(env.grid, online_batch=4)
+    labels = label_round([env] + [BetterWorseSegEnv(env.dataset, feature_cache=None)
+                                  for _ in range(2)], agent, list(range(6)), seed=0,
+                         progress=False)
+    assert len(agent.replay) == 6 * env.clicks_per_episode and len(labels.ids) == 6
+    assert agent.updates == 6 * env.clicks_per_episode // 4 + 1  # the last two by flush()
 
 
 @pytest.mark.slow

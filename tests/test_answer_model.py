@@ -1,0 +1,193 @@
+import numpy as np
+import pytest
+import torch
+from _support import OtherMasks
+
+import bow_gym  # noqa: F401
+from agents import RandomClicker, run_episode
+from agents.answer_model import (
+    AnswerModelAgent,
+    AnswerModelArgs,
+    answer_logits,
+    mask_shares,
+    masks_after_clicks,
+    soft_dice,
+    train,
+)
+from bow_gym.datasets.synthetic import SyntheticDataset
+from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
+from bow_gym.oracles import DiceOracle, Oracle, Overlap
+from bow_gym.propagation import select_patches
+
+
+class _Constant(Oracle):
+    """Answers the same whatever the ground truth: trajectories may then not depend on it."""
+
+    def __init__(self, answer: int):
+        self.answer = answer
+
+    def judge(self, before: Overlap, after: Overlap, rng=None) -> int:
+        return self.answer
+
+
+def test_soft_dice_and_masks_after_clicks_known_answers():
+    q = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    assert float(soft_dice(torch.tensor([1.0, 1.0, 0.0, 0.0]), q)) == pytest.approx(1.0)
+    assert float(soft_dice(torch.tensor([1.0, 0.0, 1.0, 0.0]), q)) == pytest.approx(0.5)
+    assert float(soft_dice(torch.zeros(4), q)) == 0.0
+    graph = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+                         dtype=torch.float32)
+    mask = torch.tensor([0.0, 0.0, 1.0, 0.5])
+    after = masks_after_clicks(mask, graph)
+    assert after.shape == (2, 4, 4)
+    assert after[1, 0].tolist() == [1.0, 1.0, 1.0, 0.5]  # foreground on patch 0 adds 0 and 1
+    assert after[0, 2].tolist() == [0.0, 0.0, 0.0, 0.5]  # background on patch 2 removes it
+    assert after[0, 0].tolist() == mask.tolist()  # nothing to remove: a no-op
+
+
+def test_answer_logits_agree_with_the_dice_oracle_when_the_belief_is_the_truth():
+    """With q = the ground truth, sign(logit + beta) is the Dice oracle's exact answer."""
+    rng = np.random.default_rng(0)
+    oracle, checked = DiceOracle(), 0
+    for _ in range(300):
+        p = 24
+        gt = (rng.random(p) < rng.uniform(0.1, 0.6)).astype(np.float32)
+        before = (rng.random(p) < rng.uniform(0.0, 0.6)).astype(np.float32)
+        region = rng.random(p) < rng.uniform(0.05, 0.5)
+        label = int(rng.integers(2))
+        after = np.where(region, float(label), before).astype(np.float32)
+        if np.array_equal(after, before) or gt.sum() == 0:
+            continue
+
+        truth = oracle.judge(*(Overlap(int((m * gt).sum()), int(m.sum()), int(gt.sum()))
+                               for m in (before, after)))
+        margin = answer_logits(torch.tensor(gt), torch.tensor(before), torch.tensor(after),
+                               torch.tensor(1.0), torch.tensor(0.0))
+        if abs(float(margin)) > 1e-6:  # exact ties are "worse" by rule, any margin sign is fine
+            assert (float(margin) > 0) == (truth > 0)
+            checked += 1
+    assert checked > 150
+
+
+def test_mask_shares_pool_each_cell():
+    obs = np.zeros((4, 16, 16), np.uint8)
+    obs[3, :8, :8] = 255
+    obs[3, 8:12, 8:16] = 255
+    assert mask_shares(obs, (2, 2)).tolist() == [1.0, 0.0, 0.0, 0.5]
+
+
+def test_env_propagation_graph_is_the_features_selection():
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 2, "size": 96}, feature_cache=None)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.propagation_graph()
+    env.reset(seed=0, options={"index": 1})
+    graph = env.propagation_graph()
+    feats = env.features.get(env.dataset[1].image)
+    assert graph.shape == (env.n_patches, env.n_patches) and graph.dtype == bool
+    for patch in (0, 77, 255):
+        assert np.array_equal(graph[patch], select_patches(feats, patch, env.threshold))
+    graph[:] = False  # a copy: the env's own graph is untouched
+    assert env.propagation_graph().any()
+
+
+def _agent(**kw) -> AnswerModelAgent:
+    torch.manual_seed(0)
+    agent = AnswerModelAgent((16, 16), **kw)
+    with torch.no_grad():
+        agent.net.head.weight.normal_(0, 0.5)  # a non-trivial belief
+    return agent
+
+
+def test_actions_unchanged_when_only_ground_truth_differs():
+    ds = SyntheticDataset(n_images=3, size=96)
+    runs = []
+    for answer in (1, -1):
+        for data in (ds, OtherMasks(ds, 11, 1)):
+            agent = _agent(online_batch=0, greedy=True)
+            env = BetterWorseSegEnv(data, oracle=_Constant(answer), feature_cache=None)
+            runs.append([run_episode(env, agent, seed=s, options={"index": s}).actions
+                         for s in range(3)])
+    assert runs[0] == runs[1] and runs[2] == runs[3]
+    assert runs[0] != runs[2]  # the answers, which it may read, do change what it does
+
+
+def test_clicks_change_the_mask_and_rejected_clicks_are_not_repeated():
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 2, "size": 96},
+                            oracle=_Constant(-1), feature_cache=None)
+    agent = _agent(online_batch=0, greedy=True)
+    rec = run_episode(env, agent, seed=0)
+    clicks = []
+    for a in rec.actions:
+        label, y, x = env.decode_action(a)
+        clicks.append((label, (y // 8) * 16 + x // 8))
+    assert len(set(clicks)) == len(clicks) == 5
+    assert all(label == 1 for label, _ in clicks)  # from an empty mask only foreground changes it
+    assert all(0.0 < c < 1.0 for c in rec.confidence)
+
+
+def test_within_episode_update_lowers_the_belief_in_a_rejected_region():
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 1, "size": 96},
+                            oracle=_Constant(-1), feature_cache=None)
+    agent = _agent(online_batch=0, greedy=True)
+    obs, info = env.reset(seed=0)
+    action = agent.act(obs, info, env)
+    ep = agent._episode
+    _, after, _, _ = ep.pending
+    added = (after > 0).numpy()
+    q0 = torch.sigmoid(ep.logits).numpy()
+    _, reward, _, _, info = env.step(action)
+    agent.observe(action, reward, False, info)
+    q1 = torch.sigmoid(ep.logits + ep.offset).numpy()
+    assert q1[added].mean() < q0[added].mean() - 0.05
+    assert abs(q1[~added].mean() - q0[~added].mean()) < abs(q1[added].mean() - q0[added].mean())
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    agent = _agent(width=8, epsilon=0.3, seed=2)
+    agent.save(tmp_path / "a.safetensors")
+    loaded = AnswerModelAgent.load(tmp_path / "a.safetensors")
+    assert loaded.hparams == agent.hparams
+    obs = np.random.default_rng(0).integers(0, 255, (2, 3, 128, 128), dtype=np.uint8)
+    with torch.no_grad():
+        assert torch.equal(agent.belief_logits(obs), loaded.belief_logits(obs))
+    assert loaded.beta.item() == agent.beta.item()
+    assert not list(tmp_path.glob(".*tmp"))
+    with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
+        AnswerModelAgent.load(tmp_path / "nothing.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        AnswerModelAgent.load(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="epsilon"):
+        AnswerModelAgent((16, 16), epsilon=1.5)
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 1, "size": 96}, feature_cache=None)
+    obs, info = env.reset(seed=0)
+    with pytest.raises(ValueError, match="patch grid"):
+        AnswerModelAgent((8, 8)).act(obs, info, env)
+
+
+def test_online_learning_updates_weights():
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 2, "size": 96}, feature_cache=None)
+    agent = AnswerModelAgent((16, 16), online_batch=4, batch_size=4)
+    before = agent.net.head.weight.detach().clone()
+    run_episode(env, agent, seed=0)
+    assert agent.updates == 1 and len(agent.replay) == 5
+    agent.flush()
+    assert agent.updates == 2
+    assert not torch.equal(before, agent.net.head.weight)
+
+
+def test_short_training_beats_random_on_easy_variant(tmp_path):
+    args = AnswerModelArgs(env_id="BetterWorseSeg-Easy-v0", total_clicks=320, num_envs=8,
+                           out=str(tmp_path), tensorboard=True, progress=False, seed=0,
+                           env_kwargs={"dataset_kwargs": {"n_images": 60, "size": 96}})
+    agent, history = train(args)
+    assert history["clicks"][-1] == 320 and (tmp_path / "agent.safetensors").is_file()
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 60, "size": 96, "contrast": 2.5,
+                                            "split": "test"}, feature_cache=None)
+    agent.greedy, agent.online_batch = True, 0
+    n = len(env.dataset)
+    learned = np.mean([run_episode(env, agent, seed=i, options={"index": i}).final_dice
+                       for i in range(n)])
+    rand = np.mean([run_episode(env, RandomClicker(), seed=i, options={"index": i}).final_dice
+                    for i in range(n)])
+    assert learned > rand + 0.2, (learned, rand)
