@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="data set folder")
     p.add_argument("--rounds", type=int, help="rounds (default 5)")
     p.add_argument("--clicks", type=int, help="clicks per image and round (default 5)")
-    p.add_argument("--agent", choices=["reinforce", "random", "gt"], help="clicking agent")
+    p.add_argument("--agent", choices=["reinforce", "answer_model", "random", "gt"], help="clicking agent")
     p.add_argument("--protocol", choices=["heldout", "transductive"], help="evaluation protocol")
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--backbone", help="backbone name (lab_texture, dinov2_vits14, ...)")

@@ -1,0 +1,147 @@
+"""How much a "better" answer says about the first click: why reward-maximising agents plateau.
+
+For every held-out image (the 20% test part of the seeded split; the embedded synthetic set and
+Kvasir-SEG when the real data is present) and every patch, a foreground click from an empty mask is
+simulated with the environment's defaults (``lab_texture``, threshold 0.8, 128 px). Reported per
+data set:
+
+* ``better_share``: the share of patches whose click the Dice oracle answers "better" (from an
+  empty mask: any overlap with the lesion);
+* ``dice_if_better``: the mean Dice of those clicks, i.e. what a policy that has learned perfectly
+  where "better" answers come from, but nothing more, gets from its first click on average;
+* ``dice_best``: the Dice of the best single click (a propagation-aware ceiling);
+* ``dice_gt_clicker``: the first click of the ground-truth-guided (RITM-style) clicker, which does
+  not know how far a click propagates.
+
+With ``--belief-ceiling`` it also trains the answer-model agent's belief network on the training
+images' **ground-truth** patch shares (an upper bound of what that network can learn, not a
+result of the method) and runs the agent greedily with it, which bounds what the answer-model agent
+can reach with this network and data.
+
+Run: ``python -m benchmarks.first_click`` (``--help``); last line
+``kvasir_dice_if_better: <value>``. Writes ``first_click.csv``/``.json`` and ``first_click.png``
+(per data set, the distribution of first-click Dice over the "better" patches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+import numpy as np
+
+
+def first_click_stats(env) -> tuple[dict[str, float], np.ndarray]:
+    """Per-image means of the statistics above, and the Dice of every "better" first click."""
+    from agents import GroundTruthClicker, run_episode
+
+    base = env.unwrapped
+    rows, pooled = [], []
+    for i in range(len(base.dataset)):
+        base.reset(options={"index": i})
+        ctx = base._ctx  # evaluation code: reads the ground truth on purpose
+        gt_pixels = float(ctx.gt_count.sum())
+        if gt_pixels == 0:
+            continue
+        dice = 2.0 * ctx.selection_gt / (ctx.selection_size * base.patch_area + gt_pixels)
+        better = ctx.selection_gt > 0
+        gt_first = run_episode(env, GroundTruthClicker(), seed=i, options={"index": i}).dice[0]
+        rows.append((better.mean(), dice[better].mean(), dice.max(), gt_first))
+        pooled.append(dice[better])
+    r = np.array(rows)
+    keys = ("better_share", "dice_if_better", "dice_best", "dice_gt_clicker")
+    return {k: float(v) for k, v in zip(keys, r.mean(0), strict=True)} | {"images": len(r)}, \
+        np.concatenate(pooled)
+
+
+def belief_ceiling(train_env, test_env, epochs: int, seed: int) -> dict[str, Any]:
+    """The answer-model agent with its belief network trained on ground truth (an upper bound)."""
+    import torch
+
+    from agents.answer_model import AnswerModelAgent
+    from benchmarks.compare_policies import evaluate
+
+    base = train_env.unwrapped
+    images, targets = [], []
+    for i in range(len(base.dataset)):
+        obs, _ = base.reset(options={"index": i})
+        images.append(obs[:3])
+        targets.append(base._ctx.gt_count / base.patch_area)  # ground truth: the bound's point
+    x, y = np.stack(images), np.stack(targets).astype(np.float32)
+    torch.manual_seed(seed)
+    agent = AnswerModelAgent(base.grid, online_batch=0, greedy=True, seed=seed)
+    opt = torch.optim.Adam(agent.net.parameters(), lr=1e-3)
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        perm = rng.permutation(len(x))
+        for b in range(0, len(x), 32):
+            idx = perm[b:b + 32]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                agent.belief_logits(x[idx]), torch.as_tensor(y[idx]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    res = evaluate(agent, test_env, seed)
+    return {"ceiling_dice@1": res["dice"][0], "ceiling_dice@5": res["dice"][-1],
+            "ceiling_better_share": res["better_share"], "ceiling_epochs": epochs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--datasets", default="synthetic,kvasir-seg")
+    p.add_argument("--belief-ceiling", action="store_true",
+                   help="also train the answer-model belief on ground truth (an upper bound)")
+    p.add_argument("--epochs", type=int, default=8, help="epochs of the belief ceiling")
+    p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or ../shared/data)")
+    p.add_argument("--out", help="output folder (default benchmarks/results/first_click)")
+    args = p.parse_args(argv)
+
+    import gymnasium as gym
+
+    import bow_gym  # noqa: F401
+    from benchmarks._common import machine, out_dir, save_figure, shared_data, write_csv, write_json
+    from benchmarks.compare_policies import data_configs
+
+    out = out_dir("first_click", args.out)
+    cfgs = data_configs(args.datasets.split(","), shared_data(args.data), transductive=False)
+    rows, pooled = [], {}
+    for name, cfg in cfgs.items():
+        test_env = gym.make("BetterWorseSeg-v0", **cfg["test"])
+        stats, pooled[name] = first_click_stats(test_env)
+        row = {"dataset": name, **stats}
+        if args.belief_ceiling:
+            train_env = gym.make("BetterWorseSeg-v0", **cfg["train"])
+            row.update(belief_ceiling(train_env, test_env, args.epochs, seed=0))
+        rows.append(row)
+        print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in row.items()))
+    write_csv(out / "first_click.csv", rows)
+    write_json(out / "first_click.json", {"rows": rows, "settings": vars(args),
+                                          "machine": machine()})
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 3.5), squeeze=False)
+    for ax, row in zip(axes[0], rows, strict=True):
+        ax.hist(pooled[row["dataset"]], bins=40, range=(0, 1), color="tab:gray")
+        for key, colour in (("dice_if_better", "tab:blue"), ("dice_gt_clicker", "tab:green"),
+                            ("dice_best", "tab:red")):
+            ax.axvline(row[key], color=colour, label=f"{key} {row[key]:.2f}")
+        ax.set_title(f"{row['dataset']}: Dice of first clicks answered 'better'")
+        ax.set_xlabel("Dice after one foreground click from an empty mask")
+        ax.set_ylabel("patches (all held-out images)")
+        ax.legend(fontsize=8)
+    save_figure(fig, out / "first_click.png")
+    plt.close(fig)
+    print(f"wrote {out}/first_click.csv, first_click.json, first_click.png")
+    kv = next((r for r in rows if r["dataset"] == "kvasir-seg"), None)
+    print(f"kvasir_dice_if_better: {kv['dice_if_better']:.3f}" if kv else
+          f"kvasir_dice_if_better: {math.nan}")
+
+
+if __name__ == "__main__":
+    main()
