@@ -10,6 +10,8 @@ split and seeds, changing one thing:
 * ``*_top50``: the same with only the best half of the pseudo-masks kept for the segmenter, by
   the ``auto`` quality score (the share of "better" answers in round 1, agreement with the
   previous segmenter later; :mod:`bow_gym.pseudo_labels`);
+* ``answer_model_lab``: the model-based answer-model agent (:mod:`agents.answer_model`) instead of
+  REINFORCE, learning online in the same way;
 * ``supervised``: the segmenter trained on the ground-truth masks of the labelling images (the
   upper bound; no clicks).
 
@@ -66,6 +68,8 @@ CPU_VARIANTS = {
                             {"agent": "reinforce", "top_k": 0.5, "quality": "auto"}),
     "random_lab_top50": ("random clicking, lab_texture, top-50% pseudo-masks (quality auto)",
                          {"agent": "random", "top_k": 0.5, "quality": "auto"}),
+    "answer_model_lab": ("answer-model agent, lab_texture (learns to predict the answers)",
+                         {"agent": "answer_model"}),
 }
 
 
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--protocol", choices=["heldout", "transductive"], help="default: config's")
     p.add_argument("--variants", default="full,no_lora,random,reinforce_lab,random_lab,gt_lab,"
-                   "supervised", help="which rows to run")
+                   "answer_model_lab,supervised", help="which rows to run")
     p.add_argument("--dinov2", default="dinov2_vits14", help="DINOv2 backbone of the DINOv2 rows")
     p.add_argument("--dinov2-checkpoint", help="local weights file: runs the DINOv2 rows")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
