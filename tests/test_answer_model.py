@@ -9,6 +9,7 @@ from agents.answer_model import (
     AnswerModelAgent,
     AnswerModelArgs,
     answer_logits,
+    flip_augment,
     mask_shares,
     masks_after_clicks,
     soft_dice,
@@ -67,6 +68,20 @@ def test_answer_logits_agree_with_the_dice_oracle_when_the_belief_is_the_truth()
             assert (float(margin) > 0) == (truth > 0)
             checked += 1
     assert checked > 150
+
+
+def test_flip_augment_moves_image_and_masks_together():
+    images = np.zeros((64, 3, 16, 16), np.uint8)
+    images[:, :, :8, :8] = 255  # top-left patch of a 2 x 2 grid
+    before = np.zeros((64, 4), np.float32)
+    before[:, 0] = 1.0
+    after = before * 0.5
+    im, b, a = flip_augment(images, before, after, (2, 2), np.random.default_rng(0))
+    assert images[:, :, :8, :8].min() == 255 and before[:, 0].min() == 1.0  # inputs untouched
+    for i in range(64):
+        shares = im[i, 0].reshape(2, 8, 2, 8).mean(axis=(1, 3)).ravel() / 255
+        assert np.array_equal(shares, b[i]) and np.array_equal(a[i], b[i] * 0.5)
+    assert len({int(np.argmax(x)) for x in b}) == 4  # all four flips occur
 
 
 def test_mask_shares_pool_each_cell():
