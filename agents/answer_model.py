@@ -4,8 +4,8 @@ predicted Dice gain is largest.
 Why another agent: a +1/-1 answer says *whether* a click helped, not *how much*. From an empty mask
 every foreground click whose reach touches the lesion is "better" (on held-out Kvasir-SEG with the
 ``lab_texture`` backbone about half of all patches are; the mean Dice of such a click is 0.20,
-the best one's 0.67: ``python -m benchmarks.first_click``), so a policy rewarded per "better" answer (REINFORCE, PPO, DQN) is not pushed
-towards the click that makes the best mask. This agent uses the answers as data instead:
+the best one's 0.67: ``python -m benchmarks.first_click``), so a policy rewarded per "better"
+answer (REINFORCE, PPO, DQN) is not pushed towards the click that makes the best mask. This agent uses the answers as data instead:
 
 1. **Belief.** A small U-Net (:class:`agents.unet.ClickUNet`, one output map) reads the RGB image
    and gives a per-patch foreground probability ``q``. It never sees ground truth.
