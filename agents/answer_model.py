@@ -49,6 +49,7 @@ from torch import nn
 
 from agents.common import TrainDataArgs, make_envs
 from agents.policy import ClickPolicy
+from agents.reinforce import resolve_device
 from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import atomic_path
@@ -449,12 +450,6 @@ class _Episode:
     def __post_init__(self) -> None:
         self.events = [] if self.events is None else self.events
         self.rejected = [] if self.rejected is None else self.rejected
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def train(args: AnswerModelArgs) -> tuple[AnswerModelAgent, dict[str, list[float]]]:
