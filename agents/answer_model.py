@@ -34,6 +34,7 @@ It shares :class:`~agents.ClickPolicy` with every other agent and learns online 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -250,7 +251,12 @@ class AnswerModelAgent(ClickPolicy):
             with torch.no_grad():
                 self.net.eval()
                 logits = self.belief_logits(obs[:3])[0]
-        return _Episode(image_id=str(info.get("image_id", "")), image=np.array(obs[:3]),
+        image = np.array(obs[:3])
+        # Replayed clicks find their image by id; without one, by content (never a shared key).
+        image_id = info.get("image_id")
+        if image_id is None:
+            image_id = "sha1:" + hashlib.sha1(image.tobytes()).hexdigest()
+        return _Episode(image_id=str(image_id), image=image,
                         logits=logits.detach(), offset=torch.zeros_like(logits),
                         graph=torch.as_tensor(env.propagation_graph(), dtype=torch.float32,
                                               device=self.device))

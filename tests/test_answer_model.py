@@ -180,6 +180,17 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         AnswerModelAgent((8, 8)).act(obs, info, env)
 
 
+def test_replayed_clicks_keep_their_own_image_without_an_image_id():
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 2, "size": 96}, feature_cache=None)
+    agent = AnswerModelAgent((16, 16), online_batch=0)
+    for i in range(2):
+        obs, _ = env.reset(seed=0, options={"index": i})
+        agent.reset()
+        agent.act(obs, {}, env)  # a caller that passes no info
+        agent.observe(0, -1.0, True, {})
+    assert len(agent.replay.images) == 2
+
+
 def test_online_learning_updates_weights():
     env = BetterWorseSegEnv(dataset_kwargs={"n_images": 2, "size": 96}, feature_cache=None)
     agent = AnswerModelAgent((16, 16), online_batch=4, batch_size=4)
