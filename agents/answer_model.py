@@ -38,9 +38,8 @@ import hashlib
 import json
 import math
 import os
-import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.common import TrainDataArgs, make_envs
+from agents.common import TrainDataArgs, TrainingLog, make_envs, summary_line
 from agents.policy import ClickPolicy
 from agents.reinforce import resolve_device
 from agents.unet import ClickUNet
@@ -449,19 +448,13 @@ class _Episode:
     logits: torch.Tensor  # (P,) belief logits of the network
     offset: torch.Tensor  # (P,) within-episode update from the answers so far
     graph: torch.Tensor  # (P, P) propagation graph
-    events: list[tuple[torch.Tensor, torch.Tensor, float]] = None  # type: ignore[assignment]
-    rejected: list[tuple[int, int]] = None  # type: ignore[assignment]
+    events: list[tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=list)
+    rejected: list[tuple[int, int]] = field(default_factory=list)
     pending: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
-
-    def __post_init__(self) -> None:
-        self.events = [] if self.events is None else self.events
-        self.rejected = [] if self.rejected is None else self.rejected
 
 
 def train(args: AnswerModelArgs) -> tuple[AnswerModelAgent, dict[str, list[float]]]:
     """Offline training over lockstep envs; returns the agent and its learning curve."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     envs = make_envs(args, args.num_envs)
@@ -471,23 +464,12 @@ def train(args: AnswerModelArgs) -> tuple[AnswerModelAgent, dict[str, list[float
                              prior_weight=args.prior_weight, epsilon=args.epsilon,
                              augment=args.augment, online_batch=0,
                              device=resolve_device(args.device), seed=args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    writer = None
-    if args.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tb"))
-        except ImportError:
-            print("tensorboard is not installed (pip install tensorboard): logging to CSV only")
-    history: dict[str, list[float]] = {"clicks": [], "reward": [], "better_share": []}
+    log = TrainingLog(Path(args.out), args.total_clicks, "answer_model", args.tensorboard,
+                      args.progress)
     obs, infos = zip(*[e.reset(seed=args.seed + i) for i, e in enumerate(envs)], strict=True)
     obs, infos = list(obs), list(infos)
     episodes: list[_Episode | None] = [None] * len(envs)
-    clicks, t0 = 0, time.time()
-    bar = tqdm(total=args.total_clicks, desc="answer_model", unit="click",
-               disable=not args.progress)
+    clicks = 0
     while clicks < args.total_clicks:
         starting = [i for i, ep in enumerate(episodes) if ep is None]
         if starting:
@@ -510,25 +492,8 @@ def train(args: AnswerModelArgs) -> tuple[AnswerModelAgent, dict[str, list[float
             obs[i], infos[i] = o2, info
         clicks += len(envs)
         stats = agent.learn(args.updates_per_step) if clicks >= args.batch_size else {}
-        mean_r = float(np.mean(rewards))
-        history["clicks"].append(clicks)
-        history["reward"].append(mean_r)
-        history["better_share"].append(float(np.mean(np.array(rewards) > 0)))
-        if writer is not None:
-            writer.add_scalar("charts/reward", mean_r, clicks)
-            writer.add_scalar("charts/better_share", history["better_share"][-1], clicks)
-            writer.add_scalar("charts/clicks_per_s", clicks / (time.time() - t0), clicks)
-            for k, v in stats.items():
-                writer.add_scalar(k, v, clicks)
-        bar.update(len(envs))
-        bar.set_postfix(reward=f"{np.mean(history['reward'][-25:]):+.2f}")
-    bar.close()
-    if writer is not None:
-        writer.close()
-    agent.save(out / "agent.safetensors")
-    (out / "args.json").write_text(json.dumps(asdict(args), indent=1))
-    (out / "history.json").write_text(json.dumps(history))
-    return agent, history
+        log.step(clicks, rewards, stats)
+    return agent, log.finish(agent, args)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -536,9 +501,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = tyro.cli(AnswerModelArgs, args=argv, description=__doc__)
     _, history = train(args)
-    last = history["reward"][-max(1, len(history["reward"]) // 10):]
-    print(f"trained {history['clicks'][-1]} clicks; mean reward over the last 10%: "
-          f"{np.mean(last):+.3f}; checkpoint {Path(args.out) / 'agent.safetensors'}")
+    print(summary_line(history, args.out))
 
 
 if __name__ == "__main__":

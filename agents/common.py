@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -53,3 +58,66 @@ def make_envs(args: TrainDataArgs, n: int) -> list:
               "dataset_kwargs": None, "backbone_kwargs": None}
     envs = [first] + [gym.make(args.env_id, **shared) for _ in range(n - 1)]
     return [StripEvalInfo(e) for e in envs]
+
+
+class TrainingLog:
+    """What an offline agent trainer records: learning curve, TensorBoard, progress bar, files.
+
+    Args:
+        out: Run folder (created); TensorBoard logs go to ``<out>/tb``.
+        total_clicks: Length of the progress bar.
+        desc: Progress-bar label.
+        tensorboard: Write TensorBoard logs (skipped with a hint if tensorboard is missing).
+        progress: Show the progress bar.
+    """
+
+    def __init__(self, out: Path, total_clicks: int, desc: str, tensorboard: bool,
+                 progress: bool):
+        from tqdm.auto import tqdm
+
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.out / "tb"))
+            except ImportError:
+                print("tensorboard is not installed (pip install tensorboard): logging to CSV only")
+        self.history: dict[str, list[float]] = {"clicks": [], "reward": [], "better_share": []}
+        self.t0 = time.time()
+        self.bar = tqdm(total=total_clicks, desc=desc, unit="click", disable=not progress)
+
+    def step(self, clicks: int, rewards: list[float], stats: dict[str, float]) -> None:
+        """Record one lockstep of answered clicks (``clicks``: total so far)."""
+        mean_r = float(np.mean(rewards))
+        h = self.history
+        h["clicks"].append(clicks)
+        h["reward"].append(mean_r)
+        h["better_share"].append(float(np.mean(np.array(rewards) > 0)))
+        if self.writer is not None:
+            self.writer.add_scalar("charts/reward", mean_r, clicks)
+            self.writer.add_scalar("charts/better_share", h["better_share"][-1], clicks)
+            self.writer.add_scalar("charts/clicks_per_s", clicks / (time.time() - self.t0), clicks)
+            for k, v in stats.items():
+                self.writer.add_scalar(k, v, clicks)
+        self.bar.update(len(rewards))
+        self.bar.set_postfix(reward=f"{np.mean(h['reward'][-25:]):+.2f}")
+
+    def finish(self, agent: Any, args: Any) -> dict[str, list[float]]:
+        """Close the logs; write ``agent.safetensors``, ``args.json``, ``history.json``."""
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        agent.save(self.out / "agent.safetensors")
+        (self.out / "args.json").write_text(json.dumps(asdict(args), indent=1))
+        (self.out / "history.json").write_text(json.dumps(self.history))
+        return self.history
+
+
+def summary_line(history: dict[str, list[float]], out: str | Path) -> str:
+    """The line an agent's CLI prints after training."""
+    last = history["reward"][-max(1, len(history["reward"]) // 10):]
+    return (f"trained {history['clicks'][-1]} clicks; mean reward over the last 10%: "
+            f"{np.mean(last):+.3f}; checkpoint {Path(out) / 'agent.safetensors'}")

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from agents.common import TrainDataArgs, make_envs
+from agents.common import TrainDataArgs, TrainingLog, make_envs, summary_line
 from agents.policy import ClickPolicy
 from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
@@ -286,8 +285,6 @@ def resolve_device(device: str) -> str:
 
 def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
     """Offline REINFORCE over batched rollouts; returns the agent and its learning curve."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     device = resolve_device(args.device)
@@ -298,22 +295,12 @@ def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
                            value_coef=args.value_coef, entropy_coef=args.entropy_coef,
                            gamma=args.gamma, width=args.width, online_batch=0,
                            avoid_rejected=args.avoid_rejected, device=device, seed=args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    writer = None
-    if args.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tb"))
-        except ImportError:
-            print("tensorboard is not installed (pip install tensorboard): logging to CSV only")
-    history: dict[str, list[float]] = {"clicks": [], "reward": [], "better_share": []}
+    log = TrainingLog(Path(args.out), args.total_clicks, "reinforce", args.tensorboard,
+                      args.progress)
     obs = [e.reset(seed=args.seed + i)[0] for i, e in enumerate(envs)]
     rejected: list[list[tuple[int, int]]] = [[] for _ in envs]
     episode: list[list[tuple[np.ndarray, int, float, list]]] = [[] for _ in envs]
-    clicks, t0 = 0, time.time()
-    bar = tqdm(total=args.total_clicks, desc="reinforce", unit="click", disable=not args.progress)
+    clicks = 0
     while clicks < args.total_clicks:
         with torch.no_grad():
             agent.net.eval()
@@ -352,25 +339,8 @@ def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
             stats = agent.update(np.stack(batch_obs), np.array(batch_act),
                                  np.array(batch_ret, np.float32),
                                  batch_masks if args.avoid_rejected else None, base)
-        mean_r = float(np.mean(rewards))
-        history["clicks"].append(clicks)
-        history["reward"].append(mean_r)
-        history["better_share"].append(float(np.mean(np.array(rewards) > 0)))
-        if writer is not None:
-            writer.add_scalar("charts/reward", mean_r, clicks)
-            writer.add_scalar("charts/better_share", history["better_share"][-1], clicks)
-            writer.add_scalar("charts/clicks_per_s", clicks / (time.time() - t0), clicks)
-            for k, v in stats.items():
-                writer.add_scalar(k, v, clicks)
-        bar.update(len(envs))
-        bar.set_postfix(reward=f"{np.mean(history['reward'][-25:]):+.2f}")
-    bar.close()
-    if writer is not None:
-        writer.close()
-    agent.save(out / "agent.safetensors")
-    (out / "args.json").write_text(json.dumps(asdict(args), indent=1))
-    (out / "history.json").write_text(json.dumps(history))
-    return agent, history
+        log.step(clicks, rewards, stats)
+    return agent, log.finish(agent, args)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -378,9 +348,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = tyro.cli(ReinforceArgs, args=argv, description=__doc__)
     _, history = train(args)
-    last = history["reward"][-max(1, len(history["reward"]) // 10):]
-    print(f"trained {history['clicks'][-1]} clicks; mean reward over the last 10%: "
-          f"{np.mean(last):+.3f}; checkpoint {Path(args.out) / 'agent.safetensors'}")
+    print(summary_line(history, args.out))
 
 
 if __name__ == "__main__":
