@@ -7,8 +7,12 @@ every foreground click whose reach touches the lesion is "better" (on held-out K
 the best one's 0.67: ``python -m benchmarks.first_click``), so a policy rewarded per "better"
 answer (REINFORCE, PPO, DQN) is not pushed towards the click that makes the best mask. This agent uses the answers as data instead:
 
-1. **Belief.** A small U-Net (:class:`agents.unet.ClickUNet`, one output map) reads the RGB image
-   and gives a per-patch foreground probability ``q``. It never sees ground truth.
+1. **Belief.** A per-patch foreground probability ``q``. By default (``belief="features"``) a
+   small MLP reads each patch's backbone features (the ones propagation compares,
+   :meth:`~bow_gym.envs.BetterWorseSegEnv.patch_features`) and its position; ``belief="image"``
+   uses a small U-Net over the RGB image (:class:`agents.unet.ClickUNet`, one output map). Held
+   out on Kvasir-SEG the feature belief learns more from the same answers (Dice after 5 clicks
+   0.53 against 0.52 over 3 seeds) in 60% of the time. It never sees ground truth.
 2. **Answer model.** With ``D(m; q) = 2 sum(m q) / (sum(m) + sum(q))`` the soft Dice of a mask
    ``m`` (foreground share per patch) against the belief, an answer is modelled as
    ``P(better) = sigmoid(kappa * (precision_q(added area) - D(m_before; q) / 2) - beta)`` for a
@@ -18,9 +22,12 @@ answer (REINFORCE, PPO, DQN) is not pushed towards the click that makes the best
    ``beta`` (ties are "worse") are learned with the network by logistic loss on every answered click. It is a
    preference (Bradley-Terry-style) model of the expert, trained from a replay buffer, so each
    answer is reused many times.
-3. **Within an episode** the answers so far also update a per-image offset of the belief's logits
-   (the same likelihood, a few gradient steps, a Gaussian prior): a rejected region is then
-   believed to be background, so the next click does not retry it from another patch.
+3. **Within an episode** the answers so far also update per-patch offsets of the belief's logits
+   and one image-wide offset (the same likelihood, a few gradient steps, Gaussian priors; the
+   image-wide one nearly free): a rejected region is then believed to be background, so the next
+   click does not retry it from another patch, and an image whose lesion is larger or smaller
+   than the network thinks is corrected after a click or two (``global_offset``; it took held-out
+   Kvasir-SEG from 0.53 to 0.58 Dice after 5 clicks, 3 seeds).
 4. **Click** = the ``(label, patch)`` with the largest expected Dice after the click, among clicks
    that change the mask and were not rejected before; at the patch centre. While training,
    ``epsilon``-greedy exploration.
@@ -73,12 +80,17 @@ class AnswerModelArgs(TrainDataArgs):
     """answered clicks kept for replay (oldest dropped first)"""
     epsilon: float = 0.2
     """exploration while training: share of clicks drawn uniformly among the valid ones"""
+    belief: str = "features"
+    """belief network: features (MLP on each patch's backbone features and position) or image
+    (U-Net on the RGB image)"""
     width: int = 16
-    """U-Net channels at the first level"""
+    """U-Net channels at the first level (belief=image) or MLP hidden units / 4 (features)"""
     posterior_steps: int = 20
     """gradient steps of the within-episode belief update after each answer (0 disables it)"""
     prior_weight: float = 0.1
     """Gaussian prior on the within-episode logit offsets (larger trusts the network more)"""
+    global_offset: bool = True
+    """within an episode, also fit one image-wide logit offset (prior weight 0.01)"""
     augment: bool = False
     """random flips of replayed clicks (image and masks together); off by default: it did not
     help on Kvasir-SEG in a two-seed check"""
@@ -157,15 +169,45 @@ def mask_shares(obs: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return m.reshape(gh, h // gh, gw, w // gw).mean(axis=(1, 3), dtype=np.float32).ravel()
 
 
+class PatchFeatureNet(nn.Module):
+    """Per-patch belief logits from ``(B, P, D + 2)`` backbone features and patch coordinates.
+
+    The feature dimension is inferred on the first call (lazy layers), so one agent serves any
+    backbone; the input is standardised by running statistics (no learned affine).
+    """
+
+    def __init__(self, hidden: int = 64):
+        super().__init__()
+        self.norm = nn.LazyBatchNorm1d(affine=False)
+        self.body = nn.Sequential(nn.LazyLinear(hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                                  nn.SiLU())
+        self.head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.head.weight)  # as ClickUNet: an untrained belief is q = 0.5 everywhere
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, p, d = x.shape
+        return self.head(self.body(self.norm(x.reshape(b * p, d)))).reshape(b, p)
+
+
+def patch_inputs(env: BetterWorseSegEnv) -> np.ndarray:
+    """``(P, D + 2)`` float32: the current image's patch features and patch coordinates in [-1, 1]."""
+    gh, gw = env.grid
+    yy, xx = np.meshgrid(np.linspace(-1, 1, gh), np.linspace(-1, 1, gw), indexing="ij")
+    return np.concatenate([env.patch_features(), yy.reshape(-1, 1), xx.reshape(-1, 1)],
+                          axis=1).astype(np.float32)
+
+
 class AnswerModelAgent(ClickPolicy):
     """Learns the expert's answers, clicks for the largest predicted Dice gain (module docstring).
 
     Args:
         grid: The env's patch grid ``(rows, cols)``.
-        width: U-Net channels at the first level.
+        belief: ``features`` (MLP on patch features) or ``image`` (U-Net on the RGB image).
+        width: U-Net channels at the first level; the MLP has ``4 * width`` hidden units.
         lr: Adam learning rate.
-        batch_size, buffer_size, posterior_steps, prior_weight, epsilon, augment: see
-            :class:`AnswerModelArgs`.
+        batch_size, buffer_size, posterior_steps, prior_weight, global_offset, epsilon, augment:
+            see :class:`AnswerModelArgs`.
         online_batch: In :meth:`observe`, take a gradient step after this many new clicks
             (0: no online learning).
         greedy: No exploration (evaluation).
@@ -175,28 +217,37 @@ class AnswerModelAgent(ClickPolicy):
 
     name: ClassVar[str] = "answer_model"
 
-    def __init__(self, grid: tuple[int, int] | list[int] = (16, 16), *, width: int = 16,
-                 lr: float = 1e-3, batch_size: int = 32, buffer_size: int = 50000,
-                 posterior_steps: int = 20, prior_weight: float = 0.1, epsilon: float = 0.2,
-                 augment: bool = False, online_batch: int = 8, greedy: bool = False,
-                 device: str = "cpu", seed: int = 0):
+    def __init__(self, grid: tuple[int, int] | list[int] = (16, 16), *, belief: str = "features",
+                 width: int = 16, lr: float = 1e-3, batch_size: int = 32, buffer_size: int = 50000,
+                 posterior_steps: int = 20, prior_weight: float = 0.1, global_offset: bool = True,
+                 epsilon: float = 0.2, augment: bool = False, online_batch: int = 8,
+                 greedy: bool = False, device: str = "cpu", seed: int = 0):
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}")
         if batch_size < 1 or buffer_size < batch_size:
             raise ValueError(f"need 1 <= batch_size <= buffer_size, got {batch_size}, {buffer_size}")
+        if belief not in ("features", "image"):
+            raise ValueError(f"belief must be 'features' or 'image', got {belief!r}")
+        if augment and belief == "features":
+            raise ValueError("augment flips images: it needs belief='image'")
         if posterior_steps < 0 or not prior_weight > 0:
             raise ValueError("posterior_steps must be >= 0 and prior_weight > 0, got "
                              f"{posterior_steps!r}, {prior_weight!r}")
         self.grid = (int(grid[0]), int(grid[1]))
         self.device = torch.device(device)
-        self.net = ClickUNet(3, width=width, out_channels=1, downsample=4).to(self.device)
+        self.belief = belief
+        self.net: nn.Module = (PatchFeatureNet(4 * width) if belief == "features" else
+                               ClickUNet(3, width=width, out_channels=1, downsample=4))
+        self.net.to(self.device)
         # Answer model: see answer_logits; kappa = exp(log_kappa) stays positive.
         self.log_kappa = nn.Parameter(torch.tensor(math.log(20.0), device=self.device))
         self.beta = nn.Parameter(torch.tensor(1.0, device=self.device))
         self.opt = torch.optim.Adam([*self.net.parameters(), self.log_kappa, self.beta], lr=lr)
-        self.hparams = dict(grid=list(self.grid), width=width, lr=lr, batch_size=batch_size,
-                            buffer_size=buffer_size, posterior_steps=posterior_steps,
-                            prior_weight=prior_weight, epsilon=epsilon, augment=augment)
+        self.hparams = dict(grid=list(self.grid), belief=belief, width=width, lr=lr,
+                            batch_size=batch_size, buffer_size=buffer_size,
+                            posterior_steps=posterior_steps, prior_weight=prior_weight,
+                            global_offset=global_offset, epsilon=epsilon, augment=augment)
+        self.global_offset = global_offset
         self.batch_size, self.buffer_size = batch_size, buffer_size
         self.posterior_steps, self.prior_weight = posterior_steps, prior_weight
         self.epsilon, self.online_batch, self.greedy = epsilon, online_batch, greedy
@@ -223,11 +274,17 @@ class AnswerModelAgent(ClickPolicy):
         return twin
 
     # ---------------------------------------------------------------- belief
-    def belief_logits(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``(B, P)`` foreground logits per patch of ``(B, 3, H, W)`` uint8 images."""
-        x = torch.as_tensor(np.asarray(images), device=self.device)
-        if x.ndim == 3:
+    def belief_inputs(self, obs: np.ndarray, env: BetterWorseSegEnv) -> np.ndarray:
+        """What the belief network reads for the env's current image (and replay stores)."""
+        return patch_inputs(env) if self.belief == "features" else np.array(obs[:3])
+
+    def belief_logits(self, inputs: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(B, P)`` foreground logits per patch from a batch of :meth:`belief_inputs`."""
+        x = torch.as_tensor(np.asarray(inputs), device=self.device)
+        if x.ndim == (2 if self.belief == "features" else 3):
             x = x.unsqueeze(0)
+        if self.belief == "features":
+            return self.net(x.float())
         logits, _ = self.net(x)
         return nn.functional.adaptive_avg_pool2d(logits, self.grid).flatten(1)
 
@@ -246,17 +303,18 @@ class AnswerModelAgent(ClickPolicy):
                logits: torch.Tensor | None = None) -> _Episode:
         if tuple(env.grid) != self.grid:
             raise ValueError(f"agent was built for a {self.grid} patch grid, the env has {env.grid}")
+        inputs = self.belief_inputs(obs, env)
         if logits is None:
             with torch.no_grad():
                 self.net.eval()
-                logits = self.belief_logits(obs[:3])[0]
-        image = np.array(obs[:3])
+                logits = self.belief_logits(inputs)[0]
         # Replayed clicks find their image by id; without one, by content (never a shared key).
         image_id = info.get("image_id")
         if image_id is None:
-            image_id = "sha1:" + hashlib.sha1(image.tobytes()).hexdigest()
-        return _Episode(image_id=str(image_id), image=image,
+            image_id = "sha1:" + hashlib.sha1(np.array(obs[:3]).tobytes()).hexdigest()
+        return _Episode(image_id=str(image_id), image=inputs,
                         logits=logits.detach(), offset=torch.zeros_like(logits),
+                        local=torch.zeros_like(logits),
                         graph=torch.as_tensor(env.propagation_graph(), dtype=torch.float32,
                                               device=self.device))
 
@@ -324,18 +382,22 @@ class AnswerModelAgent(ClickPolicy):
         before = torch.stack([e[0] for e in ep.events])
         after = torch.stack([e[1] for e in ep.events])
         y = torch.tensor([e[2] for e in ep.events], device=self.device)
-        offset = ep.offset.clone().requires_grad_(True)
-        opt = torch.optim.Adam([offset], lr=0.5)
+        local = ep.local.clone().requires_grad_(True)
+        shift = ep.shift.clone().requires_grad_(self.global_offset)
+        opt = torch.optim.Adam([local, shift] if self.global_offset else [local], lr=0.5)
         kappa, beta = self.log_kappa.detach().exp(), self.beta.detach()
         for _ in range(self.posterior_steps):
-            q = torch.sigmoid(ep.logits + offset)
+            q = torch.sigmoid(ep.logits + local + shift)
             logit = answer_logits(q, before, after, kappa, beta)
             loss = nn.functional.binary_cross_entropy_with_logits(logit, y, reduction="sum")
-            loss = loss + 0.5 * self.prior_weight * (offset**2).sum()
+            # The image-wide shift gets a 10x weaker prior than each patch's offset: one answer
+            # on a large region says more about the lesion's size than about any one patch.
+            loss = loss + 0.5 * self.prior_weight * ((local**2).sum() + 0.1 * shift**2)
             opt.zero_grad()
             loss.backward()
             opt.step()
-        ep.offset = offset.detach()
+        ep.local, ep.shift = local.detach(), shift.detach()
+        ep.offset = ep.local + ep.shift
 
     # ---------------------------------------------------------------- learning
     def learn(self, steps: int = 1) -> dict[str, float]:
@@ -374,6 +436,9 @@ class AnswerModelAgent(ClickPolicy):
         """Weights as safetensors (atomic), hyper-parameters in its metadata."""
         from safetensors.torch import save_file
 
+        if any(isinstance(t, nn.parameter.UninitializedParameter) for t in self.net.parameters()):
+            raise ValueError(f"cannot save to {path}: the feature belief has not read any image "
+                             "yet, so its input size is unknown")
         state = {f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         state["log_kappa"] = self.log_kappa.detach().cpu().reshape(1)
         state["beta"] = self.beta.detach().cpu().reshape(1)
@@ -398,6 +463,9 @@ class AnswerModelAgent(ClickPolicy):
             if meta.get("agent") != cls.name:
                 raise ValueError(f"it holds a {meta.get('agent')!r} agent")
             hparams = json.loads(meta["hparams"])
+            # Checkpoints from before the feature belief used the U-Net and no image-wide offset.
+            hparams.setdefault("belief", "image")
+            hparams.setdefault("global_offset", False)
         except Exception as e:
             raise ValueError(f"{path} is not a bow-gym answer-model checkpoint: {e}") from e
         agent = cls(**{**hparams, **overrides}, device=device)
@@ -446,8 +514,10 @@ class _Episode:
     image_id: str
     image: np.ndarray
     logits: torch.Tensor  # (P,) belief logits of the network
-    offset: torch.Tensor  # (P,) within-episode update from the answers so far
+    offset: torch.Tensor  # (P,) within-episode update from the answers so far: local + shift
+    local: torch.Tensor  # (P,) per-patch part of the offset
     graph: torch.Tensor  # (P, P) propagation graph
+    shift: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # image-wide part
     events: list[tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=list)
     rejected: list[tuple[int, int]] = field(default_factory=list)
     pending: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
@@ -459,9 +529,10 @@ def train(args: AnswerModelArgs) -> tuple[AnswerModelAgent, dict[str, list[float
     np.random.seed(args.seed)
     envs = make_envs(args, args.num_envs)
     base = envs[0].unwrapped
-    agent = AnswerModelAgent(base.grid, width=args.width, lr=args.lr, batch_size=args.batch_size,
+    agent = AnswerModelAgent(base.grid, belief=args.belief, width=args.width, lr=args.lr, batch_size=args.batch_size,
                              buffer_size=args.buffer_size, posterior_steps=args.posterior_steps,
-                             prior_weight=args.prior_weight, epsilon=args.epsilon,
+                             prior_weight=args.prior_weight, global_offset=args.global_offset,
+                             epsilon=args.epsilon,
                              augment=args.augment, online_batch=0,
                              device=resolve_device(args.device), seed=args.seed)
     log = TrainingLog(Path(args.out), args.total_clicks, "answer_model", args.tensorboard,
@@ -475,7 +546,8 @@ def train(args: AnswerModelArgs) -> tuple[AnswerModelAgent, dict[str, list[float
         if starting:
             with torch.no_grad():
                 agent.net.eval()
-                logits = agent.belief_logits(np.stack([obs[i][:3] for i in starting]))
+                logits = agent.belief_logits(np.stack([
+                    agent.belief_inputs(obs[i], envs[i].unwrapped) for i in starting]))
             for j, i in enumerate(starting):
                 episodes[i] = agent._start(obs[i], infos[i], envs[i].unwrapped, logits[j])
         rewards = []

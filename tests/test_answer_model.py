@@ -103,6 +103,9 @@ def test_env_propagation_graph_is_the_features_selection():
         assert np.array_equal(graph[patch], select_patches(feats, patch, env.threshold))
     graph[:] = False  # a copy: the env's own graph is untouched
     assert env.propagation_graph().any()
+    pf = env.patch_features()
+    assert pf.shape == (env.n_patches, feats.shape[-1]) and pf.dtype == np.float32
+    assert np.array_equal(pf, feats.reshape(env.n_patches, -1))
 
 
 def _agent(**kw) -> AnswerModelAgent:
@@ -157,12 +160,42 @@ def test_within_episode_update_lowers_the_belief_in_a_rejected_region():
     assert abs(q1[~added].mean() - q0[~added].mean()) < abs(q1[added].mean() - q0[added].mean())
 
 
-def test_checkpoint_round_trip_and_errors(tmp_path):
-    agent = _agent(width=8, epsilon=0.3, seed=2)
+@pytest.mark.parametrize("global_offset", [True, False])
+def test_image_wide_offset_follows_the_answers(global_offset):
+    """A "better" answer raises the whole image's belief a little, a "worse" one lowers it."""
+    shifts = []
+    for answer in (1, -1):
+        env = BetterWorseSegEnv(dataset_kwargs={"n_images": 1, "size": 96},
+                                oracle=_Constant(answer), feature_cache=None)
+        agent = _agent(online_batch=0, greedy=True, global_offset=global_offset)
+        obs, info = env.reset(seed=0)
+        action = agent.act(obs, info, env)
+        ep = agent._episode
+        _, reward, _, _, info = env.step(action)
+        agent.observe(action, reward, False, info)
+        shifts.append(float(ep.shift))
+    if global_offset:
+        assert shifts[0] > 0.05 and shifts[1] < -0.05
+    else:
+        assert shifts == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("belief", ["features", "image"])
+def test_checkpoint_round_trip_and_errors(tmp_path, belief):
+    agent = _agent(belief=belief, width=8, epsilon=0.3, seed=2)
+    rng = np.random.default_rng(0)
+    obs = (rng.normal(size=(2, 256, 15)).astype(np.float32) if belief == "features" else
+           rng.integers(0, 255, (2, 3, 128, 128), dtype=np.uint8))
+    if belief == "features":
+        with pytest.raises(ValueError, match="has not read any image"):
+            agent.save(tmp_path / "a.safetensors")
+        agent.net.train()
+        agent.belief_logits(obs)  # sizes the lazy input layer, updates the running statistics
+        agent.net.eval()
     agent.save(tmp_path / "a.safetensors")
     loaded = AnswerModelAgent.load(tmp_path / "a.safetensors")
     assert loaded.hparams == agent.hparams
-    obs = np.random.default_rng(0).integers(0, 255, (2, 3, 128, 128), dtype=np.uint8)
+    loaded.net.eval()
     with torch.no_grad():
         assert torch.equal(agent.belief_logits(obs), loaded.belief_logits(obs))
     assert loaded.beta.item() == agent.beta.item()
@@ -196,6 +229,7 @@ def test_online_learning_updates_weights():
     agent = AnswerModelAgent((16, 16), online_batch=4, batch_size=4)
     before = agent.net.head.weight.detach().clone()
     run_episode(env, agent, seed=0)
+    assert agent.replay.images[next(iter(agent.replay.images))].shape == (256, 15)  # features
     assert agent.updates == 1 and len(agent.replay) == 5
     agent.flush()
     assert agent.updates == 2

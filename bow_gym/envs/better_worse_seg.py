@@ -457,6 +457,17 @@ class BetterWorseSegEnv(gym.Env):
             raise RuntimeError("call reset() first")
         return self._ctx.selects.copy()
 
+    def patch_features(self) -> np.ndarray:
+        """The current image's ``(P, D)`` float32 backbone features (patches in row-major order).
+
+        The features propagation compares (the same cache), so agents may use them: they hold
+        no ground truth.
+        """
+        if self._ctx is None:
+            raise RuntimeError("call reset() first")
+        feats = self.features.get(self.dataset[self._ctx.index].image)
+        return np.asarray(feats, dtype=np.float32).reshape(self.grid[0] * self.grid[1], -1)
+
     def ground_truth_for_evaluation(self) -> np.ndarray:
         """The current image's ground truth at working resolution. **Evaluation only.**
 
