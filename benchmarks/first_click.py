@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.belief_ceiling:
             train_env = gym.make("BetterWorseSeg-v0", **cfg["train"])
             row.update(belief_ceiling(train_env, test_env, args.steps, seed=0,
-                                          belief=args.belief))
+                                      belief=args.belief))
         rows.append(row)
         print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in row.items()))

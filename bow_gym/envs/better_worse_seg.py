@@ -43,6 +43,7 @@ class _ImageContext:
     # (P, P) float32 0/1: which patches a click on each patch selects. Float so that a step's
     # count sums are single BLAS dot products; integer counts stay exact in float32 (< 2**24).
     adjacency: np.ndarray
+    features: np.ndarray  # (P, D) float32 backbone features (no ground truth; agents may read)
     selects: np.ndarray  # the same as bool, for masked writes
     selection_size: np.ndarray  # (P,) patches selected by a click on each patch
     selection_gt: np.ndarray  # (P,) ground-truth pixels inside each click's selection
@@ -278,6 +279,7 @@ class BetterWorseSegEnv(gym.Env):
             gt=gt,
             gt_count=gt_count,
             adjacency=adjacency,
+            features=np.asarray(feats, dtype=np.float32).reshape(len(adjacency), -1),
             selects=adjacency > 0,
             selection_size=adjacency.sum(axis=1).astype(np.int64),
             selection_gt=adjacency @ gt_count,
@@ -460,13 +462,11 @@ class BetterWorseSegEnv(gym.Env):
     def patch_features(self) -> np.ndarray:
         """The current image's ``(P, D)`` float32 backbone features (patches in row-major order).
 
-        The features propagation compares (the same cache), so agents may use them: they hold
-        no ground truth.
+        The features propagation compares, so agents may use them: they hold no ground truth.
         """
         if self._ctx is None:
             raise RuntimeError("call reset() first")
-        feats = self.features.get(self.dataset[self._ctx.index].image)
-        return np.asarray(feats, dtype=np.float32).reshape(self.grid[0] * self.grid[1], -1)
+        return self._ctx.features.copy()
 
     def ground_truth_for_evaluation(self) -> np.ndarray:
         """The current image's ground truth at working resolution. **Evaluation only.**
