@@ -52,7 +52,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.common import TrainDataArgs, TrainingLog, make_envs, summary_line
+from agents.common import (
+    TrainDataArgs,
+    TrainingLog,
+    make_envs,
+    mask_shares,
+    patch_inputs,
+    summary_line,
+)
 from agents.policy import ClickPolicy
 from agents.reinforce import resolve_device
 from agents.unet import ClickUNet
@@ -159,14 +166,6 @@ def flip_augment(images: np.ndarray, before: np.ndarray, after: np.ndarray,
     return images, before, after
 
 
-def mask_shares(obs: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """``(P,)`` float32 share of foreground pixels of each patch in the observation's mask."""
-    m = obs[3] > 127
-    gh, gw = grid
-    h, w = m.shape
-    return m.reshape(gh, h // gh, gw, w // gw).mean(axis=(1, 3), dtype=np.float32).ravel()
-
-
 class PatchFeatureNet(nn.Module):
     """Per-patch belief logits from ``(B, P, D + 2)`` backbone features and patch coordinates.
 
@@ -186,14 +185,6 @@ class PatchFeatureNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, p, d = x.shape
         return self.head(self.body(self.norm(x.reshape(b * p, d)))).reshape(b, p)
-
-
-def patch_inputs(env: BetterWorseSegEnv) -> np.ndarray:
-    """``(P, D + 2)`` float32: the current image's patch features and patch coordinates in [-1, 1]."""
-    gh, gw = env.grid
-    yy, xx = np.meshgrid(np.linspace(-1, 1, gh), np.linspace(-1, 1, gw), indexing="ij")
-    return np.concatenate([env.patch_features(), yy.reshape(-1, 1), xx.reshape(-1, 1)],
-                          axis=1).astype(np.float32)
 
 
 class AnswerModelAgent(ClickPolicy):

@@ -10,6 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from bow_gym.wrappers import mask_shares, patch_inputs, patch_policy_inputs
+
+__all__ = ["mask_shares", "patch_inputs", "patch_policy_inputs"]  # re-exported for agents
+
 
 @dataclass
 class TrainDataArgs:

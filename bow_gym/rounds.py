@@ -483,7 +483,7 @@ def label_round(envs: Sequence[Any], agent: Any, order: Sequence[int], *, seed: 
         if batched:
             acts, confs = agent.act_batch(np.stack([slots[s]["obs"] for s in live]),
                                           [slots[s]["rejected"] for s in live],
-                                          envs[0].unwrapped)
+                                          [envs[s].unwrapped for s in live])
         else:
             acts, confs = [], []
             for s in live:

@@ -5,7 +5,13 @@ from _support import OtherMasks
 
 import bow_gym  # noqa: F401
 from agents import RandomClicker, run_episode
-from agents.reinforce import ReinforceAgent, ReinforceArgs, train
+from agents.reinforce import (
+    PatchPolicyNet,
+    ReinforceAgent,
+    ReinforceArgs,
+    patch_policy_inputs,
+    train,
+)
 from agents.unet import ClickUNet
 from bow_gym.datasets.synthetic import SyntheticDataset
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
@@ -20,12 +26,69 @@ def test_unet_logits_map_to_actions_and_start_uniform():
     assert ClickUNet(5)(torch.zeros(1, 5, 128, 128))[0].shape == (1, 2, 128, 128)
 
 
+def _env(n: int = 2, **kwargs) -> BetterWorseSegEnv:
+    return BetterWorseSegEnv(dataset_kwargs={"n_images": n, "size": 96}, feature_cache=None,
+                             **kwargs)
 
 
-def test_actions_unchanged_when_only_ground_truth_differs():
+def test_patch_policy_inputs_known_values():
+    env = _env()
+    obs, _ = env.reset(seed=0)
+    graph = env.propagation_graph()
+    p = graph.shape[0]
+    x = patch_policy_inputs(obs, env)
+    d = env.patch_features().shape[1]
+    assert x.shape == (p, d + 6) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[:, :d], env.patch_features())
+    assert x[0, d] == -1 and x[-1, d + 1] == 1  # patch coordinates
+    # empty mask: no foreground anywhere; the reach is the propagation graph's row size
+    np.testing.assert_array_equal(x[:, d + 2], 0)
+    np.testing.assert_allclose(x[:, d + 3], graph.sum(1) / p)
+    np.testing.assert_array_equal(x[:, d + 4:], 0)
+    # a full mask: every share is 1
+    obs[3] = 255
+    x = patch_policy_inputs(obs, env)
+    np.testing.assert_allclose(x[:, [d + 2, d + 4, d + 5]], 1)
+    net = PatchPolicyNet(8)
+    logits, value = net(torch.as_tensor(np.stack([x, x])))
+    assert logits.shape == (2, 2 * p) and value.shape == (2,)
+    assert torch.all(logits == 0)  # zero-initialised head: uniform policy
+
+
+def test_patch_policy_clicks_patch_centres_and_skips_no_op_clicks():
+    env = _env()
+    agent = ReinforceAgent(policy="patches", online_batch=0, seed=0)
+    obs, _ = env.reset(seed=0)
+    inputs, valid = agent.policy_inputs(obs, env, [])
+    p = env.grid[0] * env.grid[1]
+    # from an empty mask a background click changes nothing: only foreground clicks are valid
+    assert valid.shape == (2 * p,) and not valid[:p].any() and valid[p:].all()
+    _, valid = agent.policy_inputs(obs, env, [(1, 3)])
+    assert not valid[p + 3] and valid.sum() == p - 1
+    for seed in range(5):
+        agent.reset(seed)
+        label, y, x = env.decode_action(agent.act(obs, {}, env))
+        ch, cw = env.cell
+        assert label == 1 and y % ch == ch // 2 and x % cw == cw // 2
+        assert 0 < agent.last_confidence < 1
+    obs2 = np.stack([obs, obs])
+    with pytest.raises(ValueError, match="one env per observation"):
+        agent.act_batch(obs2, [[], []], env)
+    actions, _ = agent.act_batch(obs2, [[], []], [env, env])
+    assert actions.shape == (2,)
+    with pytest.raises(ValueError, match="policy"):
+        ReinforceAgent(policy="pixels")
+
+
+@pytest.mark.parametrize("policy", ["unet", "patches"])
+def test_actions_unchanged_when_only_ground_truth_differs(policy):
     ds = SyntheticDataset(n_images=3, size=96)
     torch.manual_seed(0)
-    agent = ReinforceAgent(4, online_batch=0, avoid_rejected=False, seed=1)
+    agent = ReinforceAgent(4, policy=policy, online_batch=0, avoid_rejected=False, seed=1)
+    if policy == "patches":  # materialise the lazy layers before randomising the head
+        env = BetterWorseSegEnv(ds, feature_cache=None)
+        obs, _ = env.reset(seed=0)
+        agent.act(obs, {}, env)
     with torch.no_grad():
         for p in agent.net.head.parameters():
             p.normal_(0, 0.5)  # a non-trivial policy
@@ -77,6 +140,38 @@ def test_batched_acting_matches_single_and_masks_rejected():
     assert agent.updates == 2 and not agent._pending
 
 
+def test_patch_policy_checkpoint_round_trip_and_online_learning(tmp_path):
+    env = _env()
+    agent = ReinforceAgent(policy="patches", online_batch=5, baseline="value", seed=2)
+    with pytest.raises(ValueError, match="has not read any image"):
+        agent.save(tmp_path / "early.safetensors")
+    obs, _ = env.reset(seed=0)
+    with pytest.raises(RuntimeError, match="act or act_batch"):
+        agent.learn_online(obs, 0, 1.0)
+    before = agent.net.head.weight.detach().clone()
+    run_episode(env, agent, seed=0)  # 5 clicks: one online update
+    assert agent.updates == 1 and not torch.equal(before, agent.net.head.weight)
+    agent.save(tmp_path / "a.safetensors")
+    loaded = ReinforceAgent.load(tmp_path / "a.safetensors")
+    assert loaded.hparams == agent.hparams and loaded.policy == "patches"
+    x = patch_policy_inputs(obs, env)
+    agent.net.eval()
+    loaded.net.eval()
+    with torch.no_grad():
+        assert torch.equal(agent.logits(x)[0], loaded.logits(x)[0])
+
+
+def test_patch_policy_labels_a_round_in_lockstep():
+    from bow_gym.rounds import label_round
+
+    envs = [_env(6) for _ in range(3)]
+    agent = ReinforceAgent(policy="patches", online_batch=4, seed=0)
+    labels = label_round(envs, agent, list(range(6)), seed=0, progress=False)
+    assert labels.rewards.shape == (6, 5) and np.isin(labels.rewards, (-1, 1)).all()
+    assert agent.updates == 30 // 4 + 1  # online updates, the last one in flush()
+    assert np.isfinite(labels.confidence).all()
+
+
 def test_checkpoint_round_trip(tmp_path):
     agent = ReinforceAgent(4, temperature=0.5, baseline="value", seed=3)
     with torch.no_grad():
@@ -106,8 +201,10 @@ def test_online_learning_updates_weights():
     assert not torch.equal(before, agent.net.head.weight)
 
 
-def test_short_training_beats_random_on_easy_variant(tmp_path):
+@pytest.mark.parametrize("policy", ["unet", "patches"])
+def test_short_training_beats_random_on_easy_variant(tmp_path, policy):
     args = ReinforceArgs(env_id="BetterWorseSeg-Easy-v0", total_clicks=640, num_envs=8, lr=2e-3,
+                         policy=policy,
                          out=str(tmp_path), tensorboard=True, progress=False, seed=0,
                          env_kwargs={"dataset_kwargs": {"n_images": 60, "size": 96}})
     agent, history = train(args)
