@@ -98,8 +98,12 @@ class SB3Args(TrainDataArgs):
     """DQN: share of training over which epsilon decays from 1"""
     exploration_final_eps: float = 0.05
     """DQN: final epsilon"""
+    obs: Literal["pixels", "features"] = "pixels"
+    """what the policy reads: pixels (the env's observation, PatchGridExtractor) or features
+    (PatchFeatureObservation: each patch's backbone features and what a click there would reach,
+    PatchFeatureExtractor)"""
     width: int = 32
-    """channels of the features extractor"""
+    """channels of the features extractor (hidden units per patch with obs=features)"""
     channels: int = 8
     """feature channels per patch (features = channels x 16 x 16); the first two are the logits"""
     head: Literal["patch", "dense"] = "patch"
@@ -230,6 +234,50 @@ class PatchGridExtractor(BaseFeaturesExtractor):
         return self.head(x).flatten(1)
 
 
+class PatchFeatureExtractor(BaseFeaturesExtractor):
+    """Per-patch features from :class:`~bow_gym.wrappers.PatchFeatureObservation`, flattened
+    channel-major like :class:`PatchGridExtractor` (so :func:`tie_patch_head` applies).
+
+    Every patch's row (backbone features, coordinates, mask and reach shares) is standardised
+    by running statistics (SB3 does not scale float observations) and passed through one small
+    MLP shared by all patches; the mean over patches, through a linear layer, is added back as
+    image-level context (how much is masked, what the image's patches look like overall).
+
+    Args:
+        observation_space: ``Box((P, D), float32)``.
+        width: Hidden units per patch.
+        channels: Output channels per patch (at least 2: the two labels' logits come first).
+        zero_init_logits: Start the two logit channels at zero (uniform first clicks).
+    """
+
+    def __init__(self, observation_space: spaces.Box, width: int = 32, channels: int = 8,
+                 zero_init_logits: bool = True):
+        if len(observation_space.shape) != 2:
+            raise ValueError("PatchFeatureExtractor reads (patches, features) observations, got "
+                             f"shape {observation_space.shape}")
+        if channels < 2:
+            raise ValueError(f"channels must be >= 2 (two label logits), got {channels}")
+        p, d = observation_space.shape
+        super().__init__(observation_space, features_dim=channels * p)
+        # BatchNorm is safe here (unlike in the convolutional extractor): it normalises the P
+        # rows of every observation, so even a single observation is a batch of P.
+        self.norm = nn.BatchNorm1d(d, affine=False)
+        self.body = nn.Sequential(nn.Linear(d, width), nn.SiLU(), nn.Linear(width, width),
+                                  nn.SiLU())
+        self.global_context = nn.Sequential(nn.Linear(width, width), nn.SiLU())
+        self.head = nn.Linear(width, channels)
+        if zero_init_logits:
+            with torch.no_grad():
+                self.head.weight[:2].zero_()
+                self.head.bias[:2].zero_()
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        b, p, d = observations.shape
+        h = self.body(self.norm(observations.float().reshape(b * p, d))).reshape(b, p, -1)
+        h = h + self.global_context(h.mean(1))[:, None]
+        return self.head(h).transpose(1, 2).flatten(1)
+
+
 def _norm(c: int) -> nn.GroupNorm:
     # GroupNorm, not BatchNorm: PPO and DQN switch between single observations and minibatches.
     return nn.GroupNorm(math.gcd(8, c), c)
@@ -243,8 +291,9 @@ def _residual(c: int, dilation: int) -> nn.Sequential:
 
 
 def policy_kwargs(algo: str, grid: tuple[int, int], width: int = 32, channels: int = 8,
-                  head: str = "patch") -> dict[str, Any]:
-    """SB3 ``policy_kwargs`` that plug :class:`PatchGridExtractor` into ``algo``'s policy.
+                  head: str = "patch", obs: str = "pixels") -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` that plug :class:`PatchGridExtractor` (``obs="pixels"``) or
+    :class:`PatchFeatureExtractor` (``obs="features"``) into ``algo``'s policy.
 
     ``net_arch`` is empty so the action head reads the per-patch features directly; SB3's
     default MLP (64 units) would squeeze 2,048 located features through a bottleneck that
@@ -253,10 +302,15 @@ def policy_kwargs(algo: str, grid: tuple[int, int], width: int = 32, channels: i
     """
     if head not in ("patch", "dense"):
         raise ValueError(f"head must be 'patch' or 'dense', got {head!r}")
+    if obs not in ("pixels", "features"):
+        raise ValueError(f"obs must be 'pixels' or 'features', got {obs!r}")
+    extractor_kwargs: dict[str, Any] = {"width": width, "channels": channels,
+                                        "zero_init_logits": head == "patch"}
+    if obs == "pixels":
+        extractor_kwargs["grid"] = tuple(grid)
     kwargs: dict[str, Any] = {
-        "features_extractor_class": PatchGridExtractor,
-        "features_extractor_kwargs": {"grid": tuple(grid), "width": width, "channels": channels,
-                                      "zero_init_logits": head == "patch"},
+        "features_extractor_class": PatchGridExtractor if obs == "pixels" else PatchFeatureExtractor,
+        "features_extractor_kwargs": extractor_kwargs,
     }
     if algo == "dqn":
         kwargs["net_arch"] = []
@@ -353,6 +407,10 @@ class SB3ClickPolicy(ClickPolicy):
         if 2 * env.n_patches != self.n_actions:
             raise ValueError(f"policy has {self.n_actions} patch actions, env has "
                              f"2 x {env.n_patches} patches")
+        if self.spec.get("obs") == "features":
+            from bow_gym.wrappers import patch_policy_inputs
+
+            obs = patch_policy_inputs(obs, env)
         s = self.scores(obs)
         if self.avoid_rejected and self._rejected and len(self._rejected) < self.n_actions:
             s[list(self._rejected)] = -torch.inf
@@ -418,9 +476,12 @@ def build_policy(algo: str, spec: dict[str, Any], device: str = "cpu") -> BasePo
     from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.dqn.policies import DQNPolicy
 
-    obs_space = spaces.Box(0, 255, tuple(spec["obs_shape"]), np.uint8)
+    obs = spec.get("obs", "pixels")  # checkpoints from before obs=features read pixels
+    obs_space = (spaces.Box(0, 255, tuple(spec["obs_shape"]), np.uint8) if obs == "pixels" else
+                 spaces.Box(-np.inf, np.inf, tuple(spec["obs_shape"]), np.float32))
     act_space = spaces.Discrete(int(spec["n_actions"]))
-    kwargs = policy_kwargs(algo, tuple(spec["grid"]), spec["width"], spec["channels"], spec["head"])
+    kwargs = policy_kwargs(algo, tuple(spec["grid"]), spec["width"], spec["channels"], spec["head"],
+                           obs)
     cls = DQNPolicy if algo == "dqn" else ActorCriticPolicy
     policy = cls(obs_space, act_space, lambda _: 0.0, **kwargs)
     if spec["head"] == "patch":
@@ -517,9 +578,12 @@ def make_vec_env(args: SB3Args, n: int):
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from agents.common import make_envs
-    from bow_gym.wrappers import PatchActions
+    from bow_gym.wrappers import PatchActions, PatchFeatureObservation
 
-    envs = [Monitor(PatchActions(e)) for e in make_envs(args, n)]  # type: ignore[arg-type]
+    envs = [PatchActions(e) for e in make_envs(args, n)]  # type: ignore[arg-type]
+    if args.obs == "features":
+        envs = [PatchFeatureObservation(e) for e in envs]
+    envs = [Monitor(e) for e in envs]
     return DummyVecEnv([(lambda e=e: e) for e in envs])
 
 
@@ -529,20 +593,21 @@ def build_model(args: SB3Args, vec_env: Any, out: Path):
 
     hp = resolved(args)
     base: BetterWorseSegEnv = vec_env.envs[0].unwrapped
-    kwargs = policy_kwargs(args.algo, base.grid, args.width, args.channels, args.head)
+    kwargs = policy_kwargs(args.algo, base.grid, args.width, args.channels, args.head, args.obs)
+    policy = "CnnPolicy" if args.obs == "pixels" else "MlpPolicy"  # the extractor is ours either way
     common = dict(learning_rate=hp["lr"], gamma=args.gamma, seed=args.seed, device=args.device,
                   policy_kwargs=kwargs, verbose=0)
     if args.algo == "ppo":
-        model = PPO("CnnPolicy", vec_env, n_steps=hp["n_steps"], batch_size=hp["batch_size"],
+        model = PPO(policy, vec_env, n_steps=hp["n_steps"], batch_size=hp["batch_size"],
                     n_epochs=args.n_epochs, ent_coef=args.ent_coef, vf_coef=args.vf_coef, **common)
     elif args.algo == "a2c":
-        model = A2C("CnnPolicy", vec_env, n_steps=hp["n_steps"], ent_coef=args.ent_coef,
+        model = A2C(policy, vec_env, n_steps=hp["n_steps"], ent_coef=args.ent_coef,
                     vf_coef=args.vf_coef, use_rms_prop=args.use_rms_prop, **common)
     else:
         # 64 KB per stored click: keep only what the run can fill, and store each observation
         # once (the env never truncates, so timeout handling is not needed).
         size = max(args.num_envs, min(args.buffer_size, args.total_clicks + args.num_envs))
-        model = DQN("CnnPolicy", vec_env, buffer_size=size, learning_starts=args.learning_starts,
+        model = DQN(policy, vec_env, buffer_size=size, learning_starts=args.learning_starts,
                     batch_size=hp["batch_size"], train_freq=args.train_freq,
                     gradient_steps=args.gradient_steps,
                     target_update_interval=args.target_update_interval,
@@ -583,9 +648,9 @@ def train_sb3(args: SB3Args) -> tuple[SB3ClickPolicy, dict[str, list[float]]]:
     model.logger.dump(model.num_timesteps)  # what was recorded after SB3's last dump
     model.logger.close()
 
-    spec = {"obs_shape": list(base.observation_space.shape), "n_actions": 2 * base.n_patches,
+    spec = {"obs_shape": list(vec_env.observation_space.shape), "n_actions": 2 * base.n_patches,
             "grid": list(base.grid), "width": args.width, "channels": args.channels,
-            "head": args.head}
+            "head": args.head, "obs": args.obs}
     agent = SB3ClickPolicy(model.policy, args.algo, spec, avoid_rejected=args.avoid_rejected,
                            seed=args.seed)
     agent.model = model

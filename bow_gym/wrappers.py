@@ -11,7 +11,7 @@ from gymnasium import spaces
 from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY, BetterWorseSegEnv
 
 
-class PatchActions(gym.ActionWrapper):
+class PatchActions(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
     """Click patches instead of pixels: ``Discrete(2 * Hp * Wp)``.
 
     Every pixel of a patch selects the same patches (they share one feature), so for learning
@@ -21,7 +21,8 @@ class PatchActions(gym.ActionWrapper):
     """
 
     def __init__(self, env: gym.Env):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ActionWrapper.__init__(self, env)
         base = env.unwrapped
         if not isinstance(base, BetterWorseSegEnv):
             raise TypeError(f"PatchActions wraps a BetterWorseSegEnv, got {type(base).__name__}")
@@ -58,6 +59,64 @@ class StripEvalInfo(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class PatchFeatureObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """Observe each patch's features instead of pixels: ``Box((P, D + 6), float32)``.
+
+    Row ``p`` is :func:`patch_policy_inputs` for patch ``p``: its backbone features (the ones
+    propagation compares), its coordinates, and from the current mask and the propagation graph
+    its foreground share, the share of the image a click there would reach, the foreground share
+    of that reach and of the whole mask. None of it is ground truth. With :class:`PatchActions`
+    this turns the env into a ``2P``-armed problem over per-patch feature vectors, the inputs of
+    the patch policies in :mod:`agents`.
+    """
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ObservationWrapper.__init__(self, env)
+        base = env.unwrapped
+        if not isinstance(base, BetterWorseSegEnv):
+            raise TypeError("PatchFeatureObservation wraps a BetterWorseSegEnv, got "
+                            f"{type(base).__name__}")
+        self.observation_space = spaces.Box(-np.inf, np.inf,
+                                            (base.n_patches, base.backbone.dim + 6), np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return patch_policy_inputs(observation, self.env.unwrapped)
+
+
 def mask_from_obs(obs: np.ndarray) -> np.ndarray:
     """The ``(H, W)`` bool mask channel of a BetterWorseSeg observation (single or batched)."""
     return obs[..., 3, :, :] > 127
+
+
+def mask_shares(obs: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """``(P,)`` float32 share of foreground pixels of each patch in the observation's mask."""
+    m = obs[3] > 127
+    gh, gw = grid
+    h, w = m.shape
+    return m.reshape(gh, h // gh, gw, w // gw).mean(axis=(1, 3), dtype=np.float32).ravel()
+
+
+def patch_inputs(env: BetterWorseSegEnv) -> np.ndarray:
+    """``(P, D + 2)`` float32: the current image's patch features and patch coordinates in [-1, 1]."""
+    gh, gw = env.grid
+    yy, xx = np.meshgrid(np.linspace(-1, 1, gh), np.linspace(-1, 1, gw), indexing="ij")
+    return np.concatenate([env.patch_features(), yy.reshape(-1, 1), xx.reshape(-1, 1)],
+                          axis=1).astype(np.float32)
+
+
+def patch_policy_inputs(obs: np.ndarray, env: BetterWorseSegEnv) -> np.ndarray:
+    """``(P, D + 6)`` float32: what the patch policy reads about a click on each patch.
+
+    The patch's backbone features and coordinates (:func:`patch_inputs`), then from
+    the current mask and the propagation graph: the patch's foreground share, the share of the
+    image a click there would reach, the foreground share of that reach, and the foreground share
+    of the whole mask. All of it is what the agent sees or what propagation computes from the
+    image alone; none of it is ground truth.
+    """
+    m = mask_shares(obs, env.grid)
+    graph = env.propagation_graph().astype(np.float32)
+    reach = graph.sum(1)
+    extra = np.stack([m, reach / len(m), graph @ m / np.maximum(reach, 1.0),
+                      np.full_like(m, m.mean())], axis=1)
+    return np.concatenate([patch_inputs(env), extra], axis=1).astype(np.float32)

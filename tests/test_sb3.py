@@ -14,6 +14,7 @@ import bow_gym  # noqa: F401
 from agents import ClickPolicy, run_episode
 from agents.sb3 import (
     ALGOS,
+    PatchFeatureExtractor,
     PatchGridExtractor,
     SB3Args,
     SB3ClickPolicy,
@@ -24,7 +25,7 @@ from agents.sb3 import (
 )
 from bow_gym.datasets.synthetic import SyntheticDataset
 from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY, BetterWorseSegEnv
-from bow_gym.wrappers import PatchActions, StripEvalInfo
+from bow_gym.wrappers import PatchActions, StripEvalInfo, patch_policy_inputs
 
 TINY = {"dataset_kwargs": {"n_images": 8, "size": 96}}
 
@@ -52,10 +53,11 @@ def _args(algo: str, out, **overrides) -> SB3Args:
     return SB3Args(**{**kwargs, **overrides})
 
 
-@pytest.fixture(scope="module", params=ALGOS)
+@pytest.fixture(scope="module", params=[*ALGOS, "ppo-features", "dqn-features"])
 def trained(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"sb3-{request.param}")
-    args = _args(request.param, out)
+    algo, _, obs = request.param.partition("-")
+    args = _args(algo, out, obs=obs or "pixels")
     policy, history = train_sb3(args)
     return args, policy, history, out
 
@@ -64,12 +66,21 @@ def _tiny_env(**kwargs) -> gym.Env:
     return gym.make("BetterWorseSeg-v0", **TINY, **kwargs)
 
 
+def _first_obs(policy: SB3ClickPolicy, env: gym.Env, seed: int) -> np.ndarray:
+    """What the SB3 policy reads at the start of an episode (pixels or patch features)."""
+    obs = env.reset(seed=seed)[0]
+    if policy.spec.get("obs") == "features":
+        return patch_policy_inputs(obs, env.unwrapped)
+    return obs
+
+
 def test_trains_and_writes_run_folder(trained):
     args, policy, history, out = trained
     assert isinstance(policy, ClickPolicy) and policy.name == args.algo
     assert not policy.reads_ground_truth
     net = getattr(policy.policy, "q_net", policy.policy)  # DQN keeps its extractor in q_net
-    assert isinstance(net.features_extractor, PatchGridExtractor)
+    extractor = PatchGridExtractor if args.obs == "pixels" else PatchFeatureExtractor
+    assert isinstance(net.features_extractor, extractor)
     # One entry per vectorised step; rewards are +-1, so the mean is 2 * share - 1.
     assert set(history) == {"clicks", "reward", "better_share"}
     assert history["clicks"] == [args.num_envs * (i + 1) for i in range(len(history["clicks"]))]
@@ -108,7 +119,7 @@ def test_checkpoint_round_trip_gives_identical_actions(trained):
         a = run_episode(env, policy, seed=seed).actions
         b = run_episode(env, loaded, seed=seed).actions
         assert a == b
-    obs = env.reset(seed=0)[0]
+    obs = _first_obs(policy, env, 0)
     torch.testing.assert_close(policy.scores(obs), loaded.scores(obs), rtol=0, atol=0)
 
 
@@ -117,7 +128,7 @@ def test_sb3_zip_loads_with_sb3(trained):
 
     args, policy, _, out = trained
     model = {"ppo": PPO, "a2c": A2C, "dqn": DQN}[args.algo].load(out / "model.zip", device="cpu")
-    obs = _tiny_env().reset(seed=1)[0]
+    obs = _first_obs(policy, _tiny_env(), 1)
     action, _ = model.predict(obs, deterministic=True)
     assert int(action) == int(torch.argmax(policy.scores(obs)))
 
@@ -198,6 +209,26 @@ def test_extractor_geometry():
     assert ext(torch.rand(1, 5, 224, 224)).shape == (1, 8 * 196)
     with pytest.raises(ValueError, match="multiple"):
         PatchGridExtractor(spaces.Box(0, 255, (4, 100, 100), np.uint8))
+
+
+def test_feature_extractor_geometry_and_observation_wrapper():
+    env = _tiny_env()
+    from bow_gym.wrappers import PatchFeatureObservation
+
+    wrapped = PatchFeatureObservation(PatchActions(env))
+    obs, _ = wrapped.reset(seed=0)
+    assert wrapped.observation_space.contains(obs) and obs.shape == (256, 13 + 6)
+    raw_env = _tiny_env()
+    raw, _ = raw_env.reset(seed=0)
+    np.testing.assert_array_equal(obs, patch_policy_inputs(raw, raw_env.unwrapped))
+    ext = PatchFeatureExtractor(wrapped.observation_space, width=8, channels=3)
+    out = ext(torch.as_tensor(np.stack([obs, obs])))
+    assert out.shape == (2, 3 * 256) and ext.features_dim == 3 * 256
+    assert not out.view(2, 3, 256)[:, :2].any()  # zero-initialised logits: uniform first clicks
+    with pytest.raises(ValueError, match="patches, features"):
+        PatchFeatureExtractor(spaces.Box(0, 255, (4, 128, 128), np.uint8))
+    with pytest.raises(TypeError, match="BetterWorseSegEnv"):
+        PatchFeatureObservation(gym.make("CartPole-v1"))
 
 
 def test_tag_names_follow_project_convention():
