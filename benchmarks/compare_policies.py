@@ -38,7 +38,20 @@ import numpy as np
 from benchmarks._common import t_interval
 
 LEVELS = (0.80, 0.85, 0.90)
-LEARNERS = ("reinforce", "ppo", "a2c", "dqn", "answer_model")
+# Learners by name: (trainer, arguments). Variants are the same trainer with other arguments, so
+# an ablation is a list of names (``--agents answer_model,answer_model_no_offset``).
+LEARNERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "reinforce": ("reinforce", {}),
+    "reinforce_patches": ("reinforce", {"policy": "patches"}),
+    "ppo": ("sb3", {"algo": "ppo"}),
+    "a2c": ("sb3", {"algo": "a2c"}),
+    "dqn": ("sb3", {"algo": "dqn"}),
+    "ppo_features": ("sb3", {"algo": "ppo", "obs": "features"}),
+    "dqn_features": ("sb3", {"algo": "dqn", "obs": "features"}),
+    "answer_model": ("answer_model", {}),
+    "answer_model_no_offset": ("answer_model", {"global_offset": False}),
+    "answer_model_unet": ("answer_model", {"belief": "image", "global_offset": False}),
+}
 
 
 def clicks_to_90(clicks: list[int], reward: list[float], window: int = 10) -> float:
@@ -79,28 +92,25 @@ def data_configs(names: list[str], data: Path | None, transductive: bool) -> dic
 
 def train_learner(name: str, cfg: dict, seed: int, clicks: int, out: Path, progress: bool):
     """A trained :class:`~agents.ClickPolicy` and its learning curve."""
-    if name == "reinforce":
+    trainer, kwargs = LEARNERS[name]
+    common = dict(total_clicks=clicks, seed=seed, out=str(out), progress=progress,
+                  **cfg["reinforce"], **kwargs)
+    if trainer == "reinforce":
         from agents.reinforce import ReinforceArgs, train
 
-        args = ReinforceArgs(total_clicks=clicks, seed=seed, out=str(out), progress=progress,
-                             **cfg["reinforce"])
-        agent, history = train(args)
+        agent, history = train(ReinforceArgs(**common))
         agent.greedy, agent.online_batch = True, 0
         return agent, history
-    if name == "answer_model":
+    if trainer == "answer_model":
         from agents.answer_model import AnswerModelArgs
         from agents.answer_model import train as train_answer_model
 
-        args = AnswerModelArgs(total_clicks=clicks, seed=seed, out=str(out), progress=progress,
-                               **cfg["reinforce"])
-        agent, history = train_answer_model(args)
+        agent, history = train_answer_model(AnswerModelArgs(**common))
         agent.greedy, agent.online_batch = True, 0
         return agent, history
     from agents.sb3 import SB3Args, train_sb3
 
-    args = SB3Args(algo=name, total_clicks=clicks, seed=seed, out=str(out), progress=progress,
-                   **cfg["reinforce"])
-    return train_sb3(args)
+    return train_sb3(SB3Args(**common))
 
 
 def evaluate(policy, env, seed: int) -> dict[str, Any]:
@@ -126,8 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--datasets", default="synthetic,kvasir-seg")
     p.add_argument("--agents", default="reinforce,ppo,dqn,answer_model",
-                   help=f"learners among {','.join(LEARNERS)} "
-                        "(default reinforce,ppo,dqn,answer_model)")
+                   help="comma-separated learners (default reinforce,ppo,dqn,answer_model):\n" +
+                        "\n".join(f"  {k}: {t} {a}" for k, (t, a) in LEARNERS.items()))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--clicks", type=int, default=2000, help="training clicks per agent")
     p.add_argument("--transductive", action="store_true",
@@ -146,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     learners = [a for a in args.agents.split(",") if a]
     bad = [a for a in learners if a not in LEARNERS]
     if bad:
-        raise SystemExit(f"unknown agents {bad}; choose from {LEARNERS}")
+        raise SystemExit(f"unknown agents {bad}; choose from {', '.join(LEARNERS)}")
     out = out_dir("compare_policies", args.out)
     cfgs = data_configs(args.datasets.split(","), shared_data(args.data), args.transductive)
     per_seed: list[dict[str, Any]] = []
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                     h = curves[(ds_name, name)][-1]
                     row["clicks_to_90"] = clicks_to_90(h["clicks"], h["reward"])
                 per_seed.append(row)
-                print(f"  seed {seed} {name:<9} dice@5 {row['dice@5']:.3f}  "
+                print(f"  seed {seed} {name:<22} dice@5 {row['dice@5']:.3f}  "
                       f"better {row['better_share']:.2f}  train {train_s:5.0f}s")
 
     summary: list[dict[str, Any]] = []
@@ -194,10 +204,11 @@ def main(argv: list[str] | None = None) -> None:
                 s["train_s_median"] = float(np.median([r["train_s"] for r in rows]))
             summary.append(s)
 
-    print(f"\n{'dataset':<11} {'policy':<10} {'dice@1':>7} {'dice@5 [95% CI]':>22} "
+    w = max(10, *(len(n) for n in learners))
+    print(f"\n{'dataset':<11} {'policy':<{w}} {'dice@1':>7} {'dice@5 [95% CI]':>22} "
           f"{'better':>7} {'NoC@.85':>8} {'clicks→90%':>11}")
     for s in summary:
-        print(f"{s['dataset']:<11} {s['policy']:<10} {s['dice@1']:>7.3f} "
+        print(f"{s['dataset']:<11} {s['policy']:<{w}} {s['dice@1']:>7.3f} "
               f"{s['dice@5']:>7.3f} [{s['dice@5_ci_low']:.3f},{s['dice@5_ci_high']:.3f}] "
               f"{s['better_share']:>7.2f} {s['noc@0.85']:>8.2f} "
               f"{s.get('clicks_to_90_median', float('nan')):>11.0f}")
@@ -236,8 +247,10 @@ def _figures(out: Path, summary, curves, datasets, learners, save_figure) -> Non
     import matplotlib.pyplot as plt
 
     colours = {"random": "tab:gray", "gt": "tab:green", "reinforce": "tab:red",
-               "ppo": "tab:blue", "a2c": "tab:purple", "dqn": "tab:orange",
-               "answer_model": "tab:brown"}
+               "reinforce_patches": "tab:pink", "ppo": "tab:blue", "a2c": "tab:purple",
+               "dqn": "tab:orange", "ppo_features": "navy", "dqn_features": "darkorange",
+               "answer_model": "tab:brown",
+               "answer_model_no_offset": "tab:olive", "answer_model_unet": "tab:cyan"}
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
         for name in learners:
