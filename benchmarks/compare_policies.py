@@ -5,7 +5,10 @@ seed, every learning agent (REINFORCE, SB3's PPO/A2C/DQN, and the model-based an
 :mod:`agents.answer_model`) is trained for ``--clicks`` clicks on the training part of a seeded
 80/20 split, from better/worse answers alone, then evaluated greedily on the held-out part
 (``--transductive``: the method's protocol, training and evaluating on all images). Random clicking
-and the ground-truth-guided clicker are evaluated on the same images.
+and the ground-truth-guided clicker are evaluated on the same images. ``--agents`` picks learners
+from :data:`LEARNERS`, which also names variants (the same trainer with other arguments:
+``reinforce_patches``, ``dqn_features``, ``answer_model_no_offset``, ...), so an ablation is one
+command.
 
 Reported per data set and policy (mean over seeds, 95% t-interval over seeds):
 
