@@ -175,6 +175,20 @@ def test_answer_model_agent_learns_across_lockstep_episodes_and_rounds(tmp_path)
     assert agent.updates == 6 * env.clicks_per_episode // 4 + 1  # the last two by flush()
 
 
+def test_reinforce_patch_policy_across_rounds(tmp_path):
+    from agents.reinforce import ReinforceAgent
+
+    cfg = RoundsConfig(**{**TINY, "agent": "reinforce", "agent_kwargs": {"policy": "patches"},
+                          "label_envs": 4})
+    run_rounds(cfg, tmp_path / "r")
+    for r in (1, 2):
+        agent = ReinforceAgent.load(tmp_path / "r" / f"round_{r:02d}" / "agent.safetensors")
+        # 12 images x 2 clicks per round, one online update per 8 clicks, round 2 resumes
+        assert agent.policy == "patches" and agent.updates == 3 * r
+    opt = torch.load(tmp_path / "r" / "round_02" / "agent_optimizer.pt", weights_only=True)
+    assert opt["state"]  # the optimiser's moments were carried over, not restarted
+
+
 @pytest.mark.slow
 def test_original_config_code_path_with_random_weights(tmp_path):
     """kvasir-cvc's settings (DINOv2 + LoRA + HSNet) on tiny data with random weights."""
