@@ -65,6 +65,7 @@ from agents.reinforce import resolve_device
 from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import atomic_path
+from bow_gym.wrappers import patch_to_pixel_action
 
 
 @dataclass
@@ -332,9 +333,7 @@ class AnswerModelAgent(ClickPolicy):
         label, patch = divmod(choice, self.grid[0] * self.grid[1])
         self.last_confidence = float(p_better[choice])
         ep.pending = (m.clone(), after[label, patch].clone(), label, patch)
-        r, c = divmod(patch, self.grid[1])
-        ch, cw = env.obs_size // self.grid[0], env.obs_size // self.grid[1]
-        return env.encode_action(label, r * ch + ch // 2, c * cw + cw // 2)
+        return patch_to_pixel_action(env, choice)
 
     def act(self, obs: np.ndarray, info: dict[str, Any], env: BetterWorseSegEnv,
             ground_truth: np.ndarray | None = None) -> int:

@@ -44,6 +44,7 @@ from agents.policy import ClickPolicy
 from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import atomic_path
+from bow_gym.wrappers import patch_to_pixel_action
 
 
 @dataclass
@@ -219,12 +220,7 @@ class ReinforceAgent(ClickPolicy):
 
     def env_action(self, action: int, env: BetterWorseSegEnv) -> int:
         """The env's action for one of the policy's actions (the patch centre for patches)."""
-        if self.policy == "unet":
-            return int(action)
-        label, patch = divmod(int(action), env.grid[0] * env.grid[1])
-        r, c = divmod(patch, env.grid[1])
-        (ch, cw) = env.cell
-        return env.encode_action(label, r * ch + ch // 2, c * cw + cw // 2)
+        return int(action) if self.policy == "unet" else patch_to_pixel_action(env, action)
 
     @torch.no_grad()
     def _sample(self, inputs: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

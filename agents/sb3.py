@@ -50,6 +50,7 @@ from agents.common import TrainDataArgs
 from agents.policy import ClickPolicy
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import atomic_path
+from bow_gym.wrappers import patch_to_pixel_action
 
 ALGOS = ("ppo", "a2c", "dqn")
 
@@ -461,14 +462,6 @@ class SB3ClickPolicy(ClickPolicy):
         agent = cls(policy, algo, spec, **{**acting, **overrides})
         agent.metadata = {k: v for k, v in meta.items() if k not in ("agent", "algo", "spec")}
         return agent
-
-
-def patch_to_pixel_action(env: BetterWorseSegEnv, action: int) -> int:
-    """The env's pixel action for patch action ``label * P + patch`` (the cell's centre pixel)."""
-    label, patch = divmod(int(action), env.n_patches)
-    r, c = divmod(patch, env.grid[1])
-    ch, cw = env.cell
-    return env.encode_action(label, r * ch + ch // 2, c * cw + cw // 2)
 
 
 def build_policy(algo: str, spec: dict[str, Any], device: str = "cpu") -> BasePolicy:

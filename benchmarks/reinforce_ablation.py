@@ -8,6 +8,8 @@ reward over the last 20% of clicks; clicks to 90% of the reward's rise).
 
 Variants: ``default`` (EMA baseline, entropy 0.01, 8 envs), ``no-baseline``, ``value-baseline``,
 ``no-entropy``, ``1-env`` (one env, one click per update: the method's online setting).
+``--policy patches`` runs them with the patch policy instead of the method's U-Net (results in
+``benchmarks/results/reinforce_ablation_patches`` by default).
 
 Run: ``python -m benchmarks.reinforce_ablation`` (``--help``). Last line:
 ``default_minus_no_baseline_dice: <value>``.
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--clicks", type=int, default=2000)
     p.add_argument("--images", type=int, default=200, help="synthetic images (80/20 split)")
+    p.add_argument("--policy", choices=("unet", "patches"), default="unet",
+                   help="REINFORCE's policy network (default unet, the method's)")
     p.add_argument("--out", help="output folder (default benchmarks/results/reinforce_ablation)")
     args = p.parse_args(argv)
 
@@ -45,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks._common import machine, out_dir, save_figure, write_csv, write_json
     from benchmarks.compare_policies import clicks_to_90, evaluate, t_interval
 
-    out = out_dir("reinforce_ablation", args.out)
+    out = out_dir("reinforce_ablation" + ("_patches" if args.policy == "patches" else ""),
+                  args.out)
     test_env = gym.make("BetterWorseSeg-v0",
                         dataset_kwargs={"n_images": args.images, "split": "test"})
     rows, curves = [], {}
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
             ra = ReinforceArgs(total_clicks=args.clicks, seed=seed, progress=False,
                                out=str(out / "runs" / f"{name}-seed{seed}"),
                                env_kwargs={"dataset_kwargs": {"n_images": args.images}},
-                               **VARIANTS[name])
+                               policy=args.policy, **VARIANTS[name])
             agent, history = train(ra)
             agent.greedy, agent.online_batch = True, 0
             res = evaluate(agent, test_env, seed)
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         ax.plot(np.asarray(hs[0]["clicks"][w - 1:n]), r, label=name)
     ax.set_xlabel("training clicks")
     ax.set_ylabel("mean reward per click (smoothed, mean over seeds)")
-    ax.set_title("REINFORCE remedies (synthetic)")
+    ax.set_title(f"REINFORCE remedies, {args.policy} policy (synthetic)")
     ax.legend()
     save_figure(fig, out / "reinforce_ablation.png")
     by = {s["variant"]: s for s in summary}

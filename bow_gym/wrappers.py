@@ -34,11 +34,7 @@ class PatchActions(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
         a = int(action)
         if not 0 <= a < 2 * self.n_patches:
             raise ValueError(f"action must be in [0, {2 * self.n_patches}), got {action!r}")
-        base: BetterWorseSegEnv = self.env.unwrapped
-        label, patch = divmod(a, self.n_patches)
-        r, c = divmod(patch, self.grid[1])
-        ch, cw = base.cell
-        return base.encode_action(label, r * ch + ch // 2, c * cw + cw // 2)
+        return patch_to_pixel_action(self.env.unwrapped, a)
 
 
 class StripEvalInfo(gym.Wrapper):
@@ -82,6 +78,14 @@ class PatchFeatureObservation(gym.ObservationWrapper, gym.utils.RecordConstructo
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return patch_policy_inputs(observation, self.env.unwrapped)
+
+
+def patch_to_pixel_action(env: BetterWorseSegEnv, action: int) -> int:
+    """The env's pixel action for patch action ``label * P + patch`` (the cell's centre pixel)."""
+    label, patch = divmod(int(action), env.n_patches)
+    r, c = divmod(patch, env.grid[1])
+    ch, cw = env.cell
+    return env.encode_action(label, r * ch + ch // 2, c * cw + cw // 2)
 
 
 def mask_from_obs(obs: np.ndarray) -> np.ndarray:
