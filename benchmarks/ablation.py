@@ -68,6 +68,8 @@ CPU_VARIANTS = {
                             {"agent": "reinforce", "top_k": 0.5, "quality": "auto"}),
     "random_lab_top50": ("random clicking, lab_texture, top-50% pseudo-masks (quality auto)",
                          {"agent": "random", "top_k": 0.5, "quality": "auto"}),
+    "reinforce_patches_lab": ("REINFORCE, patch policy, lab_texture",
+                              {"agent": "reinforce", "agent_kwargs": {"policy": "patches"}}),
     "answer_model_lab": ("answer-model agent, lab_texture (learns to predict the answers)",
                          {"agent": "answer_model"}),
 }
@@ -178,8 +180,8 @@ def main(argv: list[str] | None = None) -> None:
                 row.update({f"{target}_r{r}": a["mean"], f"{target}_r{r}_low": a["low"],
                             f"{target}_r{r}_high": a["high"]})
                 row["ci_over"] = a["ci"]
-        row["hd95_r5"] = float(np.nanmean([_summary(x, 5, "prediction", "hd95_mean")
-                                           for x in results]))
+        hd95 = [h for x in results if np.isfinite(h := _summary(x, 5, "prediction", "hd95_mean"))]
+        row["hd95_r5"] = float(np.mean(hd95)) if hd95 else math.nan  # nan with --rounds < 5
         row["seconds_per_round"] = float(np.median(seconds)) if seconds else math.nan
         table.append(row)
 
