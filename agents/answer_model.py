@@ -52,20 +52,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.common import (
-    TrainDataArgs,
-    TrainingLog,
-    make_envs,
-    mask_shares,
-    patch_inputs,
-    summary_line,
-)
+from agents.common import PatchMLP, TrainDataArgs, TrainingLog, make_envs, summary_line
 from agents.policy import ClickPolicy
 from agents.reinforce import resolve_device
 from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import atomic_path
-from bow_gym.wrappers import patch_to_pixel_action
+from bow_gym.wrappers import mask_shares, patch_inputs, patch_to_pixel_action
 
 
 @dataclass
@@ -167,25 +160,15 @@ def flip_augment(images: np.ndarray, before: np.ndarray, after: np.ndarray,
     return images, before, after
 
 
-class PatchFeatureNet(nn.Module):
-    """Per-patch belief logits from ``(B, P, D + 2)`` backbone features and patch coordinates.
-
-    The feature dimension is inferred on the first call (lazy layers), so one agent serves any
-    backbone; the input is standardised by running statistics (no learned affine).
-    """
+class PatchFeatureNet(PatchMLP):
+    """Per-patch belief logits ``(B, P)`` from ``(B, P, D + 2)`` backbone features and patch
+    coordinates (:func:`~bow_gym.wrappers.patch_inputs`); untrained, ``q = 0.5`` everywhere."""
 
     def __init__(self, hidden: int = 64):
-        super().__init__()
-        self.norm = nn.LazyBatchNorm1d(affine=False)
-        self.body = nn.Sequential(nn.LazyLinear(hidden), nn.SiLU(), nn.Linear(hidden, hidden),
-                                  nn.SiLU())
-        self.head = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.head.weight)  # as ClickUNet: an untrained belief is q = 0.5 everywhere
-        nn.init.zeros_(self.head.bias)
+        super().__init__(hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, p, d = x.shape
-        return self.head(self.body(self.norm(x.reshape(b * p, d)))).reshape(b, p)
+        return self.head(self.embed(x)).squeeze(-1)
 
 
 class AnswerModelAgent(ClickPolicy):

@@ -9,10 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from bow_gym.wrappers import mask_shares, patch_inputs, patch_policy_inputs
-
-__all__ = ["mask_shares", "patch_inputs", "patch_policy_inputs"]  # re-exported for agents
+import torch
+from torch import nn
 
 
 @dataclass
@@ -125,3 +123,27 @@ def summary_line(history: dict[str, list[float]], out: str | Path) -> str:
     last = history["reward"][-max(1, len(history["reward"]) // 10):]
     return (f"trained {history['clicks'][-1]} clicks; mean reward over the last 10%: "
             f"{np.mean(last):+.3f}; checkpoint {Path(out) / 'agent.safetensors'}")
+
+
+class PatchMLP(nn.Module):
+    """One small MLP applied alike to every patch's input row: ``(B, P, D) -> (B, P, hidden)``.
+
+    The input size is inferred on the first call (lazy layers), so one agent serves any
+    backbone, and inputs are standardised by running statistics (no learned affine). ``head``
+    maps each patch to ``outputs`` values and starts at zero (an untrained network is neutral:
+    a uniform policy, a belief of 0.5); subclasses decide what the outputs mean.
+    """
+
+    def __init__(self, hidden: int, outputs: int):
+        super().__init__()
+        self.norm = nn.LazyBatchNorm1d(affine=False)
+        self.body = nn.Sequential(nn.LazyLinear(hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                                  nn.SiLU())
+        self.head = nn.Linear(hidden, outputs)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, P, hidden)`` per-patch features of ``(B, P, D)`` inputs."""
+        b, p, d = x.shape
+        return self.body(self.norm(x.reshape(b * p, d))).reshape(b, p, -1)

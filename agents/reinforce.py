@@ -32,19 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.common import (
-    TrainDataArgs,
-    TrainingLog,
-    make_envs,
-    mask_shares,
-    patch_policy_inputs,
-    summary_line,
-)
+from agents.common import PatchMLP, TrainDataArgs, TrainingLog, make_envs, summary_line
 from agents.policy import ClickPolicy
 from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import atomic_path
-from bow_gym.wrappers import patch_to_pixel_action
+from bow_gym.wrappers import patch_policy_inputs, patch_to_pixel_action
 
 
 @dataclass
@@ -89,28 +82,18 @@ class ReinforceArgs(TrainDataArgs):
     """show a progress bar"""
 
 
-class PatchPolicyNet(nn.Module):
+class PatchPolicyNet(PatchMLP):
     """Click logits ``(B, 2P)`` (label-major, as the env's actions) and values ``(B,)`` from
-    per-patch inputs ``(B, P, D)`` (:func:`patch_policy_inputs`).
-
-    One small MLP scores every patch alike; the input size is inferred on the first call (lazy
-    layers), so one agent serves any backbone, and inputs are standardised by running statistics.
-    """
+    per-patch inputs ``(B, P, D)`` (:func:`~bow_gym.wrappers.patch_policy_inputs`): one small MLP
+    scores every patch alike; untrained, the policy is uniform."""
 
     def __init__(self, hidden: int = 64):
-        super().__init__()
-        self.norm = nn.LazyBatchNorm1d(affine=False)
-        self.body = nn.Sequential(nn.LazyLinear(hidden), nn.SiLU(), nn.Linear(hidden, hidden),
-                                  nn.SiLU())
-        self.head = nn.Linear(hidden, 2)
-        nn.init.zeros_(self.head.weight)  # as ClickUNet: an untrained policy is uniform
-        nn.init.zeros_(self.head.bias)
+        super().__init__(hidden, 2)
         self.value = nn.Linear(hidden, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, p, d = x.shape
-        h = self.body(self.norm(x.reshape(b * p, d))).reshape(b, p, -1)
-        logits = self.head(h).transpose(1, 2).reshape(b, 2 * p)
+        h = self.embed(x)
+        logits = self.head(h).transpose(1, 2).flatten(1)
         return logits, self.value(h.mean(1)).squeeze(1)
 
 
@@ -204,11 +187,11 @@ class ReinforceAgent(ClickPolicy):
                     valid[label, r * ch:(r + 1) * ch, c * cw:(c + 1) * cw] = False
             return np.asarray(obs), valid.reshape(-1)
         inputs = patch_policy_inputs(obs, env)
-        m = mask_shares(obs, env.grid)
-        graph = env.propagation_graph()
         # A background click changes the mask iff its reach holds foreground; a foreground one
-        # iff its reach holds background.
-        changes = np.stack([graph @ (m > 0), graph @ (m < 1)])
+        # iff its reach holds background. Column -2 is the reach's foreground share (exact in
+        # float32: sums of multiples of 1/cell-area), so it answers both.
+        reach_fg = inputs[:, -2]
+        changes = np.stack([reach_fg > 0, reach_fg < 1])
         not_rejected = np.ones_like(changes)
         if self.avoid_rejected:
             for label, patch in rejected:

@@ -50,7 +50,7 @@ from agents.common import TrainDataArgs
 from agents.policy import ClickPolicy
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import atomic_path
-from bow_gym.wrappers import patch_to_pixel_action
+from bow_gym.wrappers import patch_policy_inputs, patch_to_pixel_action
 
 ALGOS = ("ppo", "a2c", "dqn")
 
@@ -409,8 +409,6 @@ class SB3ClickPolicy(ClickPolicy):
             raise ValueError(f"policy has {self.n_actions} patch actions, env has "
                              f"2 x {env.n_patches} patches")
         if self.spec.get("obs") == "features":
-            from bow_gym.wrappers import patch_policy_inputs
-
             obs = patch_policy_inputs(obs, env)
         s = self.scores(obs)
         if self.avoid_rejected and self._rejected and len(self._rejected) < self.n_actions:
