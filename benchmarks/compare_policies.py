@@ -70,26 +70,43 @@ def clicks_to_90(clicks: list[int], reward: list[float], window: int = 10) -> fl
     return float(clicks[int(hit[0]) + window - 1]) if hit.size else math.nan
 
 
-def data_configs(names: list[str], data: Path | None, transductive: bool) -> dict[str, dict]:
+def gaps_closed(summary: list[dict[str, Any]], learners: list[str]) -> dict[str, tuple[str, float]]:
+    """Per data set, the best learner by mean Dice@5 and the share of the random-to-gt gap it closes.
+
+    Data sets where the ground-truth clicker does not beat random (no gap) are left out.
+    """
+    out: dict[str, tuple[str, float]] = {}
+    for ds in dict.fromkeys(s["dataset"] for s in summary):
+        by = {s["policy"]: s["dice@5"] for s in summary if s["dataset"] == ds}
+        if not learners or by["gt"] <= by["random"]:
+            continue
+        best = max(learners, key=lambda a: by[a])
+        out[ds] = (best, (by[best] - by["random"]) / (by["gt"] - by["random"]))
+    return out
+
+
+def data_configs(names: list[str], data: Path | None, transductive: bool,
+                 split_seed: int = 0) -> dict[str, dict]:
+    """Per data set: ``train``/``test`` env kwargs and ``reinforce`` (trainer data arguments)."""
     cfgs: dict[str, dict] = {}
     train_split, test_split = ("all", "all") if transductive else ("train", "test")
+    sources: dict[str, dict[str, Any]] = {}
     if "synthetic" in names:
-        cfgs["synthetic"] = {"train": {"dataset_kwargs": {"n_images": 200, "split": train_split}},
-                             "test": {"dataset_kwargs": {"n_images": 200, "split": test_split}},
-                             "reinforce": {"env_kwargs": {"dataset_kwargs": {"n_images": 200}},
-                                           "split": train_split}}
+        sources["synthetic"] = {"dataset_kwargs": {"n_images": 200}}
     if "kvasir-seg" in names:
         if data is None or not (data / "kvasir-seg").is_dir():
             print("Kvasir-SEG not found (set BOW_GYM_SHARED_DATA or --data): skipped")
         else:
-            root = str(data / "kvasir-seg")
-            cfgs["kvasir-seg"] = {
-                "train": {"dataset": "kvasir-seg", "root": root,
-                          "dataset_kwargs": {"split": train_split}},
-                "test": {"dataset": "kvasir-seg", "root": root,
-                         "dataset_kwargs": {"split": test_split}},
-                "reinforce": {"dataset": "kvasir-seg", "root": root, "split": train_split},
-            }
+            sources["kvasir-seg"] = {"dataset": "kvasir-seg", "root": str(data / "kvasir-seg"),
+                                     "dataset_kwargs": {}}
+    for ds_name, src in sources.items():
+        ds_kwargs = {**src.pop("dataset_kwargs"), "split_seed": split_seed}
+        cfgs[ds_name] = {
+            "train": {**src, "dataset_kwargs": {**ds_kwargs, "split": train_split}},
+            "test": {**src, "dataset_kwargs": {**ds_kwargs, "split": test_split}},
+            "reinforce": {**src, "env_kwargs": {"dataset_kwargs": ds_kwargs},
+                          "split": train_split},
+        }
     return cfgs
 
 
@@ -145,51 +162,76 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clicks", type=int, default=2000, help="training clicks per agent")
     p.add_argument("--transductive", action="store_true",
                    help="train and evaluate on all images (the method's protocol)")
+    p.add_argument("--splits", type=int, default=1,
+                   help="seeded 80/20 splits to repeat everything on (split seeds 0..N-1; "
+                        "default 1): intervals then cover splits x seeds, and the gap closed is "
+                        "also reported per split")
     p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or ../shared/data)")
     p.add_argument("--out", help="output folder (default benchmarks/results/compare_policies)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--replot", metavar="DIR",
+                   help="only redraw the figures of an earlier run from DIR/compare_policies.json")
     args = p.parse_args(argv)
+    if args.splits < 1:
+        p.error(f"--splits must be at least 1, got {args.splits}")
+    if args.transductive and args.splits > 1:
+        p.error("--splits > 1 needs held-out evaluation: --transductive uses every image")
+    if args.seeds < 1 or args.clicks < 1:
+        p.error("--seeds and --clicks must be positive")
+
+    from benchmarks._common import machine, out_dir, save_figure, shared_data, write_csv, write_json
+
+    if args.replot:
+        _replot(Path(args.replot), save_figure)
+        return
 
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
     from agents import GroundTruthClicker, RandomClicker
-    from benchmarks._common import machine, out_dir, save_figure, shared_data, write_csv, write_json
 
     learners = [a for a in args.agents.split(",") if a]
     bad = [a for a in learners if a not in LEARNERS]
     if bad:
         raise SystemExit(f"unknown agents {bad}; choose from {', '.join(LEARNERS)}")
     out = out_dir("compare_policies", args.out)
-    cfgs = data_configs(args.datasets.split(","), shared_data(args.data), args.transductive)
+    data = shared_data(args.data)
     per_seed: list[dict[str, Any]] = []
     curves: dict[tuple[str, str], list[dict]] = {}
-    for ds_name, cfg in cfgs.items():
-        test_env = gym.make("BetterWorseSeg-v0", **cfg["test"])
-        n_test = len(test_env.unwrapped.dataset)
-        print(f"== {ds_name}: evaluating on {n_test} {'' if args.transductive else 'held-out '}"
-              f"images, {args.seeds} seeds, {args.clicks} training clicks")
-        for seed in range(args.seeds):
-            policies: list[tuple[str, Any, float]] = [("random", RandomClicker(), 0.0),
-                                                      ("gt", GroundTruthClicker(), 0.0)]
-            for name in learners:
-                t0 = time.time()
-                policy, history = train_learner(name, cfg, seed, args.clicks,
-                                                out / "runs" / ds_name / f"{name}-seed{seed}",
-                                                not args.no_progress)
-                train_s = time.time() - t0
-                curves.setdefault((ds_name, name), []).append(history)
-                policies.append((name, policy, train_s))
-            for name, policy, train_s in policies:
-                res = evaluate(policy, test_env, seed)
-                row = {"dataset": ds_name, "policy": name, "seed": seed, "train_s": train_s,
-                       **{f"dice@{k + 1}": v for k, v in enumerate(res.pop("dice"))}, **res}
-                if name in learners:
-                    h = curves[(ds_name, name)][-1]
-                    row["clicks_to_90"] = clicks_to_90(h["clicks"], h["reward"])
-                per_seed.append(row)
-                print(f"  seed {seed} {name:<22} dice@5 {row['dice@5']:.3f}  "
-                      f"better {row['better_share']:.2f}  train {train_s:5.0f}s")
+    datasets: list[str] = []
+    for split in range(args.splits):
+        cfgs = data_configs(args.datasets.split(","), data, args.transductive, split_seed=split)
+        datasets = list(cfgs)
+        for ds_name, cfg in cfgs.items():
+            test_env = gym.make("BetterWorseSeg-v0", **cfg["test"])
+            n_test = len(test_env.unwrapped.dataset)
+            where = "all" if args.transductive else f"held-out (split {split})"
+            print(f"== {ds_name}: evaluating on {n_test} {where} images, {args.seeds} seeds, "
+                  f"{args.clicks} training clicks")
+            for seed in range(args.seeds):
+                policies: list[tuple[str, Any, float]] = [("random", RandomClicker(), 0.0),
+                                                          ("gt", GroundTruthClicker(), 0.0)]
+                for name in learners:
+                    run = f"{name}-seed{seed}" + (f"-split{split}" if split else "")
+                    t0 = time.time()
+                    policy, history = train_learner(name, cfg, seed, args.clicks,
+                                                    out / "runs" / ds_name / run,
+                                                    not args.no_progress)
+                    train_s = time.time() - t0
+                    curves.setdefault((ds_name, name), []).append(history)
+                    policies.append((name, policy, train_s))
+                for name, policy, train_s in policies:
+                    res = evaluate(policy, test_env, seed)
+                    row = {"dataset": ds_name, "policy": name, "split": split, "seed": seed,
+                           "train_s": train_s,
+                           **{f"dice@{k + 1}": v for k, v in enumerate(res.pop("dice"))}, **res}
+                    if name in learners:
+                        h = curves[(ds_name, name)][-1]
+                        row["clicks_to_90"] = clicks_to_90(h["clicks"], h["reward"])
+                    per_seed.append(row)
+                    print(f"  split {split} seed {seed} {name:<22} dice@5 {row['dice@5']:.3f}  "
+                          f"better {row['better_share']:.2f}  train {train_s:5.0f}s")
+    cfgs = dict.fromkeys(datasets)
 
     summary: list[dict[str, Any]] = []
     metrics = [f"dice@{k}" for k in range(1, 6)] + ["better_share"] + \
@@ -197,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     for ds_name in cfgs:
         for name in ["random", "gt", *learners]:
             rows = [r for r in per_seed if r["dataset"] == ds_name and r["policy"] == name]
-            s: dict[str, Any] = {"dataset": ds_name, "policy": name, "seeds": len(rows)}
+            s: dict[str, Any] = {"dataset": ds_name, "policy": name, "seeds": args.seeds,
+                                 "splits": args.splits, "runs": len(rows)}
             for m in metrics:
                 mean, lo, hi = t_interval([r[m] for r in rows])
                 s[m], s[f"{m}_ci_low"], s[f"{m}_ci_high"] = mean, lo, hi
@@ -216,34 +259,58 @@ def main(argv: list[str] | None = None) -> None:
               f"{s['better_share']:>7.2f} {s['noc@0.85']:>8.2f} "
               f"{s.get('clicks_to_90_median', float('nan')):>11.0f}")
 
-    gap: dict[str, float] = {}
-    for ds_name in cfgs:
-        by = {s["policy"]: s for s in summary if s["dataset"] == ds_name}
-        best = max(learners, key=lambda a: by[a]["dice@5"]) if learners else None
-        denom = by["gt"]["dice@5"] - by["random"]["dice@5"]
-        if best is not None and denom > 0:
-            gap[ds_name] = (by[best]["dice@5"] - by["random"]["dice@5"]) / denom
-            print(f"{ds_name}: best learned agent {best}, gap closed {gap[ds_name]:.3f}")
+    gap = gaps_closed(summary, learners)
+    gap_per_split: dict[str, list[float]] = {ds: [] for ds in gap}
+    for ds_name in gap:
+        for split in range(args.splits):
+            rows = [r for r in per_seed if r["dataset"] == ds_name and r["split"] == split]
+            means = [{"dataset": ds_name, "policy": name,
+                      "dice@5": float(np.mean([r["dice@5"] for r in rows if r["policy"] == name]))}
+                     for name in ["random", "gt", *learners]]
+            gap_per_split[ds_name].append(gaps_closed(means, learners)[ds_name][1])
+        best, value = gap[ds_name]
+        line = f"{ds_name}: best learned agent {best}, gap closed {value:.3f}"
+        if args.splits > 1:
+            line += " (per split: " + ", ".join(f"{g:.3f}" for g in gap_per_split[ds_name]) + ")"
+        print(line)
 
     write_csv(out / "per_seed.csv", per_seed)
     write_csv(out / "summary.csv", summary)
     write_json(out / "compare_policies.json", {
-        "summary": summary, "per_seed": per_seed, "gap_closed": gap,
+        "summary": summary, "per_seed": per_seed,
+        "gap_closed": {ds: value for ds, (_, value) in gap.items()},
+        "best_agent": {ds: best for ds, (best, _) in gap.items()},
+        "gap_closed_per_split": gap_per_split,
         "curves": {f"{d}/{a}": h for (d, a), h in curves.items()},
         "settings": vars(args), "machine": machine()})
-    _figures(out, summary, curves, list(cfgs), learners, save_figure)
+    _figures(out, summary, per_seed, curves, list(cfgs), learners, save_figure)
     print(f"wrote {out}/summary.csv, per_seed.csv, compare_policies.json, learning_curves.png, "
-          "dice_vs_clicks.png")
+          "dice_vs_clicks.png, reward_vs_dice.png")
     if "kvasir-seg" in gap:
-        print(f"gap_closed: {gap['kvasir-seg']:.3f}")
+        print(f"gap_closed: {gap['kvasir-seg'][1]:.3f}")
     elif gap:
         ds = next(iter(gap))
-        print(f"gap_closed: {gap[ds]:.3f} ({ds}; Kvasir-SEG not evaluated)")
+        print(f"gap_closed: {gap[ds][1]:.3f} ({ds}; Kvasir-SEG not evaluated)")
     else:
         print("gap_closed: nan")
 
 
-def _figures(out: Path, summary, curves, datasets, learners, save_figure) -> None:
+def _replot(folder: Path, save_figure) -> None:
+    """Redraw the figures of an earlier run from its ``compare_policies.json``."""
+    import json
+
+    path = folder / "compare_policies.json"
+    if not path.is_file():
+        raise SystemExit(f"--replot: {path} not found (the folder of an earlier run is expected)")
+    res = json.loads(path.read_text())
+    curves = {tuple(k.split("/", 1)): v for k, v in res["curves"].items()}
+    datasets = list(dict.fromkeys(s["dataset"] for s in res["summary"]))
+    learners = list(dict.fromkeys(a for _, a in curves))
+    _figures(folder, res["summary"], res["per_seed"], curves, datasets, learners, save_figure)
+    print(f"redrew the figures in {folder}")
+
+
+def _figures(out: Path, summary, per_seed, curves, datasets, learners, save_figure) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -284,13 +351,28 @@ def _figures(out: Path, summary, curves, datasets, learners, save_figure) -> Non
             hi = [s[f"dice@{k}_ci_high"] for k in ks]
             ax.plot(ks, mean, marker="o", label=s["policy"], color=colours.get(s["policy"]))
             ax.fill_between(ks, lo, hi, alpha=0.2, color=colours.get(s["policy"]))
-        ax.set_title(f"{ds}: held-out Dice (95% CI over seeds)")
+        ax.set_title(f"{ds}: Dice (95% CI over runs)")
         ax.set_xlabel("clicks")
         ax.set_ylabel("Dice")
         ax.set_ylim(0, 1)
         ax.set_xticks(range(1, 6))
         ax.legend(loc="lower right", fontsize=8)
     save_figure(fig, out / "dice_vs_clicks.png")
+    plt.close(fig)
+
+    # The reward a learner maximises against the Dice it is judged by: one point per run.
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        for name in dict.fromkeys(r["policy"] for r in per_seed if r["dataset"] == ds):
+            rows = [r for r in per_seed if r["dataset"] == ds and r["policy"] == name]
+            ax.scatter([r["better_share"] for r in rows], [r["dice@5"] for r in rows], s=25,
+                       label=name, color=colours.get(name), alpha=0.8)
+        ax.set_title(f"{ds}: reward earned vs Dice (one point per run)")
+        ax.set_xlabel('share of "better" answers in evaluation (the reward)')
+        ax.set_ylabel("Dice after 5 clicks")
+        ax.set_ylim(0, 1)
+        ax.legend(loc="lower right", fontsize=8)
+    save_figure(fig, out / "reward_vs_dice.png")
     plt.close(fig)
 
 

@@ -1,0 +1,82 @@
+"""Known-answer tests for the arithmetic behind the benchmarks' headline numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks.compare_policies import clicks_to_90, data_configs, gaps_closed, main
+from bow_gym.datasets import make_dataset
+
+
+def _summary(ds: str, **dice5: float) -> list[dict]:
+    return [{"dataset": ds, "policy": k, "dice@5": v} for k, v in dice5.items()]
+
+
+def test_gaps_closed_known_answer():
+    summary = _summary("kv", random=0.2, gt=0.7, a=0.6, b=0.45)
+    best, value = gaps_closed(summary, ["a", "b"])["kv"]
+    assert best == "a"
+    assert value == pytest.approx(0.8)
+
+
+def test_gaps_closed_can_exceed_one_and_skips_data_without_a_gap():
+    summary = _summary("easy", random=0.2, gt=0.6, a=0.7) + _summary("flat", random=0.5, gt=0.5, a=0.6)
+    gaps = gaps_closed(summary, ["a"])
+    assert gaps["easy"] == ("a", pytest.approx(1.25))
+    assert "flat" not in gaps
+
+
+def test_clicks_to_90_known_answer():
+    clicks = list(range(1, 101))
+    reward = [min(i, 50) / 50 for i in clicks]  # rises linearly to 1 at click 50, then flat
+    # window 1: the first click whose reward reaches 0.02 + 0.9 * (1.0 - 0.02) = 0.902 is 46
+    assert clicks_to_90(clicks, reward, window=1) == 46
+    assert math.isnan(clicks_to_90(clicks, [0.5] * 100))
+
+
+def test_split_seeds_give_disjoint_parts_and_different_test_sets():
+    tests = []
+    for split_seed in (0, 1):
+        cfg = data_configs(["synthetic"], None, transductive=False, split_seed=split_seed)
+        kw = cfg["synthetic"]
+        assert kw["reinforce"]["env_kwargs"]["dataset_kwargs"]["split_seed"] == split_seed
+        train = make_dataset("synthetic", **kw["train"]["dataset_kwargs"])
+        test = make_dataset("synthetic", **kw["test"]["dataset_kwargs"])
+        assert not set(train.ids) & set(test.ids)
+        assert len(train) + len(test) == 200
+        tests.append(set(test.ids))
+    assert tests[0] != tests[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--splits", "0"], "--splits must be at least 1"),
+    (["--transductive", "--splits", "2"], "needs held-out evaluation"),
+])
+def test_bad_arguments_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_replot_names_the_missing_file(tmp_path):
+    with pytest.raises(SystemExit, match="compare_policies.json not found"):
+        main(["--replot", str(tmp_path)])
+
+
+def test_replot_redraws_figures(tmp_path):
+    rows = [{"dataset": "synthetic", "policy": p, "split": 0, "seed": s, "dice@5": d + 0.01 * s,
+             "better_share": b} for p, d, b in (("random", 0.2, 0.2), ("gt", 0.8, 0.5),
+                                                ("dqn", 0.6, 0.6)) for s in range(2)]
+    summary = [{"dataset": "synthetic", "policy": p,
+                **{f"dice@{k}{x}": d for k in range(1, 6) for x in ("", "_ci_low", "_ci_high")}}
+               for p, d in (("random", 0.2), ("gt", 0.8), ("dqn", 0.6))]
+    curve = {"clicks": list(range(8, 208, 8)), "reward": list(np.linspace(-0.5, 0.5, 25))}
+    (tmp_path / "compare_policies.json").write_text(json.dumps(
+        {"summary": summary, "per_seed": rows, "curves": {"synthetic/dqn": [curve, curve]}}))
+    main(["--replot", str(tmp_path)])
+    for name in ("learning_curves.png", "dice_vs_clicks.png", "reward_vs_dice.png"):
+        assert (tmp_path / name).stat().st_size > 1000
