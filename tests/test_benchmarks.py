@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -80,3 +81,15 @@ def test_replot_redraws_figures(tmp_path):
     main(["--replot", str(tmp_path)])
     for name in ("learning_curves.png", "dice_vs_clicks.png", "reward_vs_dice.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budgets", "0,100"], "--budgets: comma-separated positive integers expected"),
+    (["--budgets", "ten"], "--budgets: comma-separated positive integers expected"),
+    (["--agents", "nope"], "--agents: unknown ['nope']"),
+])
+def test_click_budget_refuses_bad_arguments(argv, message):
+    from benchmarks.click_budget import main as click_budget
+
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        click_budget(argv)

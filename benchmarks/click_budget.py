@@ -1,0 +1,180 @@
+"""How many expert answers a learner needs: held-out Dice against the training click budget.
+
+Each learner of :data:`benchmarks.compare_policies.LEARNERS` named in ``--agents`` is trained from
+scratch for every budget in ``--budgets`` (clicks, i.e. expert answers) on the training part of the
+seeded 80/20 split and evaluated greedily on the held-out part, exactly as in
+:mod:`benchmarks.compare_policies` (same data, seeds and evaluation). Random clicking and the
+ground-truth-guided clicker give the floor and the ceiling. Reported per data set, learner and
+budget: Dice after 5 clicks (mean over seeds, 95% t-interval), share of "better" answers, the gap
+closed between random and the ground-truth clicker, and training time.
+
+Run: ``python -m benchmarks.click_budget`` (``--help``); a quick look:
+``python -m benchmarks.click_budget --datasets synthetic --budgets 100,200 --seeds 1``.
+Writes ``click_budget.csv``/``.json`` (per run and summary) and ``click_budget.png``. Last line:
+``best_gap_closed: <value> (<learner> at <budget> clicks, <data set>)``: the largest gap closed
+(Kvasir-SEG when it was evaluated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+
+
+def _positive_ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise SystemExit(f"{flag}: comma-separated positive integers expected, got {text!r}")
+    return sorted(set(values))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from benchmarks.compare_policies import LEARNERS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--datasets", default="kvasir-seg",
+                   help="synthetic and/or kvasir-seg (default kvasir-seg)")
+    p.add_argument("--agents", default="answer_model,reinforce_patches",
+                   help="comma-separated learners (default answer_model,reinforce_patches):\n" +
+                        "\n".join(f"  {k}: {t} {a}" for k, (t, a) in LEARNERS.items()))
+    p.add_argument("--budgets", default="500,1000,2000,4000",
+                   help="training clicks to try (default 500,1000,2000,4000)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or ../shared/data)")
+    p.add_argument("--out", help="output folder (default benchmarks/results/click_budget)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    budgets = _positive_ints(args.budgets, "--budgets")
+    learners = [a for a in args.agents.split(",") if a]
+    bad = [a for a in learners if a not in LEARNERS]
+    if bad:
+        raise SystemExit(f"--agents: unknown {bad}; choose from {', '.join(LEARNERS)}")
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be positive, got {args.seeds}")
+
+    import gymnasium as gym
+
+    import bow_gym  # noqa: F401
+    from agents import GroundTruthClicker, RandomClicker
+    from benchmarks._common import (
+        machine,
+        out_dir,
+        save_figure,
+        shared_data,
+        t_interval,
+        write_csv,
+        write_json,
+    )
+    from benchmarks.compare_policies import data_configs, evaluate, train_learner
+
+    out = out_dir("click_budget", args.out)
+    cfgs = data_configs(args.datasets.split(","), shared_data(args.data), transductive=False)
+    if not cfgs:
+        raise SystemExit(f"--datasets: nothing to evaluate among {args.datasets!r}")
+    runs: list[dict[str, Any]] = []
+    for ds_name, cfg in cfgs.items():
+        test_env = gym.make("BetterWorseSeg-v0", **cfg["test"])
+        print(f"== {ds_name}: {len(test_env.unwrapped.dataset)} held-out images, "
+              f"budgets {budgets}, {args.seeds} seeds")
+        for seed in range(args.seeds):
+            for name, policy in (("random", RandomClicker()), ("gt", GroundTruthClicker())):
+                res = evaluate(policy, test_env, seed)
+                runs.append({"dataset": ds_name, "policy": name, "budget": 0, "seed": seed,
+                             "dice@5": res["dice"][-1], "better_share": res["better_share"],
+                             "train_s": 0.0})
+            for name in learners:
+                for budget in budgets:
+                    t0 = time.time()
+                    policy, _ = train_learner(name, cfg, seed, budget,
+                                              out / "runs" / ds_name / f"{name}-{budget}-seed{seed}",
+                                              not args.no_progress)
+                    train_s = time.time() - t0
+                    res = evaluate(policy, test_env, seed)
+                    runs.append({"dataset": ds_name, "policy": name, "budget": budget,
+                                 "seed": seed, "dice@5": res["dice"][-1],
+                                 "better_share": res["better_share"], "train_s": train_s})
+                    print(f"  seed {seed} {name:<22} {budget:>6} clicks  dice@5 "
+                          f"{res['dice'][-1]:.3f}  better {res['better_share']:.2f}  "
+                          f"train {train_s:5.0f}s")
+
+    summary: list[dict[str, Any]] = []
+    for ds_name in cfgs:
+        ref = {}
+        for name in ("random", "gt"):
+            ref[name] = float(np.mean([r["dice@5"] for r in runs
+                                       if r["dataset"] == ds_name and r["policy"] == name]))
+        for name in ("random", "gt", *learners):
+            for budget in ([0] if name in ("random", "gt") else budgets):
+                rows = [r for r in runs if r["dataset"] == ds_name and r["policy"] == name
+                        and r["budget"] == budget]
+                mean, lo, hi = t_interval([r["dice@5"] for r in rows])
+                gap = ((mean - ref["random"]) / (ref["gt"] - ref["random"])
+                       if ref["gt"] > ref["random"] else float("nan"))
+                summary.append({"dataset": ds_name, "policy": name, "budget": budget,
+                                "seeds": len(rows), "dice@5": mean, "dice@5_ci_low": lo,
+                                "dice@5_ci_high": hi, "gap_closed": gap,
+                                "better_share": float(np.mean([r["better_share"] for r in rows])),
+                                "train_s_median": float(np.median([r["train_s"] for r in rows]))})
+
+    w = max(10, *(len(n) for n in learners))
+    print(f"\n{'dataset':<11} {'policy':<{w}} {'clicks':>7} {'dice@5 [95% CI]':>22} "
+          f"{'gap':>6} {'better':>7} {'train s':>8}")
+    for s in summary:
+        print(f"{s['dataset']:<11} {s['policy']:<{w}} {s['budget'] or '-':>7} {s['dice@5']:>7.3f} "
+              f"[{s['dice@5_ci_low']:.3f},{s['dice@5_ci_high']:.3f}] {s['gap_closed']:>6.2f} "
+              f"{s['better_share']:>7.2f} {s['train_s_median']:>8.0f}")
+
+    write_csv(out / "click_budget.csv", summary)
+    write_csv(out / "runs.csv", runs)
+    write_json(out / "click_budget.json", {"summary": summary, "runs": runs,
+                                           "settings": vars(args), "machine": machine()})
+    _figure(out, summary, list(cfgs), learners, save_figure)
+    print(f"wrote {out}/click_budget.csv, runs.csv, click_budget.json, click_budget.png")
+    ds = "kvasir-seg" if "kvasir-seg" in cfgs else next(iter(cfgs))
+    learned = [s for s in summary if s["dataset"] == ds and s["budget"] > 0]
+    if learned:
+        best = max(learned, key=lambda s: s["gap_closed"])
+        print(f"best_gap_closed: {best['gap_closed']:.3f} ({best['policy']} at {best['budget']} "
+              f"clicks, {ds})")
+    else:
+        print("best_gap_closed: nan")
+
+
+def _figure(out, summary, datasets, learners, save_figure) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        rows = [s for s in summary if s["dataset"] == ds]
+        for name, style in (("random", ":"), ("gt", "--")):
+            ref = next(s for s in rows if s["policy"] == name)
+            ax.axhline(ref["dice@5"], ls=style, color="gray", label=f"{name} clicker")
+        for name in learners:
+            pts = sorted((s for s in rows if s["policy"] == name), key=lambda s: s["budget"])
+            x = [s["budget"] for s in pts]
+            ax.plot(x, [s["dice@5"] for s in pts], marker="o", label=name)
+            ax.fill_between(x, [s["dice@5_ci_low"] for s in pts],
+                            [s["dice@5_ci_high"] for s in pts], alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({s["budget"] for s in rows if s["budget"] > 0}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_title(f"{ds}: held-out Dice after 5 clicks (95% CI)")
+        ax.set_xlabel("training clicks (expert answers)")
+        ax.set_ylabel("Dice")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+    save_figure(fig, out / "click_budget.png")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
