@@ -24,7 +24,8 @@ class TrainDataArgs:
     root: str | None = None
     """data set folder, for file-based data sets"""
     split: str = "train"
-    """which part of a seeded 80/20 split to train on: train, test or all"""
+    """which part of a seeded 80/20 split to train on: train, test or all (fit and val: the train
+    part split 80/20 again, for model selection away from the test part)"""
     limit: int | None = None
     """use only the first N images of that part"""
     backbone: str | None = None

@@ -8,7 +8,9 @@ seed, every learning agent (REINFORCE, SB3's PPO/A2C/DQN, and the model-based an
 and the ground-truth-guided clicker are evaluated on the same images. ``--agents`` picks learners
 from :data:`LEARNERS`, which also names variants (the same trainer with other arguments:
 ``reinforce_patches``, ``dqn_features``, ``answer_model_no_offset``, ...), so an ablation is one
-command.
+command. ``--splits N`` repeats everything on N seeded splits (how much the held-out figure owes to
+the split); ``--validation`` is for choosing settings: it trains on 80% of the training part and
+evaluates on the other 20%, never on the held-out images.
 
 Reported per data set and policy (mean over seeds, 95% t-interval over seeds):
 
@@ -86,10 +88,15 @@ def gaps_closed(summary: list[dict[str, Any]], learners: list[str]) -> dict[str,
 
 
 def data_configs(names: list[str], data: Path | None, transductive: bool,
-                 split_seed: int = 0) -> dict[str, dict]:
-    """Per data set: ``train``/``test`` env kwargs and ``reinforce`` (trainer data arguments)."""
+                 split_seed: int = 0, validation: bool = False) -> dict[str, dict]:
+    """Per data set: ``train``/``test`` env kwargs and ``reinforce`` (trainer data arguments).
+
+    ``validation`` trains on the ``fit`` part and evaluates on the ``val`` part, both inside the
+    training part of the split (:func:`bow_gym.datasets.make_dataset`).
+    """
     cfgs: dict[str, dict] = {}
-    train_split, test_split = ("all", "all") if transductive else ("train", "test")
+    train_split, test_split = (("all", "all") if transductive else
+                               ("fit", "val") if validation else ("train", "test"))
     sources: dict[str, dict[str, Any]] = {}
     if "synthetic" in names:
         sources["synthetic"] = {"dataset_kwargs": {"n_images": 200}}
@@ -162,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clicks", type=int, default=2000, help="training clicks per agent")
     p.add_argument("--transductive", action="store_true",
                    help="train and evaluate on all images (the method's protocol)")
+    p.add_argument("--validation", action="store_true",
+                   help="model selection: train on 80%% of the training part and evaluate on the "
+                        "other 20%% (the held-out test images are not touched)")
     p.add_argument("--splits", type=int, default=1,
                    help="seeded 80/20 splits to repeat everything on (split seeds 0..N-1; "
                         "default 1): intervals then cover splits x seeds, and the gap closed is "
@@ -174,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.splits < 1:
         p.error(f"--splits must be at least 1, got {args.splits}")
+    if args.transductive and args.validation:
+        p.error("--transductive and --validation exclude each other")
     if args.transductive and args.splits > 1:
         p.error("--splits > 1 needs held-out evaluation: --transductive uses every image")
     if args.seeds < 1 or args.clicks < 1:
@@ -200,12 +212,15 @@ def main(argv: list[str] | None = None) -> None:
     curves: dict[tuple[str, str], list[dict]] = {}
     datasets: list[str] = []
     for split in range(args.splits):
-        cfgs = data_configs(args.datasets.split(","), data, args.transductive, split_seed=split)
+        cfgs = data_configs(args.datasets.split(","), data, args.transductive, split_seed=split,
+                            validation=args.validation)
         datasets = list(cfgs)
         for ds_name, cfg in cfgs.items():
             test_env = gym.make("BetterWorseSeg-v0", **cfg["test"])
             n_test = len(test_env.unwrapped.dataset)
-            where = "all" if args.transductive else f"held-out (split {split})"
+            where = ("all" if args.transductive else
+                     f"validation (split {split})" if args.validation else
+                     f"held-out (split {split})")
             print(f"== {ds_name}: evaluating on {n_test} {where} images, {args.seeds} seeds, "
                   f"{args.clicks} training clicks")
             for seed in range(args.seeds):

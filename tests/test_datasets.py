@@ -502,6 +502,17 @@ def test_make_dataset_split_and_limit(tmp_path):
     assert make_dataset("kvasir-seg", root, limit=100).ids == KvasirSEG(root).ids
 
 
+def test_make_dataset_fit_and_val_split_the_train_part_only(tmp_path):
+    root = _make_kvasir(tmp_path / "kv", [str(i) for i in range(20)])
+    parts = {split: make_dataset("kvasir-seg", root, split=split, test_fraction=0.25,
+                                 split_seed=1) for split in ("train", "test", "fit", "val")}
+    fit, val = set(parts["fit"].ids), set(parts["val"].ids)
+    assert (len(fit), len(val)) == (11, 4)  # 15 train images, a quarter of them (rounded) for val
+    assert fit | val == set(parts["train"].ids) and not fit & val
+    assert not (fit | val) & set(parts["test"].ids)
+    assert parts["val"].name.endswith("[val]") and "[train]" not in parts["val"].name
+
+
 def test_file_list_round_trip(tmp_path):
     ids = ["benign (4)", "ISIC_0000011", "ümlaut", " leading space"]
     path = tmp_path / "lists" / "train.txt"

@@ -94,7 +94,7 @@ DATASETS: dict[str, DatasetFactory] = {
 }
 _NEEDS_ROOT: set[str] = {"kvasir-seg", "cvc-clinicdb", "isic2018", "busi", "folder"}
 
-_SPLITS = ("all", "train", "test")
+_SPLITS = ("all", "train", "test", "fit", "val")
 
 
 def register_dataset(name: str, factory: DatasetFactory, *, needs_root: bool = True) -> None:
@@ -137,8 +137,10 @@ def make_dataset(
         name: One of :func:`list_datasets` (case-insensitive; ``_`` and ``-`` are equivalent).
         root: Data folder, required by the file-based data sets, refused by ``"synthetic"``.
         split: ``"all"``, or ``"train"`` / ``"test"`` part of the seeded split
-            (:meth:`SegmentationDataset.split`).
-        test_fraction: Share of samples in the test part.
+            (:meth:`SegmentationDataset.split`), or ``"fit"`` / ``"val"``: the train part split
+            again the same way (``val`` gets ``test_fraction`` of it), for model selection that
+            never looks at the test part.
+        test_fraction: Share of samples in the test part (and of the train part in ``val``).
         split_seed: Seed of the split.
         limit: Keep only the first ``limit`` samples (after splitting), in index order.
         **kwargs: Passed to the factory (e.g. ``part="Validation"`` for ``"isic2018"``,
@@ -174,7 +176,11 @@ def make_dataset(
 
     if split != "all":
         train, test = dataset.split(test_fraction=test_fraction, seed=split_seed)
-        dataset = train if split == "train" else test
+        dataset = test if split == "test" else train
+        if split in ("fit", "val"):
+            fit_ids, val_ids = train_test_ids(dataset.ids, test_fraction, split_seed)
+            dataset = dataset.subset(fit_ids if split == "fit" else val_ids,
+                                     name=f"{train.name[:-len('[train]')]}[{split}]")
     if limit is not None and limit < len(dataset):
         dataset = dataset.subset(list(range(limit)), name=f"{dataset.name}[:{limit}]")
     return dataset
