@@ -35,13 +35,14 @@ def _positive_ints(text: str, flag: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from benchmarks.compare_policies import LEARNERS
+    from benchmarks.compare_policies import LEARNERS, learner_spec
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--datasets", default="kvasir-seg",
                    help="synthetic and/or kvasir-seg (default kvasir-seg)")
     p.add_argument("--agents", default="answer_model,reinforce_patches",
-                   help="comma-separated learners (default answer_model,reinforce_patches):\n" +
+                   help="comma-separated learners (default answer_model,reinforce_patches), "
+                        "each NAME or NAME:field=value:...:\n" +
                         "\n".join(f"  {k}: {t} {a}" for k, (t, a) in LEARNERS.items()))
     p.add_argument("--budgets", default="500,1000,2000,4000",
                    help="training clicks to try (default 500,1000,2000,4000)")
@@ -51,10 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     budgets = _positive_ints(args.budgets, "--budgets")
-    learners = [a for a in args.agents.split(",") if a]
-    bad = [a for a in learners if a not in LEARNERS]
-    if bad:
-        raise SystemExit(f"--agents: unknown {bad}; choose from {', '.join(LEARNERS)}")
+    learners = list(dict.fromkeys(a for a in args.agents.split(",") if a))
+    for spec in learners:
+        learner_spec(spec)
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be positive, got {args.seeds}")
 

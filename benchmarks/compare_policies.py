@@ -33,6 +33,7 @@ Run: ``python -m benchmarks.compare_policies`` (``--help``); a quick look:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -57,6 +58,52 @@ LEARNERS: dict[str, tuple[str, dict[str, Any]]] = {
     "answer_model_no_offset": ("answer_model", {"global_offset": False}),
     "answer_model_unet": ("answer_model", {"belief": "image", "global_offset": False}),
 }
+
+
+def learner_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``(trainer, arguments)`` of a learner: a :data:`LEARNERS` name, optionally followed by
+    ``:field=value`` overrides of its argument dataclass (``answer_model:updates_per_step=4``;
+    values are Python literals, anything else is a string).
+
+    Raises:
+        SystemExit: naming the spec, on an unknown learner or a malformed override.
+    """
+    import ast
+
+    name, *overrides = spec.split(":")
+    if name not in LEARNERS:
+        raise SystemExit(f"--agents: unknown learner {name!r} in {spec!r}; choose from "
+                         f"{', '.join(LEARNERS)}")
+    trainer, kwargs = LEARNERS[name]
+    kwargs = dict(kwargs)
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        if not eq or not key.isidentifier():
+            raise SystemExit(f"--agents: {item!r} in {spec!r} is not field=value")
+        try:
+            kwargs[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            kwargs[key] = text
+    fields = {f.name for f in dataclasses.fields(_args_class(trainer))}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise SystemExit(f"--agents: {spec!r} sets {unknown}, not arguments of the {trainer} "
+                         f"trainer; its arguments: {', '.join(sorted(fields))}")
+    return trainer, kwargs
+
+
+def _args_class(trainer: str) -> type:
+    if trainer == "reinforce":
+        from agents.reinforce import ReinforceArgs
+
+        return ReinforceArgs
+    if trainer == "answer_model":
+        from agents.answer_model import AnswerModelArgs
+
+        return AnswerModelArgs
+    from agents.sb3 import SB3Args
+
+    return SB3Args
 
 
 def clicks_to_90(clicks: list[int], reward: list[float], window: int = 10) -> float:
@@ -119,7 +166,7 @@ def data_configs(names: list[str], data: Path | None, transductive: bool,
 
 def train_learner(name: str, cfg: dict, seed: int, clicks: int, out: Path, progress: bool):
     """A trained :class:`~agents.ClickPolicy` and its learning curve."""
-    trainer, kwargs = LEARNERS[name]
+    trainer, kwargs = learner_spec(name)
     common = dict(total_clicks=clicks, seed=seed, out=str(out), progress=progress,
                   **cfg["reinforce"], **kwargs)
     if trainer == "reinforce":
@@ -163,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--datasets", default="synthetic,kvasir-seg")
     p.add_argument("--agents", default="reinforce,ppo,dqn,answer_model",
-                   help="comma-separated learners (default reinforce,ppo,dqn,answer_model):\n" +
+                   help="comma-separated learners (default reinforce,ppo,dqn,answer_model), "
+                        "each NAME or NAME:field=value:... (overrides of its arguments):\n" +
                         "\n".join(f"  {k}: {t} {a}" for k, (t, a) in LEARNERS.items()))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--clicks", type=int, default=2000, help="training clicks per agent")
@@ -202,10 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     import bow_gym  # noqa: F401
     from agents import GroundTruthClicker, RandomClicker
 
-    learners = [a for a in args.agents.split(",") if a]
-    bad = [a for a in learners if a not in LEARNERS]
-    if bad:
-        raise SystemExit(f"unknown agents {bad}; choose from {', '.join(LEARNERS)}")
+    learners = list(dict.fromkeys(a for a in args.agents.split(",") if a))
+    for spec in learners:
+        learner_spec(spec)
     out = out_dir("compare_policies", args.out)
     data = shared_data(args.data)
     per_seed: list[dict[str, Any]] = []

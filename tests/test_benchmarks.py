@@ -9,12 +9,24 @@ import re
 import numpy as np
 import pytest
 
-from benchmarks.compare_policies import clicks_to_90, data_configs, gaps_closed, main
+from benchmarks.compare_policies import (
+    clicks_to_90,
+    data_configs,
+    gaps_closed,
+    learner_spec,
+    main,
+)
 from bow_gym.datasets import make_dataset
 
 
 def _summary(ds: str, **dice5: float) -> list[dict]:
     return [{"dataset": ds, "policy": k, "dice@5": v} for k, v in dice5.items()]
+
+
+def test_learner_spec_overrides_arguments():
+    assert learner_spec("answer_model") == ("answer_model", {})
+    assert learner_spec("reinforce_patches:lr=0.003:baseline=value") == (
+        "reinforce", {"policy": "patches", "lr": 0.003, "baseline": "value"})
 
 
 def test_gaps_closed_known_answer():
@@ -86,7 +98,9 @@ def test_replot_redraws_figures(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--budgets", "0,100"], "--budgets: comma-separated positive integers expected"),
     (["--budgets", "ten"], "--budgets: comma-separated positive integers expected"),
-    (["--agents", "nope"], "--agents: unknown ['nope']"),
+    (["--agents", "nope"], "--agents: unknown learner 'nope'"),
+    (["--agents", "dqn:depth=3"], "--agents: 'dqn:depth=3' sets ['depth']"),
+    (["--agents", "dqn:lr"], "--agents: 'lr' in 'dqn:lr' is not field=value"),
 ])
 def test_click_budget_refuses_bad_arguments(argv, message):
     from benchmarks.click_budget import main as click_budget
