@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         write_csv,
         write_json,
     )
-    from benchmarks.compare_policies import data_configs, evaluate, train_learner
+    from benchmarks.compare_policies import data_configs, evaluate, run_name, train_learner
 
     out = out_dir("click_budget", args.out)
     cfgs = data_configs(args.datasets.split(","), shared_data(args.data), transductive=False)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                 for budget in budgets:
                     t0 = time.time()
                     policy, _ = train_learner(name, cfg, seed, budget,
-                                              out / "runs" / ds_name / f"{name}-{budget}-seed{seed}",
+                                              out / "runs" / ds_name / f"{run_name(name)}-{budget}-seed{seed}",
                                               not args.no_progress)
                     train_s = time.time() - t0
                     res = evaluate(policy, test_env, seed)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,11 @@ def learner_spec(spec: str) -> tuple[str, dict[str, Any]]:
         raise SystemExit(f"--agents: {spec!r} sets {unknown}, not arguments of the {trainer} "
                          f"trainer; its arguments: {', '.join(sorted(fields))}")
     return trainer, kwargs
+
+
+def run_name(spec: str) -> str:
+    """A folder name for a learner spec (``answer_model:width=32`` -> ``answer_model_width-32``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.replace("=", "-"))
 
 
 def _args_class(trainer: str) -> type:
@@ -274,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
                 policies: list[tuple[str, Any, float]] = [("random", RandomClicker(), 0.0),
                                                           ("gt", GroundTruthClicker(), 0.0)]
                 for name in learners:
-                    run = f"{name}-seed{seed}" + (f"-split{split}" if split else "")
+                    run = f"{run_name(name)}-seed{seed}" + (f"-split{split}" if split else "")
                     t0 = time.time()
                     policy, history = train_learner(name, cfg, seed, args.clicks,
                                                     out / "runs" / ds_name / run,

@@ -15,6 +15,7 @@ from benchmarks.compare_policies import (
     gaps_closed,
     learner_spec,
     main,
+    run_name,
 )
 from bow_gym.datasets import make_dataset
 
@@ -27,6 +28,7 @@ def test_learner_spec_overrides_arguments():
     assert learner_spec("answer_model") == ("answer_model", {})
     assert learner_spec("reinforce_patches:lr=0.003:baseline=value") == (
         "reinforce", {"policy": "patches", "lr": 0.003, "baseline": "value"})
+    assert run_name("answer_model:width=32:device='cpu'") == "answer_model_width-32_device-_cpu_"
 
 
 def test_gaps_closed_known_answer():
