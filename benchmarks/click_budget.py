@@ -167,6 +167,7 @@ def _figure(out, summary, datasets, learners, save_figure) -> None:
         ax.set_xscale("log")
         ax.set_xticks(sorted({s["budget"] for s in rows if s["budget"] > 0}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"{ds}: held-out Dice after 5 clicks (95% CI)")
         ax.set_xlabel("training clicks (expert answers)")
         ax.set_ylabel("Dice")
