@@ -90,10 +90,9 @@ def main(argv: list[str] | None = None) -> None:
                              "train_s": 0.0})
             for name in learners:
                 for budget in budgets:
+                    run = out / "runs" / ds_name / f"{run_name(name)}-{budget}-seed{seed}"
                     t0 = time.time()
-                    policy, _ = train_learner(name, cfg, seed, budget,
-                                              out / "runs" / ds_name / f"{run_name(name)}-{budget}-seed{seed}",
-                                              not args.no_progress)
+                    policy, _ = train_learner(name, cfg, seed, budget, run, not args.no_progress)
                     train_s = time.time() - t0
                     res = evaluate(policy, test_env, seed)
                     runs.append({"dataset": ds_name, "policy": name, "budget": budget,

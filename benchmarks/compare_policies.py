@@ -299,12 +299,11 @@ def main(argv: list[str] | None = None) -> None:
                     per_seed.append(row)
                     print(f"  split {split} seed {seed} {name:<22} dice@5 {row['dice@5']:.3f}  "
                           f"better {row['better_share']:.2f}  train {train_s:5.0f}s")
-    cfgs = dict.fromkeys(datasets)
 
     summary: list[dict[str, Any]] = []
     metrics = [f"dice@{k}" for k in range(1, 6)] + ["better_share"] + \
         [f"noc@{lv:.2f}" for lv in LEVELS] + [f"reached@{lv:.2f}" for lv in LEVELS]
-    for ds_name in cfgs:
+    for ds_name in datasets:
         for name in ["random", "gt", *learners]:
             rows = [r for r in per_seed if r["dataset"] == ds_name and r["policy"] == name]
             s: dict[str, Any] = {"dataset": ds_name, "policy": name, "seeds": args.seeds,
@@ -351,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         "gap_closed_per_split": gap_per_split,
         "curves": {f"{d}/{a}": h for (d, a), h in curves.items()},
         "settings": vars(args), "machine": machine()})
-    _figures(out, summary, per_seed, curves, list(cfgs), learners, save_figure)
+    _figures(out, summary, per_seed, curves, datasets, learners, save_figure)
     print(f"wrote {out}/summary.csv, per_seed.csv, compare_policies.json, learning_curves.png, "
           "dice_vs_clicks.png, reward_vs_dice.png")
     if "kvasir-seg" in gap:

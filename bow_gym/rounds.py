@@ -112,8 +112,7 @@ class RoundsConfig:
     """start the learning agent from this checkpoint instead of from scratch"""
     agent_kwargs: dict[str, Any] = field(default_factory=dict)
     """arguments of the agent's class (ReinforceAgent: policy (unet or patches), lr, temperature,
-    online_batch, width, ...;
-    AnswerModelAgent: lr, epsilon, posterior_steps, ...)"""
+    online_batch, width, ...; AnswerModelAgent: lr, epsilon, posterior_steps, ...)"""
     label_envs: int = 8
     """images labelled in lockstep (one batched forward pass of the agent per click)"""
     backbone: str = "lab_texture"

@@ -175,12 +175,13 @@ def make_dataset(
         dataset = factory(**kwargs)
 
     if split != "all":
+        base_name = dataset.name
         train, test = dataset.split(test_fraction=test_fraction, seed=split_seed)
         dataset = test if split == "test" else train
         if split in ("fit", "val"):
-            fit_ids, val_ids = train_test_ids(dataset.ids, test_fraction, split_seed)
-            dataset = dataset.subset(fit_ids if split == "fit" else val_ids,
-                                     name=f"{train.name[:-len('[train]')]}[{split}]")
+            fit_ids, val_ids = train_test_ids(train.ids, test_fraction, split_seed)
+            dataset = train.subset(fit_ids if split == "fit" else val_ids,
+                                   name=f"{base_name}[{split}]")
     if limit is not None and limit < len(dataset):
         dataset = dataset.subset(list(range(limit)), name=f"{dataset.name}[:{limit}]")
     return dataset
