@@ -32,6 +32,14 @@ class TrainDataArgs:
     """backbone name (default: the env's lab_texture)"""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """extra gym.make keyword arguments"""
+    expert_margin: float = 0.0
+    """the training expert answers "better" only for a Dice gain above this (0: the method's Dice
+    oracle; > 0: :class:`~bow_gym.oracles.MarginOracle`, a stricter expert); evaluation is not
+    affected"""
+    reward: str = "answer"
+    """answer (the expert's +1/-1: the method) or dice_gain (5 x the Dice gain of the step,
+    :class:`~bow_gym.wrappers.DiceGainReward`; reads the ground truth: a reference for
+    diagnosing an agent's learning, never a result of the method)"""
 
 
 def make_envs(args: TrainDataArgs, n: int) -> list:
@@ -42,9 +50,19 @@ def make_envs(args: TrainDataArgs, n: int) -> list:
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
-    from bow_gym.wrappers import StripEvalInfo
+    from bow_gym.wrappers import DiceGainReward, StripEvalInfo
 
+    if args.reward not in ("answer", "dice_gain"):
+        raise ValueError(f"reward must be 'answer' or 'dice_gain', got {args.reward!r}")
+    if not args.expert_margin >= 0:
+        raise ValueError(f"expert_margin must be >= 0, got {args.expert_margin!r}")
     kwargs: dict[str, Any] = dict(args.env_kwargs)
+    if args.expert_margin > 0:
+        if "oracle" in kwargs:
+            raise ValueError("expert_margin sets the training oracle: do not also pass "
+                             f"env_kwargs['oracle'] ({kwargs['oracle']!r})")
+        kwargs["oracle"] = "margin"
+        kwargs["oracle_kwargs"] = {"delta": float(args.expert_margin)}
     for key in ("dataset", "root", "backbone"):
         if getattr(args, key):
             kwargs[key] = getattr(args, key)
@@ -60,6 +78,8 @@ def make_envs(args: TrainDataArgs, n: int) -> list:
     shared = {**kwargs, "dataset": base.dataset, "backbone": base.backbone, "root": None,
               "dataset_kwargs": None, "backbone_kwargs": None}
     envs = [first] + [gym.make(args.env_id, **shared) for _ in range(n - 1)]
+    if args.reward == "dice_gain":
+        return [StripEvalInfo(DiceGainReward(e)) for e in envs]
     return [StripEvalInfo(e) for e in envs]
 
 

@@ -35,7 +35,7 @@ def _positive_ints(text: str, flag: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from benchmarks.compare_policies import LEARNERS, learner_spec
+    from benchmarks.compare_policies import LEARNERS, is_reference, learner_spec
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--datasets", default="kvasir-seg",
@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     _figure(out, summary, list(cfgs), learners, save_figure)
     print(f"wrote {out}/click_budget.csv, runs.csv, click_budget.json, click_budget.png")
     ds = "kvasir-seg" if "kvasir-seg" in cfgs else next(iter(cfgs))
-    learned = [s for s in summary if s["dataset"] == ds and s["budget"] > 0]
+    # Learners trained on a ground-truth reward (reward=dice_gain) are references, not results.
+    learned = [s for s in summary if s["dataset"] == ds and s["budget"] > 0
+               and not is_reference(s["policy"])]
     if learned:
         best = max(learned, key=lambda s: s["gap_closed"])
         print(f"best_gap_closed: {best['gap_closed']:.3f} ({best['policy']} at {best['budget']} "

@@ -93,6 +93,12 @@ def learner_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return trainer, kwargs
 
 
+def is_reference(spec: str) -> bool:
+    """Whether a learner spec trains on a reward that reads the ground truth (``reward=dice_gain``):
+    a reference for diagnosing, never counted as the best learned agent."""
+    return learner_spec(spec)[1].get("reward", "answer") != "answer"
+
+
 def run_name(spec: str) -> str:
     """A folder name for a learner spec (``answer_model:width=32`` -> ``answer_model_width-32``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.replace("=", "-"))
@@ -326,7 +332,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{s['better_share']:>7.2f} {s['noc@0.85']:>8.2f} "
               f"{s.get('clicks_to_90_median', float('nan')):>11.0f}")
 
-    gap = gaps_closed(summary, learners)
+    # Learners trained on a ground-truth reward are references: they never count as "learned".
+    learned = [name for name in learners if not is_reference(name)]
+    gap = gaps_closed(summary, learned)
     gap_per_split: dict[str, list[float]] = {ds: [] for ds in gap}
     for ds_name in gap:
         for split in range(args.splits):
@@ -334,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             means = [{"dataset": ds_name, "policy": name,
                       "dice@5": float(np.mean([r["dice@5"] for r in rows if r["policy"] == name]))}
                      for name in ["random", "gt", *learners]]
-            gap_per_split[ds_name].append(gaps_closed(means, learners)[ds_name][1])
+            gap_per_split[ds_name].append(gaps_closed(means, learned)[ds_name][1])
         best, value = gap[ds_name]
         line = f"{ds_name}: best learned agent {best}, gap closed {value:.3f}"
         if args.splits > 1:

@@ -55,6 +55,46 @@ class StripEvalInfo(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class DiceGainReward(gym.Wrapper):
+    """**Reference only, reads the ground truth:** the reward becomes ``scale`` times the Dice gain
+    of the step (of the mask the env keeps; with ``on_worse="revert"`` a rejected click gains 0).
+
+    For diagnosing, never for a result of the method: it tells whether an agent trained on the
+    expert's +1/-1 is held back by how little the answer says, or by its own learning. It must sit
+    *inside* :class:`StripEvalInfo` (it reads ``info["eval_only"]``, which that removes).
+
+    Args:
+        env: The env.
+        scale: Reward per unit of Dice; the default 5 pays a good first click (about +0.2 Dice)
+            about what a "better" answer pays.
+    """
+
+    def __init__(self, env: gym.Env, scale: float = 5.0):
+        super().__init__(env)
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale!r}")
+        self.scale = float(scale)
+        self._dice = 0.0
+
+    def _read(self, info: dict[str, Any]) -> float:
+        try:
+            return float(info[EVAL_ONLY_KEY]["dice"])
+        except KeyError:
+            raise ValueError("DiceGainReward needs info['eval_only']['dice']: wrap the env with "
+                             "it before StripEvalInfo") from None
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._dice = self._read(info)
+        return obs, info
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = self.env.step(action)
+        dice = self._read(info)
+        reward, self._dice = self.scale * (dice - self._dice), dice
+        return obs, reward, terminated, truncated, info
+
+
 class PatchFeatureObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Observe each patch's features instead of pixels: ``Box((P, D + 6), float32)``.
 
