@@ -5,7 +5,10 @@ Why another agent: a +1/-1 answer says *whether* a click helped, not *how much*.
 every foreground click whose reach touches the lesion is "better" (on held-out Kvasir-SEG with the
 ``lab_texture`` backbone about half of all patches are; the mean Dice of such a click is 0.20,
 the best one's 0.67: ``python -m benchmarks.first_click``), so a policy rewarded per "better"
-answer (REINFORCE, PPO, DQN) is not pushed towards the click that makes the best mask. This agent uses the answers as data instead:
+answer (REINFORCE, PPO, DQN) is not pushed towards the click that makes the best mask; and on
+Kvasir-SEG REINFORCE does no better when rewarded by the Dice gain itself
+(``benchmarks/results/reward_signal``): a model-free policy does not find that click. This agent
+uses the answers as data, and the task's structure as its model:
 
 1. **Belief.** A per-patch foreground probability ``q``. By default (``belief="features"``) a
    small MLP reads each patch's backbone features (the ones propagation compares,
