@@ -122,7 +122,8 @@ def test_batched_acting_matches_single_and_masks_rejected():
     for i in range(2):
         agent.reset()
         assert agent.act(obs[i], {}, env) == actions[i]
-        assert agent.last_confidence == pytest.approx(conf[i], rel=1e-4)
+        # 1 - H / log(n) cancels near a uniform policy: float32 leaves ~1e-7 absolute
+        assert agent.last_confidence == pytest.approx(conf[i], rel=1e-4, abs=1e-6)
     assert np.all((conf > 0) & (conf < 1))
     label, y, x = env.decode_action(int(actions[0]))
     patch = (y // 8) * env.grid[1] + x // 8
