@@ -46,7 +46,6 @@ import hashlib
 import json
 import math
 import os
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -55,6 +54,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.belief import (
+    ReplayBuffer,
+    answer_logits,
+    fit_episode_offsets,
+    masks_after_clicks,
+    soft_dice,
+)
 from agents.common import PatchMLP, TrainDataArgs, TrainingLog, make_envs, summary_line
 from agents.policy import ClickPolicy
 from agents.reinforce import resolve_device
@@ -108,40 +114,6 @@ class AnswerModelArgs(TrainDataArgs):
     """write TensorBoard logs to <out>/tb"""
     progress: bool = True
     """show a progress bar"""
-
-
-def soft_dice(mask: torch.Tensor, belief: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Soft Dice ``2 sum(m q) / (sum(m) + sum(q))`` over the last axis (patches)."""
-    return 2.0 * (mask * belief).sum(-1) / (mask.sum(-1) + belief.sum(-1) + eps)
-
-
-def answer_logits(q: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
-                  kappa: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Logits of P(better) for clicks taking masks ``before`` to ``after`` under belief ``q``.
-
-    The Dice oracle says "better" to a foreground click iff the precision of the area it adds
-    exceeds half the current Dice (and to a background click iff the precision of the area it
-    removes is below that), so the logit is ``kappa * (precision - D/2) - beta`` (or its mirror):
-    unlike the raw Dice change it does not shrink with the size of the clicked region.
-    """
-    added = (after - before).clamp_min(0.0)
-    removed = (before - after).clamp_min(0.0)
-    n_add, n_rem = added.sum(-1), removed.sum(-1)
-    half_dice = 0.5 * soft_dice(before, q)
-    prec_add = (added * q).sum(-1) / (n_add + 1e-6)
-    prec_rem = (removed * q).sum(-1) / (n_rem + 1e-6)
-    margin = torch.where(n_add > 0, prec_add - half_dice, half_dice - prec_rem)
-    return kappa * margin - beta
-
-
-def masks_after_clicks(mask: torch.Tensor, graph: torch.Tensor) -> torch.Tensor:
-    """``(2, P, P)``: the mask after a background (0) / foreground (1) click on each patch.
-
-    Args:
-        mask: ``(P,)`` foreground share of each patch now.
-        graph: ``(P, P)`` float 0/1 propagation graph (row = a click's selection).
-    """
-    return torch.stack([mask[None] * (1.0 - graph), torch.maximum(mask[None], graph)])
 
 
 def flip_augment(images: np.ndarray, before: np.ndarray, after: np.ndarray,
@@ -358,21 +330,10 @@ class AnswerModelAgent(ClickPolicy):
         before = torch.stack([e[0] for e in ep.events])
         after = torch.stack([e[1] for e in ep.events])
         y = torch.tensor([e[2] for e in ep.events], device=self.device)
-        local = ep.local.clone().requires_grad_(True)
-        shift = ep.shift.clone().requires_grad_(self.global_offset)
-        opt = torch.optim.Adam([local, shift] if self.global_offset else [local], lr=0.5)
-        kappa, beta = self.log_kappa.detach().exp(), self.beta.detach()
-        for _ in range(self.posterior_steps):
-            q = torch.sigmoid(ep.logits + local + shift)
-            logit = answer_logits(q, before, after, kappa, beta)
-            loss = nn.functional.binary_cross_entropy_with_logits(logit, y, reduction="sum")
-            # The image-wide shift gets a 10x weaker prior than each patch's offset: one answer
-            # on a large region says more about the lesion's size than about any one patch.
-            loss = loss + 0.5 * self.prior_weight * ((local**2).sum() + 0.1 * shift**2)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        ep.local, ep.shift = local.detach(), shift.detach()
+        ep.local, ep.shift = fit_episode_offsets(
+            ep.logits, before, after, y, self.log_kappa.exp(), self.beta, local=ep.local,
+            shift=ep.shift, steps=self.posterior_steps, prior_weight=self.prior_weight,
+            global_offset=self.global_offset)
 
     # ---------------------------------------------------------------- learning
     def learn(self, steps: int = 1) -> dict[str, float]:
@@ -451,35 +412,6 @@ class AnswerModelAgent(ClickPolicy):
             agent.beta.copy_(state["beta"][0])
         agent.replay.updates = int(meta.get("updates", 0))
         return agent
-
-
-class ReplayBuffer:
-    """Answered clicks for replay; each image is stored once, however many clicks it got.
-
-    Args:
-        capacity: Clicks kept (the oldest are dropped first).
-    """
-
-    def __init__(self, capacity: int):
-        self.images: dict[str, np.ndarray] = {}
-        self.rows: deque[tuple[str, np.ndarray, np.ndarray, float]] = deque(maxlen=capacity)
-        self.new = 0  # clicks added since the last gradient step
-        self.updates = 0  # gradient steps taken on this buffer
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def add(self, image_id: str, image: np.ndarray, before: np.ndarray, after: np.ndarray,
-            answer: float) -> None:
-        self.images.setdefault(image_id, image)
-        self.rows.append((image_id, before, after, float(answer)))
-        self.new += 1
-
-    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
-        """``n`` clicks drawn with replacement: images, masks before, masks after, answers."""
-        rows = [self.rows[i] for i in rng.integers(len(self.rows), size=n)]
-        return (np.stack([self.images[r[0]] for r in rows]), np.stack([r[1] for r in rows]),
-                np.stack([r[2] for r in rows]), np.array([r[3] for r in rows], np.float32))
 
 
 @dataclass

@@ -10,7 +10,12 @@ The policy is ``softmax(logits / temperature)`` over the ``2 x H x W`` (label x 
 small U-Net (:class:`agents.unet.ClickUNet`). ``--policy patches`` swaps the U-Net for a small
 MLP over the ``2 x P`` (label x patch) clicks, reading each patch's backbone features (the ones
 propagation compares) and what a click there would reach: the inputs the answer model's belief
-uses, so the two agents can be compared on equal terms. The expert judges each click by itself, so by default
+uses, so the two agents can be compared on equal terms. ``--policy belief`` scores each click by
+the Dice gain it would make against a learned per-patch belief of the lesion (the answer model's
+click rule, :mod:`agents.belief`), so REINFORCE learns the belief through the policy gradient;
+``--aux-coef`` adds the auxiliary task of predicting the expert's answers from that belief (a
+reward-prediction task in the sense of UNREAL, Jaderberg et al. 2017), trained on replayed
+answers. The expert judges each click by itself, so by default
 (``gamma=0``) a click's return is its own answer; ``gamma > 0`` credits later answers too. The
 method's authors name REINFORCE's weaknesses (variance, a sparse binary reward, slow convergence);
 the remedies offered here are a baseline (``"ema"``: moving average of rewards; ``"value"``: a
@@ -20,11 +25,13 @@ An agent never reads ground truth: it sees observations and answers only.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,12 +39,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.belief import (
+    ReplayBuffer,
+    answer_logits,
+    fit_episode_offsets,
+    masks_after_clicks,
+    soft_dice,
+)
 from agents.common import PatchMLP, TrainDataArgs, TrainingLog, make_envs, summary_line
 from agents.policy import ClickPolicy
 from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import atomic_path
-from bow_gym.wrappers import patch_policy_inputs, patch_to_pixel_action
+from bow_gym.wrappers import (
+    mask_shares,
+    patch_inputs,
+    patch_policy_inputs,
+    patch_to_pixel_action,
+)
 
 
 @dataclass
@@ -51,7 +70,9 @@ class ReinforceArgs(TrainDataArgs):
     policy: str = "unet"
     """policy network: unet (the method's: a U-Net scores every pixel of the observation) or
     patches (an MLP scores each (label, patch) click from the patch's backbone features and what
-    a click there would reach)"""
+    a click there would reach) or belief (each click scored by the Dice gain it would make
+    against a learned per-patch belief of the lesion, updated within the episode by its
+    answers)"""
     lr: float = 1e-3
     """Adam learning rate"""
     temperature: float = 1.0
@@ -70,6 +91,15 @@ class ReinforceArgs(TrainDataArgs):
     """U-Net channels at the first level"""
     avoid_rejected: bool = True
     """within an episode, do not repeat a click (label and patch) the expert rejected"""
+    aux_coef: float = 0.0
+    """belief policy: weight of the auxiliary loss of predicting the expert's answers from the
+    belief (0: pure REINFORCE)"""
+    aux_steps: int = 8
+    """belief policy: replayed minibatches of 32 answered clicks per update for the auxiliary
+    loss (the first shares the policy-gradient step, the others are auxiliary only)"""
+    posterior_steps: int = 20
+    """belief policy: gradient steps of the within-episode belief update after each answer (0
+    disables it)"""
     seed: int = 0
     """seed of torch, numpy and the envs"""
     device: str = "auto"
@@ -97,25 +127,100 @@ class PatchPolicyNet(PatchMLP):
         return logits, self.value(h.mean(1)).squeeze(1)
 
 
+def belief_policy_inputs(obs: np.ndarray, env: BetterWorseSegEnv,
+                         offset: np.ndarray | None = None) -> np.ndarray:
+    """``(P, D + 4 + P)`` float32: what the belief policy reads, one row per patch.
+
+    Columns: the patch's backbone features and coordinates (:func:`patch_inputs`, ``D + 2``), its
+    foreground share in the current mask, the within-episode offset of its belief logit (zero
+    without one), and its row of the propagation graph (which patches a click there selects).
+    None of it is ground truth.
+    """
+    m = mask_shares(obs, env.grid)
+    off = np.zeros_like(m) if offset is None else np.asarray(offset, np.float32)
+    graph = env.propagation_graph().astype(np.float32)
+    return np.concatenate([patch_inputs(env), m[:, None], off[:, None], graph],
+                          axis=1).astype(np.float32)
+
+
+def split_belief_inputs(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(features, mask, offset, graph)`` of a batch ``(B, P, D + 4 + P)`` of
+    :func:`belief_policy_inputs`."""
+    p = x.shape[-2]
+    d = x.shape[-1] - p - 2
+    return x[..., :d], x[..., d], x[..., d + 1], x[..., d + 2:]
+
+
+class BeliefPolicyNet(PatchMLP):
+    """Click logits ``(B, 2P)`` and values ``(B,)`` from :func:`belief_policy_inputs`.
+
+    A small MLP gives each patch a belief logit; with the episode's offset, ``q = sigmoid(logit +
+    offset)`` is the belief that the patch is lesion. A click's logit is ``alpha`` times the Dice
+    gain it would make against ``q`` (the answer model's rule, :mod:`agents.belief`), so the
+    policy gradient trains the belief. ``kappa`` and ``beta`` model the expert's answers for the
+    within-episode update and the auxiliary loss. Untrained, ``q = 0.5`` everywhere.
+    """
+
+    def __init__(self, hidden: int = 64):
+        super().__init__(hidden, 1)
+        self.value = nn.Linear(hidden, 1)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.log_kappa = nn.Parameter(torch.tensor(math.log(20.0)))
+        self.beta = nn.Parameter(torch.tensor(1.0))
+
+    def belief(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, P)`` belief logits and ``(B, P, hidden)`` embeddings of patch features."""
+        h = self.embed(features)
+        return self.head(h).squeeze(-1), h
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, m, offset, graph = split_belief_inputs(x)
+        z, h = self.belief(features)
+        q = torch.sigmoid(z + offset)
+        after = masks_after_clicks(m, graph)  # (B, 2, P, P)
+        gain = soft_dice(after, q[:, None, None]) - soft_dice(m, q)[:, None, None]
+        return self.log_alpha.exp() * gain.flatten(1), self.value(h.mean(1)).squeeze(1)
+
+
+@dataclass
+class BeliefEpisode:
+    """The belief policy's memory of an episode: the answers so far and the offsets they fit."""
+
+    logits: torch.Tensor | None = None  # (P,) the network's belief logits at the episode start
+    events: list[tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=list)
+    local: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
+    pending: tuple[np.ndarray, int] | None = None  # (inputs, action) of a click not yet answered
+
+    def offset(self) -> np.ndarray | None:
+        if self.local is None:
+            return None
+        shift = 0.0 if self.shift is None else self.shift
+        return (self.local + shift).cpu().numpy()
+
+
 class ReinforceAgent(ClickPolicy):
     """A click policy trained with REINFORCE; also learns online while labelling.
 
-    Two policy networks: ``policy="unet"`` (the method's agent) scores every pixel of the
+    Three policy networks: ``policy="unet"`` (the method's agent) scores every pixel of the
     observation with a U-Net; ``policy="patches"`` scores every ``(label, patch)`` click from
-    :func:`patch_policy_inputs` with a small MLP and clicks the patch centre. Propagation treats
-    all pixels of a patch alike, so the patch policy loses no click that matters; it also skips
-    clicks that would not change the mask.
+    :func:`patch_policy_inputs` with a small MLP and clicks the patch centre; ``policy="belief"``
+    scores every ``(label, patch)`` click by the Dice gain it would make against a learned belief
+    (:class:`BeliefPolicyNet`), which the episode's answers so far update (the episode's memory
+    is a :class:`BeliefEpisode`). Propagation treats all pixels of a patch alike, so the patch
+    policies lose no click that matters; they also skip clicks that would not change the mask.
 
     Args:
         in_channels: Observation channels (``policy="unet"``).
-        policy: ``unet`` or ``patches``.
+        policy: ``unet``, ``patches`` or ``belief``.
         temperature: Softmax temperature (sampling); :meth:`act` with ``greedy=True`` takes argmax.
         lr, baseline, ema_decay, value_coef, entropy_coef, gamma, width: see
             :class:`ReinforceArgs`.
         online_batch: In :meth:`observe`, update after this many clicks (online learning).
         avoid_rejected: Mask out clicks the expert rejected earlier in the episode.
+        aux_coef, aux_steps, posterior_steps: see :class:`ReinforceArgs` (``policy="belief"``).
         device: Torch device.
-        seed: Seeds the sampling generator.
+        seed: Seeds the sampling generator (and the auxiliary loss's replay).
     """
 
     name: ClassVar[str] = "reinforce"
@@ -124,9 +229,16 @@ class ReinforceAgent(ClickPolicy):
                  lr: float = 1e-3, baseline: str = "ema", ema_decay: float = 0.95,
                  value_coef: float = 0.5, entropy_coef: float = 0.01, gamma: float = 0.0,
                  width: int = 16, online_batch: int = 8, avoid_rejected: bool = True,
+                 aux_coef: float = 0.0, aux_steps: int = 8, posterior_steps: int = 20,
                  greedy: bool = False, device: str = "cpu", seed: int = 0):
-        if policy not in ("unet", "patches"):
-            raise ValueError(f"policy must be 'unet' or 'patches', got {policy!r}")
+        if policy not in ("unet", "patches", "belief"):
+            raise ValueError(f"policy must be 'unet', 'patches' or 'belief', got {policy!r}")
+        if not aux_coef >= 0 or aux_steps < 1 or posterior_steps < 0:
+            raise ValueError("need aux_coef >= 0, aux_steps >= 1 and posterior_steps >= 0, got "
+                             f"{aux_coef!r}, {aux_steps!r}, {posterior_steps!r}")
+        if aux_coef > 0 and policy != "belief":
+            raise ValueError(f"aux_coef needs policy='belief' (the belief predicts the answers), "
+                             f"got policy={policy!r}")
         if baseline not in ("none", "ema", "value"):
             raise ValueError(f"baseline must be 'none', 'ema' or 'value', got {baseline!r}")
         if not temperature > 0:
@@ -134,12 +246,20 @@ class ReinforceAgent(ClickPolicy):
         self.device = torch.device(device)
         self.policy = policy
         self.net: nn.Module = (ClickUNet(in_channels, width=width) if policy == "unet"
-                               else PatchPolicyNet(4 * width))
+                               else PatchPolicyNet(4 * width) if policy == "patches"
+                               else BeliefPolicyNet(4 * width))
         self.net.to(self.device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.hparams = dict(in_channels=in_channels, policy=policy, temperature=temperature,
                             lr=lr, baseline=baseline, ema_decay=ema_decay, value_coef=value_coef,
                             entropy_coef=entropy_coef, gamma=gamma, width=width)
+        if policy == "belief":
+            self.hparams.update(aux_coef=aux_coef, aux_steps=aux_steps,
+                                posterior_steps=posterior_steps)
+        self.aux_coef, self.aux_steps, self.posterior_steps = aux_coef, aux_steps, posterior_steps
+        self.replay = ReplayBuffer(50000)
+        self.rng = np.random.default_rng(seed)
+        self._episode = BeliefEpisode()
         self.temperature, self.baseline, self.ema_decay = temperature, baseline, ema_decay
         self.value_coef, self.entropy_coef, self.gamma = value_coef, entropy_coef, gamma
         self.online_batch, self.avoid_rejected, self.greedy = online_batch, avoid_rejected, greedy
@@ -152,6 +272,7 @@ class ReinforceAgent(ClickPolicy):
         self._decisions: deque[tuple[int, np.ndarray, np.ndarray, int]] = deque(maxlen=256)
         self._pending: list[tuple[np.ndarray, np.ndarray | None, int, float]] = []
         self._last_obs: np.ndarray | None = None
+        self._last_choice: tuple[np.ndarray, int] | None = None
         self.last_confidence: float | None = None
 
     # -------------------------------------------------------------- acting
@@ -165,18 +286,21 @@ class ReinforceAgent(ClickPolicy):
         return logits.flatten(1), value
 
     def policy_inputs(self, obs: np.ndarray, env: BetterWorseSegEnv,
-                      rejected: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+                      rejected: list[tuple[int, int]], episode: BeliefEpisode | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
         """What the policy reads for this observation, and which of its actions it may take.
 
         Args:
             obs: The env's observation.
-            env: The env (its geometry; for ``policy="patches"`` also the image's features and
+            env: The env (its geometry; for the patch policies also the image's features and
                 propagation graph).
             rejected: The ``(label, patch)`` clicks the expert rejected so far this episode.
+            episode: The belief policy's memory of this episode (its answers so far); ``None``
+                acts as at the episode's start.
 
         Returns:
-            ``(inputs, valid)``: the observation (U-Net) or :func:`patch_policy_inputs`, and a
-            bool vector over the policy's actions.
+            ``(inputs, valid)``: the observation (U-Net), :func:`patch_policy_inputs` or
+            :func:`belief_policy_inputs`, and a bool vector over the policy's actions.
         """
         if self.policy == "unet":
             s, (ch, cw), gw = env.obs_size, env.cell, env.grid[1]
@@ -186,11 +310,17 @@ class ReinforceAgent(ClickPolicy):
                     r, c = divmod(patch, gw)
                     valid[label, r * ch:(r + 1) * ch, c * cw:(c + 1) * cw] = False
             return np.asarray(obs), valid.reshape(-1)
-        inputs = patch_policy_inputs(obs, env)
+        if self.policy == "belief":
+            inputs = self._belief_inputs(obs, env, episode)
+            _, m, _, graph = split_belief_inputs(inputs)
+            reach_fg = (graph @ m) / np.maximum(graph.sum(1), 1.0)
+        else:
+            inputs = patch_policy_inputs(obs, env)
+            # Column -2 is the reach's foreground share (exact in float32: sums of multiples of
+            # 1/cell-area).
+            reach_fg = inputs[:, -2]
         # A background click changes the mask iff its reach holds foreground; a foreground one
-        # iff its reach holds background. Column -2 is the reach's foreground share (exact in
-        # float32: sums of multiples of 1/cell-area), so it answers both.
-        reach_fg = inputs[:, -2]
+        # iff its reach holds background.
         changes = np.stack([reach_fg > 0, reach_fg < 1])
         not_rejected = np.ones_like(changes)
         if self.avoid_rejected:
@@ -200,6 +330,42 @@ class ReinforceAgent(ClickPolicy):
             if valid.any():
                 return inputs, valid.reshape(-1)
         return inputs, np.ones(changes.size, bool)
+
+    def _belief_inputs(self, obs: np.ndarray, env: BetterWorseSegEnv,
+                       episode: BeliefEpisode | None) -> np.ndarray:
+        if episode is not None and episode.logits is None and self.posterior_steps:
+            # The network's belief at the episode's start, the prior the answers update.
+            with torch.no_grad():
+                self.net.eval()
+                x = torch.as_tensor(patch_inputs(env), device=self.device)[None]
+                episode.logits = self.net.belief(x)[0][0]
+        return belief_policy_inputs(obs, env, None if episode is None else episode.offset())
+
+    def record_answer(self, episode: BeliefEpisode, inputs: np.ndarray, action: int,
+                      reward: float) -> None:
+        """Add an answered click to the belief policy's episode memory and refit its offsets.
+
+        Args:
+            episode: The episode's memory.
+            inputs: What the policy read when it chose the click (:meth:`policy_inputs`).
+            action: The policy's action (label-major ``(label, patch)`` index).
+            reward: The expert's answer (> 0: "better").
+        """
+        if self.policy != "belief" or not self.posterior_steps or episode.logits is None:
+            return
+        x = torch.as_tensor(inputs, device=self.device)
+        _, m, _, graph = split_belief_inputs(x)
+        label, patch = divmod(int(action), len(m))
+        after = masks_after_clicks(m, graph)[label, patch]
+        episode.events.append((m, after, 1.0 if reward > 0 else 0.0))
+        net = self.net
+        assert isinstance(net, BeliefPolicyNet)
+        before_all = torch.stack([e[0] for e in episode.events])
+        after_all = torch.stack([e[1] for e in episode.events])
+        y = torch.tensor([e[2] for e in episode.events], device=self.device)
+        episode.local, episode.shift = fit_episode_offsets(
+            episode.logits, before_all, after_all, y, net.log_kappa.exp(), net.beta,
+            local=episode.local, shift=episode.shift, steps=self.posterior_steps)
 
     def env_action(self, action: int, env: BetterWorseSegEnv) -> int:
         """The env's action for one of the policy's actions (the patch centre for patches)."""
@@ -228,21 +394,24 @@ class ReinforceAgent(ClickPolicy):
 
     def reset(self, seed: int | None = None) -> None:
         self._rejected = []
+        self._episode = BeliefEpisode()
         if seed is not None:
             self.generator.manual_seed(int(seed))
 
     def act(self, obs: np.ndarray, info: dict[str, Any], env: BetterWorseSegEnv,
             ground_truth: np.ndarray | None = None) -> int:
-        inputs, valid = self.policy_inputs(obs, env, self._rejected)
+        inputs, valid = self.policy_inputs(obs, env, self._rejected, self._episode)
         actions, conf = self._sample(inputs[None], valid[None])
         self.last_confidence = float(conf[0])
         self._last_obs = np.asarray(obs)
+        self._last_choice = (inputs, int(actions[0]))
         action = self.env_action(int(actions[0]), env)
         self._remember(action, inputs, valid, int(actions[0]))
         return action
 
     def act_batch(self, obs: np.ndarray, rejected: list[list[tuple[int, int]]],
-                  env: BetterWorseSegEnv | Sequence[BetterWorseSegEnv]
+                  env: BetterWorseSegEnv | Sequence[BetterWorseSegEnv],
+                  episodes: Sequence[BeliefEpisode] | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
         """Actions and confidences for a batch of episodes run in lockstep (one forward pass).
 
@@ -250,9 +419,14 @@ class ReinforceAgent(ClickPolicy):
             obs: ``(B, C, H, W)`` observations.
             rejected: Per episode, the ``(label, patch)`` clicks the expert rejected so far.
             env: The env of each episode; one env will do for the U-Net (its geometry only).
+            episodes: Per episode, the belief policy's memory (:meth:`new_episode`); each
+                chosen click waits in it for :meth:`answer_batch`. Without them the belief
+                policy acts as at each episode's start.
         """
+        if episodes is not None and len(episodes) != len(obs):
+            raise ValueError(f"act_batch got {len(obs)} observations and {len(episodes)} episodes")
         if isinstance(env, BetterWorseSegEnv):
-            if self.policy == "patches" and len(obs) > 1:
+            if self.policy != "unet" and len(obs) > 1:
                 raise ValueError("the patch policy reads each image's features: pass act_batch "
                                  "one env per observation")
             envs = [env] * len(obs)
@@ -261,9 +435,13 @@ class ReinforceAgent(ClickPolicy):
         if len(envs) != len(obs) or len(rejected) != len(obs):
             raise ValueError(f"act_batch got {len(obs)} observations, {len(rejected)} rejected "
                              f"lists and {len(envs)} envs")
-        inputs, valid = zip(*[self.policy_inputs(o, e, r)
-                              for o, e, r in zip(obs, envs, rejected, strict=True)], strict=True)
+        eps = list(episodes) if episodes is not None else [None] * len(obs)
+        inputs, valid = zip(*[self.policy_inputs(o, e, r, ep) for o, e, r, ep
+                              in zip(obs, envs, rejected, eps, strict=True)], strict=True)
         actions, conf = self._sample(np.stack(inputs), np.stack(valid))
+        for ep, i, a in zip(eps, inputs, actions, strict=True):
+            if ep is not None:
+                ep.pending = (i, int(a))
         env_actions = np.array([self.env_action(int(a), e) for a, e in zip(actions, envs,
                                                                            strict=True)])
         for ea, i, v, a in zip(env_actions, inputs, valid, actions, strict=True):
@@ -294,10 +472,25 @@ class ReinforceAgent(ClickPolicy):
         if len(self._pending) >= self.online_batch:
             self.flush()
 
+    def new_episode(self) -> BeliefEpisode:
+        """An empty episode memory for :meth:`act_batch` (used by the belief policy)."""
+        return BeliefEpisode()
+
+    def answer_batch(self, episodes: Sequence[BeliefEpisode], rewards: Sequence[float]) -> None:
+        """Give each episode of the last :meth:`act_batch` its answer (belief policy memory)."""
+        for ep, r in zip(episodes, rewards, strict=True):
+            if ep.pending is not None:
+                inputs, action = ep.pending
+                ep.pending = None
+                self.record_answer(ep, inputs, action, r)
+
     def observe(self, action: int, reward: float, terminated: bool, info: dict[str, Any]) -> None:
         """Online learning: every answered click is a training signal (the method's protocol)."""
         if reward < 0 and "patch" in info:
             self._rejected.append((int(info["click"]["label"]), int(info["patch"])))
+        if self._last_choice is not None:
+            self.record_answer(self._episode, *self._last_choice, reward)
+            self._last_choice = None
         if self._last_obs is not None:
             self.learn_online(self._last_obs, action, reward)
 
@@ -314,12 +507,16 @@ class ReinforceAgent(ClickPolicy):
 
     # -------------------------------------------------------------- learning
     def update(self, inputs: np.ndarray, actions: np.ndarray, returns: np.ndarray,
-               valid: np.ndarray | None = None) -> dict[str, float]:
+               valid: np.ndarray | None = None,
+               answers: np.ndarray | None = None) -> dict[str, float]:
         """One REINFORCE step on a batch of (policy inputs, policy action, return).
 
         ``valid`` (``(B, n_actions)`` bool) restricts each softmax to the clicks the policy could
-        choose from when it acted.
+        choose from when it acted. ``answers`` are each click's own answer (default: the
+        returns, the same when ``gamma=0``); the belief policy's auxiliary loss learns from them.
         """
+        if self.policy == "belief" and self.aux_coef > 0:
+            self._remember_answers(inputs, actions, returns if answers is None else answers)
         self.net.train()
         logits, values = self.logits(inputs)
         if valid is not None:
@@ -341,17 +538,54 @@ class ReinforceAgent(ClickPolicy):
         loss = policy_loss - self.entropy_coef * entropy
         if self.baseline == "value":
             loss = loss + self.value_coef * value_loss
+        aux = self.policy == "belief" and self.aux_coef > 0
+        aux_stats: dict[str, float] = {}
+        if aux:
+            aux_loss, aux_stats = self._aux_loss()
+            loss = loss + self.aux_coef * aux_loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
         self.opt.step()
+        for _ in range(self.aux_steps - 1 if aux else 0):
+            # Further replayed minibatches train the answer prediction alone.
+            aux_loss, aux_stats = self._aux_loss()
+            self.opt.zero_grad(set_to_none=True)
+            (self.aux_coef * aux_loss).backward()
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+            self.opt.step()
         if self.baseline == "ema":
             mean_r = float(ret.mean())
             self.ema = mean_r if self.updates == 0 else (
                 self.ema_decay * self.ema + (1 - self.ema_decay) * mean_r)
         self.updates += 1
         return {"losses/policy": policy_loss.item(), "losses/value": value_loss.item(),
-                "losses/entropy": entropy.item(), "charts/baseline": float(self.ema)}
+                "losses/entropy": entropy.item(), "charts/baseline": float(self.ema), **aux_stats}
+
+    def _remember_answers(self, inputs: np.ndarray, actions: np.ndarray,
+                          answers: np.ndarray) -> None:
+        """Keep a batch's answered clicks for the auxiliary loss's replay (belief policy)."""
+        x = np.asarray(inputs, np.float32)
+        for xi, a, r in zip(x, np.asarray(actions), np.asarray(answers), strict=True):
+            features, m, _, graph = split_belief_inputs(xi)
+            label, patch = divmod(int(a), len(m))
+            after = (np.maximum(m, graph[patch]) if label == 1 else m * (1.0 - graph[patch]))
+            key = hashlib.sha1(np.ascontiguousarray(features).tobytes()).hexdigest()
+            self.replay.add(key, np.ascontiguousarray(features), m.copy(),
+                            after.astype(np.float32), 1.0 if r > 0 else 0.0)
+
+    def _aux_loss(self) -> tuple[torch.Tensor, dict[str, float]]:
+        """The auxiliary loss: the negative log-likelihood of a replayed minibatch of answers under
+        the belief (no within-episode offsets) and the answer model (:func:`answer_logits`)."""
+        net = self.net
+        assert isinstance(net, BeliefPolicyNet)
+        features, before, after, y = (torch.as_tensor(a, device=self.device)
+                                      for a in self.replay.sample(self.rng, 32))
+        q = torch.sigmoid(net.belief(features)[0])
+        logit = answer_logits(q, before, after, net.log_kappa.exp(), net.beta)
+        loss = nn.functional.binary_cross_entropy_with_logits(logit, y)
+        return loss, {"losses/answer_nll": loss.item(),
+                      "charts/answer_accuracy": float(((logit > 0).float() == y).float().mean())}
 
     # -------------------------------------------------------------- checkpoints
     def save(self, path: str | os.PathLike) -> None:
@@ -406,24 +640,27 @@ def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
                            temperature=args.temperature, lr=args.lr, baseline=args.baseline,
                            ema_decay=args.ema_decay, value_coef=args.value_coef,
                            entropy_coef=args.entropy_coef, gamma=args.gamma, width=args.width,
-                           online_batch=0, avoid_rejected=args.avoid_rejected, device=device,
-                           seed=args.seed)
+                           online_batch=0, avoid_rejected=args.avoid_rejected,
+                           aux_coef=args.aux_coef, aux_steps=args.aux_steps,
+                           posterior_steps=args.posterior_steps, device=device, seed=args.seed)
     log = TrainingLog(Path(args.out), args.total_clicks, "reinforce", args.tensorboard,
                       args.progress)
     obs = [e.reset(seed=args.seed + i)[0] for i, e in enumerate(envs)]
     rejected: list[list[tuple[int, int]]] = [[] for _ in envs]
     episode: list[list[tuple[np.ndarray, np.ndarray, int, float]]] = [[] for _ in envs]
+    memory = [agent.new_episode() for _ in envs]  # the belief policy's within-episode memory
     clicks = 0
     while clicks < args.total_clicks:
-        inputs, valid = zip(*[agent.policy_inputs(o, b, r)
-                              for o, b, r in zip(obs, bases, rejected, strict=True)], strict=True)
+        inputs, valid = zip(*[agent.policy_inputs(o, b, r, mem) for o, b, r, mem
+                              in zip(obs, bases, rejected, memory, strict=True)], strict=True)
         actions, _ = agent._sample(np.stack(inputs), np.stack(valid))
-        batch_in, batch_valid, batch_act, batch_ret = [], [], [], []
+        batch_in, batch_valid, batch_act, batch_ret, batch_answer = [], [], [], [], []
         rewards = []
         for i, env in enumerate(envs):
             a = int(actions[i])
             o2, r, term, trunc, info = env.step(agent.env_action(a, bases[i]))
             episode[i].append((inputs[i], valid[i], a, float(r)))
+            agent.record_answer(memory[i], inputs[i], a, float(r))
             rewards.append(r)
             if r < 0:
                 rejected[i].append((int(info["click"]["label"]), int(info["patch"])))
@@ -432,21 +669,24 @@ def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
                 for *_, rr in reversed(episode[i]):
                     g = rr + args.gamma * g
                     rets.append(g)
-                for (ei, ev, ea, _), ret in zip(episode[i], reversed(rets), strict=True):
+                for (ei, ev, ea, er), ret in zip(episode[i], reversed(rets), strict=True):
                     batch_in.append(ei)
                     batch_valid.append(ev)
                     batch_act.append(ea)
                     batch_ret.append(ret)
+                    batch_answer.append(er)
                 episode[i] = []
             if term or trunc:
                 o2, _ = env.reset()
                 rejected[i] = []
+                memory[i] = agent.new_episode()
             obs[i] = o2
         clicks += len(envs)
         stats = {}
         if batch_in:
             stats = agent.update(np.stack(batch_in), np.array(batch_act),
-                                 np.array(batch_ret, np.float32), np.stack(batch_valid))
+                                 np.array(batch_ret, np.float32), np.stack(batch_valid),
+                                 np.array(batch_answer, np.float32))
         log.step(clicks, rewards, stats)
     return agent, log.finish(agent, args)
 

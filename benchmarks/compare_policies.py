@@ -50,6 +50,8 @@ LEVELS = (0.80, 0.85, 0.90)
 LEARNERS: dict[str, tuple[str, dict[str, Any]]] = {
     "reinforce": ("reinforce", {}),
     "reinforce_patches": ("reinforce", {"policy": "patches"}),
+    "reinforce_belief": ("reinforce", {"policy": "belief"}),
+    "reinforce_belief_aux": ("reinforce", {"policy": "belief", "aux_coef": 1.0}),
     "ppo": ("sb3", {"algo": "ppo"}),
     "a2c": ("sb3", {"algo": "a2c"}),
     "dqn": ("sb3", {"algo": "dqn"}),
@@ -392,7 +394,8 @@ def _figures(out: Path, summary, per_seed, curves, datasets, learners, save_figu
     import matplotlib.pyplot as plt
 
     colours = {"random": "tab:gray", "gt": "tab:green", "reinforce": "tab:red",
-               "reinforce_patches": "tab:pink", "ppo": "tab:blue", "a2c": "tab:purple",
+               "reinforce_patches": "tab:pink", "reinforce_belief": "crimson",
+               "reinforce_belief_aux": "maroon", "ppo": "tab:blue", "a2c": "tab:purple",
                "dqn": "tab:orange", "ppo_features": "navy", "dqn_features": "darkorange",
                "answer_model": "tab:brown",
                "answer_model_no_offset": "tab:olive", "answer_model_unet": "tab:cyan"}

@@ -8,8 +8,9 @@ reward over the last 20% of clicks; clicks to 90% of the reward's rise).
 
 Variants: ``default`` (EMA baseline, entropy 0.01, 8 envs), ``no-baseline``, ``value-baseline``,
 ``no-entropy``, ``1-env`` (one env, one click per update: the method's online setting).
-``--policy patches`` runs them with the patch policy instead of the method's U-Net (results in
-``benchmarks/results/reinforce_ablation_patches`` by default).
+``--policy patches`` or ``--policy belief`` runs them with that policy instead of the method's
+U-Net (results in ``benchmarks/results/reinforce_ablation_<policy>`` by default); with the belief
+policy the variant ``aux`` adds the auxiliary answer-prediction loss (``aux_coef=1``).
 
 Run: ``python -m benchmarks.reinforce_ablation`` (``--help``). Last line:
 ``default_minus_no_baseline_dice: <value>``.
@@ -28,19 +29,25 @@ VARIANTS: dict[str, dict] = {
     "value-baseline": {"baseline": "value"},
     "no-entropy": {"entropy_coef": 0.0},
     "1-env": {"num_envs": 1},
+    "aux": {"aux_coef": 1.0},  # belief policy only
 }
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", help="comma-separated (default: all that apply to --policy: "
+                   f"{', '.join(VARIANTS)}; aux only with --policy belief)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--clicks", type=int, default=2000)
     p.add_argument("--images", type=int, default=200, help="synthetic images (80/20 split)")
-    p.add_argument("--policy", choices=("unet", "patches"), default="unet",
+    p.add_argument("--policy", choices=("unet", "patches", "belief"), default="unet",
                    help="REINFORCE's policy network (default unet, the method's)")
     p.add_argument("--out", help="output folder (default benchmarks/results/reinforce_ablation)")
     args = p.parse_args(argv)
+    if args.variants is None:
+        args.variants = ",".join(v for v in VARIANTS if args.policy == "belief" or v != "aux")
+    if args.policy != "belief" and "aux" in args.variants.split(","):
+        raise SystemExit("--variants aux needs --policy belief (only the belief predicts answers)")
 
     import gymnasium as gym
 
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks._common import machine, out_dir, save_figure, write_csv, write_json
     from benchmarks.compare_policies import clicks_to_90, evaluate, t_interval
 
-    out = out_dir("reinforce_ablation" + ("_patches" if args.policy == "patches" else ""),
+    out = out_dir("reinforce_ablation" + ("" if args.policy == "unet" else f"_{args.policy}"),
                   args.out)
     test_env = gym.make("BetterWorseSeg-v0",
                         dataset_kwargs={"n_images": args.images, "split": "test"})

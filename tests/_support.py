@@ -5,6 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from bow_gym.datasets.base import Sample, SegmentationDataset
+from bow_gym.oracles import Oracle, Overlap
+
+
+class ConstantOracle(Oracle):
+    """Answers the same whatever the ground truth: trajectories may then not depend on it."""
+
+    def __init__(self, answer: int):
+        self.answer = answer
+
+    def judge(self, before: Overlap, after: Overlap, rng=None) -> int:
+        return self.answer
 
 
 class OtherMasks(SegmentationDataset):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from _support import OtherMasks
+from _support import ConstantOracle, OtherMasks
 
 import bow_gym  # noqa: F401
 from agents import RandomClicker, run_episode
@@ -17,18 +17,8 @@ from agents.answer_model import (
 )
 from bow_gym.datasets.synthetic import SyntheticDataset
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
-from bow_gym.oracles import DiceOracle, Oracle, Overlap
+from bow_gym.oracles import DiceOracle, Overlap
 from bow_gym.propagation import select_patches
-
-
-class _Constant(Oracle):
-    """Answers the same whatever the ground truth: trajectories may then not depend on it."""
-
-    def __init__(self, answer: int):
-        self.answer = answer
-
-    def judge(self, before: Overlap, after: Overlap, rng=None) -> int:
-        return self.answer
 
 
 def test_soft_dice_and_masks_after_clicks_known_answers():
@@ -122,7 +112,7 @@ def test_actions_unchanged_when_only_ground_truth_differs():
     for answer in (1, -1):
         for data in (ds, OtherMasks(ds, 11, 1)):
             agent = _agent(online_batch=0, greedy=True)
-            env = BetterWorseSegEnv(data, oracle=_Constant(answer), feature_cache=None)
+            env = BetterWorseSegEnv(data, oracle=ConstantOracle(answer), feature_cache=None)
             runs.append([run_episode(env, agent, seed=s, options={"index": s}).actions
                          for s in range(3)])
     assert runs[0] == runs[1] and runs[2] == runs[3]
@@ -131,7 +121,7 @@ def test_actions_unchanged_when_only_ground_truth_differs():
 
 def test_clicks_change_the_mask_and_rejected_clicks_are_not_repeated():
     env = BetterWorseSegEnv(dataset_kwargs={"n_images": 2, "size": 96},
-                            oracle=_Constant(-1), feature_cache=None)
+                            oracle=ConstantOracle(-1), feature_cache=None)
     agent = _agent(online_batch=0, greedy=True)
     rec = run_episode(env, agent, seed=0)
     clicks = []
@@ -145,7 +135,7 @@ def test_clicks_change_the_mask_and_rejected_clicks_are_not_repeated():
 
 def test_within_episode_update_lowers_the_belief_in_a_rejected_region():
     env = BetterWorseSegEnv(dataset_kwargs={"n_images": 1, "size": 96},
-                            oracle=_Constant(-1), feature_cache=None)
+                            oracle=ConstantOracle(-1), feature_cache=None)
     agent = _agent(online_batch=0, greedy=True)
     obs, info = env.reset(seed=0)
     action = agent.act(obs, info, env)
@@ -166,7 +156,7 @@ def test_image_wide_offset_follows_the_answers(global_offset):
     shifts = []
     for answer in (1, -1):
         env = BetterWorseSegEnv(dataset_kwargs={"n_images": 1, "size": 96},
-                                oracle=_Constant(answer), feature_cache=None)
+                                oracle=ConstantOracle(answer), feature_cache=None)
         agent = _agent(online_batch=0, greedy=True, global_offset=global_offset)
         obs, info = env.reset(seed=0)
         action = agent.act(obs, info, env)

@@ -109,3 +109,10 @@ def test_click_budget_refuses_bad_arguments(argv, message):
 
     with pytest.raises(SystemExit, match=re.escape(message)):
         click_budget(argv)
+
+
+def test_reinforce_ablation_refuses_the_auxiliary_loss_without_a_belief():
+    from benchmarks.reinforce_ablation import main as reinforce_ablation
+
+    with pytest.raises(SystemExit, match="--variants aux needs --policy belief"):
+        reinforce_ablation(["--policy", "patches", "--variants", "default,aux"])

@@ -1,15 +1,18 @@
 import numpy as np
 import pytest
 import torch
-from _support import OtherMasks
+from _support import ConstantOracle, OtherMasks
 
 import bow_gym  # noqa: F401
 from agents import RandomClicker, run_episode
 from agents.reinforce import (
+    BeliefPolicyNet,
     PatchPolicyNet,
     ReinforceAgent,
     ReinforceArgs,
+    belief_policy_inputs,
     patch_policy_inputs,
+    split_belief_inputs,
     train,
 )
 from agents.unet import ClickUNet
@@ -80,12 +83,12 @@ def test_patch_policy_clicks_patch_centres_and_skips_no_op_clicks():
         ReinforceAgent(policy="pixels")
 
 
-@pytest.mark.parametrize("policy", ["unet", "patches"])
+@pytest.mark.parametrize("policy", ["unet", "patches", "belief"])
 def test_actions_unchanged_when_only_ground_truth_differs(policy):
     ds = SyntheticDataset(n_images=3, size=96)
     torch.manual_seed(0)
     agent = ReinforceAgent(4, policy=policy, online_batch=0, avoid_rejected=False, seed=1)
-    if policy == "patches":  # materialise the lazy layers before randomising the head
+    if policy != "unet":  # materialise the lazy layers before randomising the head
         env = BetterWorseSegEnv(ds, feature_cache=None)
         obs, _ = env.reset(seed=0)
         agent.act(obs, {}, env)
@@ -93,8 +96,10 @@ def test_actions_unchanged_when_only_ground_truth_differs(policy):
         for p in agent.net.head.parameters():
             p.normal_(0, 0.5)  # a non-trivial policy
     runs = []
+    # The belief policy reads the answers (which may depend on the truth): fix them.
+    oracle = ConstantOracle(-1) if policy == "belief" else "dice"
     for data in (ds, OtherMasks(ds, 11, 1)):
-        env = BetterWorseSegEnv(data, on_worse="keep", feature_cache=None)
+        env = BetterWorseSegEnv(data, on_worse="keep", oracle=oracle, feature_cache=None)
         runs.append([run_episode(env, agent, seed=s, options={"index": s}).actions
                      for s in range(3)])
     assert runs[0] == runs[1]
@@ -202,10 +207,10 @@ def test_online_learning_updates_weights():
     assert not torch.equal(before, agent.net.head.weight)
 
 
-@pytest.mark.parametrize("policy", ["unet", "patches"])
-def test_short_training_beats_random_on_easy_variant(tmp_path, policy):
+@pytest.mark.parametrize("policy,aux_coef", [("unet", 0.0), ("patches", 0.0), ("belief", 1.0)])
+def test_short_training_beats_random_on_easy_variant(tmp_path, policy, aux_coef):
     args = ReinforceArgs(env_id="BetterWorseSeg-Easy-v0", total_clicks=640, num_envs=8, lr=2e-3,
-                         policy=policy,
+                         policy=policy, aux_coef=aux_coef,
                          out=str(tmp_path), tensorboard=True, progress=False, seed=0,
                          env_kwargs={"dataset_kwargs": {"n_images": 60, "size": 96}})
     agent, history = train(args)
@@ -220,3 +225,103 @@ def test_short_training_beats_random_on_easy_variant(tmp_path, policy):
     rand = np.mean([run_episode(env, RandomClicker(), seed=i, options={"index": i}).final_dice
                     for i in range(n)])
     assert learned > rand + 0.1, (learned, rand)
+
+
+def test_belief_policy_inputs_and_logits_known_values():
+    env = _env()
+    obs, _ = env.reset(seed=0)
+    agent = ReinforceAgent(policy="belief", online_batch=0, posterior_steps=0)
+    x = belief_policy_inputs(obs, env)
+    features, m, offset, graph = split_belief_inputs(x)
+    graph_true = env.propagation_graph().astype(np.float32)
+    p = len(graph_true)
+    assert x.shape == (p, features.shape[1] + 2 + p) and not offset.any()
+    np.testing.assert_array_equal(graph, graph_true)
+    np.testing.assert_array_equal(m, ((obs[3] > 127).reshape(16, 8, 16, 8).mean(axis=(1, 3))
+                                      .ravel()))
+    # Untrained, the belief is 0.5 everywhere; a click's logit is alpha (10) x its Dice gain.
+    with torch.no_grad():
+        logits, _ = agent.logits(x)
+    k = int(np.argmax(graph_true.sum(1)))
+    fg = np.maximum(m, graph_true[k])
+    bg = m * (1 - graph_true[k])
+
+    def dice(mask):
+        return 2 * (mask * 0.5).sum() / (mask.sum() + 0.5 * p)
+
+    assert logits[0, p + k].item() == pytest.approx(10 * (dice(fg) - dice(m)), abs=1e-4)
+    assert logits[0, k].item() == pytest.approx(10 * (dice(bg) - dice(m)), abs=1e-4)
+    assert isinstance(agent.net, BeliefPolicyNet)
+
+
+def test_belief_policy_answers_move_the_belief_of_the_clicked_region():
+    env = _env()
+    obs, _ = env.reset(seed=0)
+    graph = env.propagation_graph()
+    agent = ReinforceAgent(policy="belief", online_batch=0, greedy=True)
+    p = len(graph)
+    k = int(np.argmax(graph.sum(1)))
+    shifts = {}
+    for reward in (1.0, -1.0):
+        ep = agent.new_episode()
+        x, valid = agent.policy_inputs(obs, env, [], ep)
+        assert valid[p + k]
+        agent.record_answer(ep, x, p + k, reward)  # a foreground click on patch k
+        x2, _ = agent.policy_inputs(obs, env, [], ep)
+        off = split_belief_inputs(x2)[2]
+        shifts[reward] = float(off[graph[k]].mean() - off[~graph[k]].mean())
+    # "better" raises the belief in what the click selected (relative to the rest), "worse"
+    # lowers it
+    assert shifts[1.0] > 0.1 and shifts[-1.0] < -0.1, shifts
+    # act_batch keeps each episode's click until answer_batch gives it the answer
+    eps = [agent.new_episode(), agent.new_episode()]
+    obs2 = np.stack([obs, env.reset(seed=1, options={"index": 1})[0]])
+    env0 = _env()
+    env0.reset(seed=0)
+    agent.act_batch(obs2, [[], []], [env0, env], episodes=eps)
+    assert all(e.pending is not None for e in eps)
+    agent.answer_batch(eps, [-1.0, 1.0])
+    assert all(e.pending is None and len(e.events) == 1 for e in eps)
+    with pytest.raises(ValueError, match="2 observations and 1 episodes"):
+        agent.act_batch(obs2, [[], []], [env0, env], episodes=eps[:1])
+
+
+def test_belief_policy_arguments_checkpoint_and_auxiliary_loss(tmp_path):
+    with pytest.raises(ValueError, match="aux_coef needs policy='belief'"):
+        ReinforceAgent(policy="patches", aux_coef=1.0)
+    with pytest.raises(ValueError, match="aux_steps"):
+        ReinforceAgent(policy="belief", aux_steps=0)
+    env = _env()
+    agent = ReinforceAgent(policy="belief", aux_coef=1.0, aux_steps=3, online_batch=5, seed=0)
+    rec = run_episode(env, agent, seed=0)  # 5 clicks: one online update, 3 auxiliary steps
+    assert agent.updates == 1 and len(agent.replay) == 5
+    assert agent.replay.rows[-1][3] == (1.0 if rec.rewards[-1] > 0 else 0.0)
+    kappa = agent.net.log_kappa.item()
+    assert kappa != pytest.approx(np.log(20.0))  # the answer model is trained
+    agent.save(tmp_path / "b.safetensors")
+    loaded = ReinforceAgent.load(tmp_path / "b.safetensors")
+    assert loaded.hparams == agent.hparams and loaded.aux_coef == 1.0
+    obs, _ = env.reset(seed=1)
+    x = belief_policy_inputs(obs, env)
+    agent.net.eval()
+    loaded.net.eval()
+    with torch.no_grad():
+        assert torch.equal(agent.logits(x)[0], loaded.logits(x)[0])
+
+
+def test_belief_policy_labels_a_round_in_lockstep_with_episode_memory(monkeypatch):
+    from bow_gym.rounds import label_round
+
+    envs = [_env(6) for _ in range(3)]
+    agent = ReinforceAgent(policy="belief", aux_coef=1.0, aux_steps=1, online_batch=4, seed=0)
+    answered = []
+    record = agent.record_answer
+    monkeypatch.setattr(agent, "record_answer",
+                        lambda ep, *a: (answered.append(ep), record(ep, *a)))
+    labels = label_round(envs, agent, list(range(6)), seed=0, progress=False)
+    assert labels.rewards.shape == (6, 5) and np.isin(labels.rewards, (-1, 1)).all()
+    # every click's answer reached its own episode's memory: 6 episodes of 5 answers
+    # (the list keeps every memory alive, so ids are not reused)
+    counts = np.unique([id(ep) for ep in answered], return_counts=True)[1]
+    assert len(answered) == 30 and sorted(counts) == [5] * 6
+    assert agent.updates == 30 // 4 + 1 and len(agent.replay) == 30
