@@ -52,6 +52,12 @@ def masks_after_clicks(mask: torch.Tensor, graph: torch.Tensor) -> torch.Tensor:
     return torch.stack([m * (1.0 - graph), torch.maximum(m, graph)], dim=-3)
 
 
+def mask_after_click(mask: torch.Tensor, reach: torch.Tensor, label: int) -> torch.Tensor:
+    """The mask after one click: ``reach`` (the click's 0/1 row of the propagation graph) set to
+    foreground (``label=1``) or cleared (``label=0``); one row of :func:`masks_after_clicks`."""
+    return torch.maximum(mask, reach) if label == 1 else mask * (1.0 - reach)
+
+
 def fit_episode_offsets(logits: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
                         answers: torch.Tensor, kappa: torch.Tensor, beta: torch.Tensor, *,
                         local: torch.Tensor | None = None, shift: torch.Tensor | None = None,

@@ -43,6 +43,7 @@ from agents.belief import (
     ReplayBuffer,
     answer_logits,
     fit_episode_offsets,
+    mask_after_click,
     masks_after_clicks,
     soft_dice,
 )
@@ -356,7 +357,7 @@ class ReinforceAgent(ClickPolicy):
         x = torch.as_tensor(inputs, device=self.device)
         _, m, _, graph = split_belief_inputs(x)
         label, patch = divmod(int(action), len(m))
-        after = masks_after_clicks(m, graph)[label, patch]
+        after = mask_after_click(m, graph[patch], label)
         episode.events.append((m, after, 1.0 if reward > 0 else 0.0))
         net = self.net
         assert isinstance(net, BeliefPolicyNet)
@@ -569,7 +570,8 @@ class ReinforceAgent(ClickPolicy):
         for xi, a, r in zip(x, np.asarray(actions), np.asarray(answers), strict=True):
             features, m, _, graph = split_belief_inputs(xi)
             label, patch = divmod(int(a), len(m))
-            after = (np.maximum(m, graph[patch]) if label == 1 else m * (1.0 - graph[patch]))
+            after = mask_after_click(torch.as_tensor(m), torch.as_tensor(graph[patch]),
+                                     label).numpy()
             key = hashlib.sha1(np.ascontiguousarray(features).tobytes()).hexdigest()
             self.replay.add(key, np.ascontiguousarray(features), m.copy(),
                             after.astype(np.float32), 1.0 if r > 0 else 0.0)

@@ -476,19 +476,17 @@ def label_round(envs: Sequence[Any], agent: Any, order: Sequence[int], *, seed: 
         initial[pos] = obs[3] > 127
         slots[s] = {"pos": pos, "obs": obs, "info": info, "click": 0, "rejected": [],
                     # A batched policy's memory of the episode (REINFORCE's belief policy).
-                    "memory": agent.new_episode() if hasattr(agent, "new_episode") else None}
+                    "memory": agent.new_episode() if batched else None}
 
     for s in range(len(envs)):
         start(s)
     while any(slot is not None for slot in slots):
         live = [s for s, slot in enumerate(slots) if slot is not None]
         if batched:
-            memories = [slots[s]["memory"] for s in live]
             acts, confs = agent.act_batch(np.stack([slots[s]["obs"] for s in live]),
                                           [slots[s]["rejected"] for s in live],
                                           [envs[s].unwrapped for s in live],
-                                          **({"episodes": memories}
-                                             if memories[0] is not None else {}))
+                                          episodes=[slots[s]["memory"] for s in live])
         else:
             acts, confs = [], []
             for s in live:
@@ -506,8 +504,7 @@ def label_round(envs: Sequence[Any], agent: Any, order: Sequence[int], *, seed: 
             labels[pos, j] = int(info["click"]["label"])
             public = {key: v for key, v in info.items() if key != EVAL_ONLY_KEY}
             if batched:
-                if slot["memory"] is not None:
-                    agent.answer_batch([slot["memory"]], [float(r)])
+                agent.answer_batch([slot["memory"]], [float(r)])
                 agent.learn_online(slot["obs"], int(a), float(r))
                 if r < 0:
                     slot["rejected"].append((int(info["click"]["label"]), int(info["patch"])))
