@@ -61,39 +61,48 @@ def mask_after_click(mask: torch.Tensor, reach: torch.Tensor, label: int) -> tor
 def fit_episode_offsets(logits: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
                         answers: torch.Tensor, kappa: torch.Tensor, beta: torch.Tensor, *,
                         local: torch.Tensor | None = None, shift: torch.Tensor | None = None,
-                        steps: int = 20, prior_weight: float = 0.1,
+                        weights: torch.Tensor | None = None, steps: int = 20,
+                        prior_weight: float = 0.1,
                         global_offset: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The within-episode update of a belief: per-patch and image-wide logit offsets fitted to the
     answers so far (maximum a posteriori, Gaussian priors; a few Adam steps).
 
+    Leading batch dimensions ``...`` fit one episode each, independently (Adam's update is
+    element-wise, so a batch gives each episode exactly its own fit).
+
     Args:
-        logits: ``(P,)`` belief logits of the network for the image (held fixed).
-        before, after: ``(K, P)`` masks before and after each answered click of the episode.
-        answers: ``(K,)`` 1.0 for "better", 0.0 for "worse".
+        logits: ``(..., P)`` belief logits of the network for the image (held fixed).
+        before, after: ``(..., K, P)`` masks before and after each answered click of the episode.
+        answers: ``(..., K)`` 1.0 for "better", 0.0 for "worse".
         kappa, beta: The answer model's parameters (:func:`answer_logits`; not trained here).
-        local, shift: Offsets to start from (the previous answer's fit); zeros if ``None``.
+        local, shift: ``(..., P)`` and ``(...)`` offsets to start from (the previous answer's
+            fit); zeros if ``None``.
+        weights: ``(..., K)`` 1.0 for the clicks that count, 0.0 for padding; all count if
+            ``None``.
         steps: Adam steps (0 returns the starting offsets).
         prior_weight: Weight of the Gaussian prior on each patch's offset.
         global_offset: Also fit the image-wide offset (10x weaker prior).
 
     Returns:
-        ``(local, shift)``: ``(P,)`` and scalar offsets, detached.
+        ``(local, shift)``: ``(..., P)`` and ``(...)`` offsets, detached.
     """
     local = torch.zeros_like(logits) if local is None else local
-    shift = torch.zeros((), device=logits.device) if shift is None else shift
-    if not steps or not len(answers):
+    shift = torch.zeros(logits.shape[:-1], device=logits.device) if shift is None else shift
+    counted = answers.numel() if weights is None else float(weights.sum())
+    if not steps or not counted:
         return local.detach(), shift.detach()
     local = local.detach().clone().requires_grad_(True)
     shift = shift.detach().clone().requires_grad_(global_offset)
     opt = torch.optim.Adam([local, shift] if global_offset else [local], lr=0.5)
     kappa, beta, logits = kappa.detach(), beta.detach(), logits.detach()
     for _ in range(steps):
-        q = torch.sigmoid(logits + local + shift)
+        q = torch.sigmoid(logits + local + shift.unsqueeze(-1)).unsqueeze(-2)
         logit = answer_logits(q, before, after, kappa, beta)
-        loss = nn.functional.binary_cross_entropy_with_logits(logit, answers, reduction="sum")
+        nll = nn.functional.binary_cross_entropy_with_logits(logit, answers, weights,
+                                                             reduction="sum")
         # The image-wide shift gets a 10x weaker prior than each patch's offset: one answer on a
         # large region says more about the lesion's size than about any one patch.
-        loss = loss + 0.5 * prior_weight * ((local**2).sum() + 0.1 * shift**2)
+        loss = nll + 0.5 * prior_weight * ((local**2).sum() + 0.1 * (shift**2).sum())
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -46,11 +46,25 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from agents.belief import (
+    ReplayBuffer,
+    answer_logits,
+    fit_episode_offsets,
+    mask_after_click,
+    masks_after_clicks,
+    soft_dice,
+)
 from agents.common import TrainDataArgs
 from agents.policy import ClickPolicy
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import atomic_path
-from bow_gym.wrappers import patch_policy_inputs, patch_to_pixel_action
+from bow_gym.wrappers import (
+    ClickHistory,
+    belief_observation,
+    patch_policy_inputs,
+    patch_to_pixel_action,
+    split_belief_observation,
+)
 
 ALGOS = ("ppo", "a2c", "dqn")
 
@@ -99,17 +113,26 @@ class SB3Args(TrainDataArgs):
     """DQN: share of training over which epsilon decays from 1"""
     exploration_final_eps: float = 0.05
     """DQN: final epsilon"""
-    obs: Literal["pixels", "features"] = "pixels"
-    """what the policy reads: pixels (the env's observation, PatchGridExtractor) or features
+    obs: Literal["pixels", "features", "belief"] = "pixels"
+    """what the policy reads: pixels (the env's observation, PatchGridExtractor), features
     (PatchFeatureObservation: each patch's backbone features and what a click there would reach,
-    PatchFeatureExtractor)"""
+    PatchFeatureExtractor) or belief (BeliefObservation: features, propagation graph and the
+    episode's answered clicks; BeliefExtractor scores each click by its Dice gain against a
+    learned belief of the lesion, updated by those answers; PPO and A2C only)"""
     width: int = 32
-    """channels of the features extractor (hidden units per patch with obs=features)"""
+    """channels of the features extractor (hidden units per patch with obs=features or belief)"""
     channels: int = 8
     """feature channels per patch (features = channels x 16 x 16); the first two are the logits"""
     head: Literal["patch", "dense"] = "patch"
     """patch: SB3's linear head tied to the identity on the first two feature channels (a 1x1-conv
     head shared by all patches); dense: SB3's own trainable linear head over all features"""
+    aux_coef: float = 0.0
+    """obs=belief: weight of the auxiliary loss of predicting the expert's answers from the belief
+    (AnswerPredictionCallback, on replayed answered clicks); 0 turns it off"""
+    aux_steps: int = 8
+    """obs=belief: replayed minibatches of 32 answered clicks per vectorised step for that loss"""
+    posterior_steps: int = 20
+    """obs=belief: Adam steps of the within-episode fit of the belief to the episode's answers"""
     avoid_rejected: bool = True
     """the returned policy masks clicks (label, patch) the expert rejected earlier in the episode"""
     seed: int = 0
@@ -144,6 +167,17 @@ def resolved(args: SB3Args) -> dict[str, Any]:
     """The hyper-parameters of ``args`` with the per-algorithm defaults filled in."""
     if args.algo not in ALGOS:
         raise ValueError(f"algo must be one of {ALGOS}, got {args.algo!r}")
+    if args.obs == "belief" and args.algo == "dqn":
+        raise ValueError("obs='belief' needs algo 'ppo' or 'a2c': its click scores are policy "
+                         "logits (alpha x Dice gain), not Q-values")
+    if args.obs == "belief" and args.head != "patch":
+        raise ValueError("obs='belief' needs head='patch': the extractor's outputs are the logits")
+    if args.aux_coef and args.obs != "belief":
+        raise ValueError(f"aux_coef needs obs='belief' (the belief predicts the answers), got "
+                         f"obs={args.obs!r}")
+    if not args.aux_coef >= 0 or args.aux_steps < 1 or args.posterior_steps < 0:
+        raise ValueError("need aux_coef >= 0, aux_steps >= 1 and posterior_steps >= 0, got "
+                         f"{args.aux_coef!r}, {args.aux_steps!r}, {args.posterior_steps!r}")
     out = asdict(args)
     for key, value in ALGO_DEFAULTS[args.algo].items():
         if out[key] is None:
@@ -279,6 +313,78 @@ class PatchFeatureExtractor(BaseFeaturesExtractor):
         return self.head(h).transpose(1, 2).flatten(1)
 
 
+class BeliefExtractor(BaseFeaturesExtractor):
+    """Click logits from a learned belief of the lesion, read from
+    :class:`~bow_gym.wrappers.BeliefObservation` (REINFORCE's ``belief`` policy, inside SB3).
+
+    A small MLP shared by all patches gives each patch a belief logit
+    (:class:`agents.reinforce.BeliefPolicyNet`); offsets fitted to the episode's answered clicks
+    in the observation (:func:`agents.belief.fit_episode_offsets`, no gradient through the fit)
+    update it, ``q = sigmoid(logit + offset)``. The logit of click ``(label, p)`` is ``alpha``
+    times the Dice gain it would make against ``q``, so PPO's or A2C's policy gradient trains
+    the belief, and :class:`AnswerPredictionCallback` can train it on the answers directly.
+
+    The output is the ``2P`` click logits, channel-major like the other extractors (label
+    ``l`` of patch ``p`` at ``l * P + p``, for :func:`tie_patch_head`), then the mean patch
+    embedding (``width`` values) for SB3's value head.
+
+    Args:
+        observation_space: ``Box((P, D + 4 + P + 2K), float32)``.
+        clicks: ``K``, the episode's click budget (the history columns of the observation).
+        width: Hidden units per patch.
+        posterior_steps: Adam steps of the within-episode fit (0: no update within an episode).
+    """
+
+    def __init__(self, observation_space: spaces.Box, clicks: int = 5, width: int = 64,
+                 posterior_steps: int = 20):
+        from agents.reinforce import BeliefPolicyNet
+
+        if len(observation_space.shape) != 2:
+            raise ValueError("BeliefExtractor reads (patches, columns) observations, got shape "
+                             f"{observation_space.shape}")
+        p, c = observation_space.shape
+        d = c - p - 2 * clicks - 2
+        if d < 1:
+            raise ValueError(f"a ({p}, {c}) observation has no feature columns left for "
+                             f"{clicks} clicks: expected (P, D + 4 + P + 2K)")
+        super().__init__(observation_space, features_dim=2 * p + width)
+        self.clicks, self.posterior_steps = int(clicks), int(posterior_steps)
+        self.net = BeliefPolicyNet(width)
+        # Materialise the lazy layers now: SB3 builds its optimizer right after the extractor.
+        self.net.eval()
+        with torch.no_grad():
+            self.net.belief(torch.zeros(1, p, d))
+        self.net.train()
+
+    def belief(self, observations: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``q`` ``(B, P)`` after the episode's answers, the embeddings ``(B, P, width)``, the
+        mask ``(B, P)`` and the graph ``(B, P, P)`` of a batch of observations."""
+        features, m, graph, before, after, answers = split_belief_observation(
+            observations.float(), self.clicks)
+        z, h = self.net.belief(features)
+        weights = (answers != 0).float()
+        with torch.enable_grad():  # SB3 collects rollouts under no_grad; the fit needs gradients
+            local, shift = fit_episode_offsets(
+                z.detach(), before, after, (answers > 0).float(), self.net.log_kappa.exp(),
+                self.net.beta, weights=weights, steps=self.posterior_steps)
+        return torch.sigmoid(z + local + shift[:, None]), h, m, graph
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        q, h, m, graph = self.belief(observations)
+        after = masks_after_clicks(m, graph)  # (B, 2, P, P)
+        gain = soft_dice(after, q[:, None, None]) - soft_dice(m, q)[:, None, None]
+        return torch.cat([self.net.log_alpha.exp() * gain.flatten(1), h.mean(1)], dim=1)
+
+    def answer_nll(self, features: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
+                   answers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negative log-likelihood (mean) of answered clicks ``before -> after`` (``(B, P)``
+        masks; ``answers`` 1.0 / 0.0) under the belief without offsets, and the predicted
+        logits."""
+        q = torch.sigmoid(self.net.belief(features)[0])
+        logit = answer_logits(q, before, after, self.net.log_kappa.exp(), self.net.beta)
+        return nn.functional.binary_cross_entropy_with_logits(logit, answers), logit
+
+
 def _norm(c: int) -> nn.GroupNorm:
     # GroupNorm, not BatchNorm: PPO and DQN switch between single observations and minibatches.
     return nn.GroupNorm(math.gcd(8, c), c)
@@ -292,9 +398,12 @@ def _residual(c: int, dilation: int) -> nn.Sequential:
 
 
 def policy_kwargs(algo: str, grid: tuple[int, int], width: int = 32, channels: int = 8,
-                  head: str = "patch", obs: str = "pixels") -> dict[str, Any]:
-    """SB3 ``policy_kwargs`` that plug :class:`PatchGridExtractor` (``obs="pixels"``) or
-    :class:`PatchFeatureExtractor` (``obs="features"``) into ``algo``'s policy.
+                  head: str = "patch", obs: str = "pixels", clicks: int = 5,
+                  posterior_steps: int = 20) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` that plug :class:`PatchGridExtractor` (``obs="pixels"``),
+    :class:`PatchFeatureExtractor` (``obs="features"``) or :class:`BeliefExtractor`
+    (``obs="belief"``, with the episode's ``clicks`` and ``posterior_steps``) into ``algo``'s
+    policy.
 
     ``net_arch`` is empty so the action head reads the per-patch features directly; SB3's
     default MLP (64 units) would squeeze 2,048 located features through a bottleneck that
@@ -303,14 +412,18 @@ def policy_kwargs(algo: str, grid: tuple[int, int], width: int = 32, channels: i
     """
     if head not in ("patch", "dense"):
         raise ValueError(f"head must be 'patch' or 'dense', got {head!r}")
-    if obs not in ("pixels", "features"):
-        raise ValueError(f"obs must be 'pixels' or 'features', got {obs!r}")
+    if obs not in ("pixels", "features", "belief"):
+        raise ValueError(f"obs must be 'pixels', 'features' or 'belief', got {obs!r}")
     extractor_kwargs: dict[str, Any] = {"width": width, "channels": channels,
                                         "zero_init_logits": head == "patch"}
     if obs == "pixels":
         extractor_kwargs["grid"] = tuple(grid)
+    if obs == "belief":
+        extractor_kwargs = {"width": width, "clicks": clicks, "posterior_steps": posterior_steps}
+    extractors = {"pixels": PatchGridExtractor, "features": PatchFeatureExtractor,
+                  "belief": BeliefExtractor}
     kwargs: dict[str, Any] = {
-        "features_extractor_class": PatchGridExtractor if obs == "pixels" else PatchFeatureExtractor,
+        "features_extractor_class": extractors[obs],
         "features_extractor_kwargs": extractor_kwargs,
     }
     if algo == "dqn":
@@ -386,6 +499,9 @@ class SB3ClickPolicy(ClickPolicy):
         self.model: Any = None  # the SB3 model when trained in this process (for more training)
         self.metadata: dict[str, str] = {}
         self._rejected: set[int] = set()
+        # obs=belief: the episode's answered clicks, and the click waiting for its answer
+        self._history = ClickHistory(int(spec.get("clicks", 5)))
+        self._pending: tuple[np.ndarray, np.ndarray, int] | None = None
 
     @torch.no_grad()
     def scores(self, obs: np.ndarray) -> torch.Tensor:
@@ -400,6 +516,8 @@ class SB3ClickPolicy(ClickPolicy):
 
     def reset(self, seed: int | None = None) -> None:
         self._rejected = set()
+        self._history.reset()
+        self._pending = None
         if seed is not None:
             self.generator.manual_seed(int(seed))
 
@@ -410,6 +528,8 @@ class SB3ClickPolicy(ClickPolicy):
                              f"2 x {env.n_patches} patches")
         if self.spec.get("obs") == "features":
             obs = patch_policy_inputs(obs, env)
+        elif self.spec.get("obs") == "belief":
+            obs = belief_observation(obs, env, self._history)
         s = self.scores(obs)
         if self.avoid_rejected and self._rejected and len(self._rejected) < self.n_actions:
             s[list(self._rejected)] = -torch.inf
@@ -418,9 +538,15 @@ class SB3ClickPolicy(ClickPolicy):
         else:
             probs = torch.softmax(s / self.temperature, dim=0)
             a = int(torch.multinomial(probs, 1, generator=self.generator))
+        if self.spec.get("obs") == "belief":
+            _, m, graph, *_ = split_belief_observation(obs, self._history.clicks)
+            self._pending = (m, graph[a % env.n_patches], a // env.n_patches)
         return patch_to_pixel_action(env, a)
 
     def observe(self, action: int, reward: float, terminated: bool, info: dict[str, Any]) -> None:
+        if self._pending is not None:
+            self._history.add(*self._pending, reward)
+            self._pending = None
         if reward < 0 and "patch" in info and "click" in info:
             n_patches = self.n_actions // 2
             self._rejected.add(int(info["click"]["label"]) * n_patches + int(info["patch"]))
@@ -472,7 +598,7 @@ def build_policy(algo: str, spec: dict[str, Any], device: str = "cpu") -> BasePo
                  spaces.Box(-np.inf, np.inf, tuple(spec["obs_shape"]), np.float32))
     act_space = spaces.Discrete(int(spec["n_actions"]))
     kwargs = policy_kwargs(algo, tuple(spec["grid"]), spec["width"], spec["channels"], spec["head"],
-                           obs)
+                           obs, spec.get("clicks", 5), spec.get("posterior_steps", 20))
     cls = DQNPolicy if algo == "dqn" else ActorCriticPolicy
     policy = cls(obs_space, act_space, lambda _: 0.0, **kwargs)
     if spec["head"] == "patch":
@@ -501,6 +627,74 @@ class ClickHistoryCallback(BaseCallback):
         self.history["better_share"].append(better)
         self.logger.record_mean("charts/reward", mean_r)
         self.logger.record_mean("charts/better_share", better)
+        return True
+
+
+class AnswerPredictionCallback(BaseCallback):
+    """The auxiliary task of :class:`BeliefExtractor`: predict the expert's answers.
+
+    After every vectorised step it stores each env's answered click (the patch features, the
+    mask before and the mask the click proposed, the answer) in a replay buffer, then takes
+    ``steps`` gradient steps of ``coef`` times the answers' negative log-likelihood under the
+    belief (:meth:`BeliefExtractor.answer_nll`) with the model's own optimizer. The policy
+    gradient alone learns the belief slowly from a +1/-1 per click; predicting every answer
+    gives it a dense signal (a reward-prediction task in the sense of UNREAL, Jaderberg et al.
+    2017). Everything it reads is in the observation or the reward: no ground truth.
+
+    Args:
+        coef: Weight of the loss.
+        steps: Replayed minibatches per vectorised step.
+        batch_size: Answered clicks per minibatch.
+        capacity: Clicks the replay buffer keeps.
+        seed: Seeds the replay sampling.
+    """
+
+    def __init__(self, coef: float = 1.0, steps: int = 8, batch_size: int = 32,
+                 capacity: int = 50_000, seed: int = 0):
+        super().__init__()
+        self.coef, self.steps, self.batch_size = coef, steps, batch_size
+        self.replay = ReplayBuffer(capacity)
+        self.rng = np.random.default_rng(seed)
+
+    def _extractor(self) -> BeliefExtractor:
+        extractor = self.model.policy.features_extractor
+        if not isinstance(extractor, BeliefExtractor):
+            raise TypeError("AnswerPredictionCallback trains a BeliefExtractor (obs='belief'), got "
+                            f"{type(extractor).__name__}")
+        return extractor
+
+    def _on_step(self) -> bool:
+        import hashlib
+
+        extractor = self._extractor()
+        obs = np.asarray(self.model._last_obs)  # SB3 updates it after the callback: pre-step
+        for x, a, r in zip(obs, np.asarray(self.locals["actions"]).reshape(-1),
+                           np.asarray(self.locals["rewards"]), strict=True):
+            features, m, graph, *_ = split_belief_observation(x, extractor.clicks)
+            label, patch = divmod(int(a), len(m))
+            after = mask_after_click(torch.as_tensor(m), torch.as_tensor(graph[patch]), label)
+            features = np.ascontiguousarray(features)
+            key = hashlib.sha1(features.tobytes()).hexdigest()
+            self.replay.add(key, features, m.copy(), after.numpy().astype(np.float32),
+                            1.0 if r > 0 else 0.0)
+        if len(self.replay) < self.batch_size:
+            return True
+        policy = self.model.policy
+        was_training = policy.training
+        policy.set_training_mode(True)
+        for _ in range(self.steps):
+            batch = [torch.as_tensor(t, device=policy.device)
+                     for t in self.replay.sample(self.rng, self.batch_size)]
+            nll, logit = extractor.answer_nll(*batch)
+            policy.optimizer.zero_grad(set_to_none=True)
+            (self.coef * nll).backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            policy.optimizer.step()
+        policy.set_training_mode(was_training)
+        self.replay.updates += self.steps
+        self.logger.record_mean("losses/answer_nll", nll.item())
+        self.logger.record_mean("charts/answer_accuracy",
+                                float(((logit > 0).float() == batch[-1]).float().mean()))
         return True
 
 
@@ -569,11 +763,13 @@ def make_vec_env(args: SB3Args, n: int):
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from agents.common import make_envs
-    from bow_gym.wrappers import PatchActions, PatchFeatureObservation
+    from bow_gym.wrappers import BeliefObservation, PatchActions, PatchFeatureObservation
 
     envs = [PatchActions(e) for e in make_envs(args, n)]  # type: ignore[arg-type]
     if args.obs == "features":
         envs = [PatchFeatureObservation(e) for e in envs]
+    elif args.obs == "belief":
+        envs = [BeliefObservation(e) for e in envs]
     envs = [Monitor(e) for e in envs]
     return DummyVecEnv([(lambda e=e: e) for e in envs])
 
@@ -584,7 +780,8 @@ def build_model(args: SB3Args, vec_env: Any, out: Path):
 
     hp = resolved(args)
     base: BetterWorseSegEnv = vec_env.envs[0].unwrapped
-    kwargs = policy_kwargs(args.algo, base.grid, args.width, args.channels, args.head, args.obs)
+    kwargs = policy_kwargs(args.algo, base.grid, args.width, args.channels, args.head, args.obs,
+                           base.clicks_per_episode, args.posterior_steps)
     policy = "CnnPolicy" if args.obs == "pixels" else "MlpPolicy"  # the extractor is ours either way
     common = dict(learning_rate=hp["lr"], gamma=args.gamma, seed=args.seed, device=args.device,
                   policy_kwargs=kwargs, verbose=0)
@@ -627,7 +824,10 @@ def train_sb3(args: SB3Args) -> tuple[SB3ClickPolicy, dict[str, list[float]]]:
     set_random_seed(args.seed)
     vec_env = make_vec_env(args, args.num_envs)
     model = build_model(args, vec_env, out)
-    callback = ClickHistoryCallback()
+    history_callback = ClickHistoryCallback()
+    callback: list[BaseCallback] = [history_callback]
+    if args.aux_coef > 0:
+        callback.append(AnswerPredictionCallback(args.aux_coef, args.aux_steps, seed=args.seed))
     base: BetterWorseSegEnv = vec_env.envs[0].unwrapped
     # SB3 counts its log interval in rollouts (on-policy) or episodes (DQN), not in clicks.
     per_dump = base.clicks_per_episode if args.algo == "dqn" else hp["n_steps"] * args.num_envs
@@ -642,6 +842,8 @@ def train_sb3(args: SB3Args) -> tuple[SB3ClickPolicy, dict[str, list[float]]]:
     spec = {"obs_shape": list(vec_env.observation_space.shape), "n_actions": 2 * base.n_patches,
             "grid": list(base.grid), "width": args.width, "channels": args.channels,
             "head": args.head, "obs": args.obs}
+    if args.obs == "belief":
+        spec.update(clicks=base.clicks_per_episode, posterior_steps=args.posterior_steps)
     agent = SB3ClickPolicy(model.policy, args.algo, spec, avoid_rejected=args.avoid_rejected,
                            seed=args.seed)
     agent.model = model
@@ -651,7 +853,7 @@ def train_sb3(args: SB3Args) -> tuple[SB3ClickPolicy, dict[str, list[float]]]:
     agent.save(out / "agent.safetensors")
     model.save(out / "model.zip")
     (out / "args.json").write_text(json.dumps(hp, indent=1))
-    history = callback.history
+    history = history_callback.history
     (out / "history.json").write_text(json.dumps(history))
     vec_env.close()
     return agent, history

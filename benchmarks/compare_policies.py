@@ -57,6 +57,9 @@ LEARNERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dqn": ("sb3", {"algo": "dqn"}),
     "ppo_features": ("sb3", {"algo": "ppo", "obs": "features"}),
     "dqn_features": ("sb3", {"algo": "dqn", "obs": "features"}),
+    "ppo_belief": ("sb3", {"algo": "ppo", "obs": "belief", "width": 64}),
+    "ppo_belief_aux": ("sb3", {"algo": "ppo", "obs": "belief", "width": 64, "aux_coef": 1.0}),
+    "a2c_belief_aux": ("sb3", {"algo": "a2c", "obs": "belief", "width": 64, "aux_coef": 1.0}),
     "answer_model": ("answer_model", {}),
     "answer_model_no_offset": ("answer_model", {"global_offset": False}),
     "answer_model_unet": ("answer_model", {"belief": "image", "global_offset": False}),
@@ -397,6 +400,8 @@ def _figures(out: Path, summary, per_seed, curves, datasets, learners, save_figu
                "reinforce_patches": "tab:pink", "reinforce_belief": "crimson",
                "reinforce_belief_aux": "maroon", "ppo": "tab:blue", "a2c": "tab:purple",
                "dqn": "tab:orange", "ppo_features": "navy", "dqn_features": "darkorange",
+               "ppo_belief": "steelblue", "ppo_belief_aux": "midnightblue",
+               "a2c_belief_aux": "indigo",
                "answer_model": "tab:brown",
                "answer_model_no_offset": "tab:olive", "answer_model_unet": "tab:cyan"}
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)

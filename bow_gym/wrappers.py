@@ -120,6 +120,120 @@ class PatchFeatureObservation(gym.ObservationWrapper, gym.utils.RecordConstructo
         return patch_policy_inputs(observation, self.env.unwrapped)
 
 
+class ClickHistory:
+    """An episode's answered clicks as per-patch masks: before and after each click, and the answer.
+
+    What an agent remembers of the episode to update its belief of the lesion (the expert said
+    "better" to a click that added these patches, so they are likely lesion). Masks are the
+    patches' foreground shares; "after" is the mask the click proposed, whether or not the env
+    kept it. None of it is ground truth.
+
+    Args:
+        clicks: How many clicks to keep (an episode's click budget).
+    """
+
+    def __init__(self, clicks: int):
+        if clicks < 1:
+            raise ValueError(f"clicks must be >= 1, got {clicks!r}")
+        self.clicks = int(clicks)
+        self.events: list[tuple[np.ndarray, np.ndarray, float]] = []
+
+    def reset(self) -> None:
+        self.events = []
+
+    def add(self, before: np.ndarray, reach: np.ndarray, label: int, answer: float) -> None:
+        """Record a click on the patches ``reach`` (0/1 row of the propagation graph) with
+        ``label`` from the mask ``before`` and the expert's ``answer`` (+1 / -1)."""
+        before = np.asarray(before, np.float32)
+        reach = np.asarray(reach, np.float32)
+        after = np.maximum(before, reach) if label == 1 else before * (1.0 - reach)
+        if len(self.events) == self.clicks:
+            self.events.pop(0)  # only with a longer episode than the budget said
+        self.events.append((before, after, 1.0 if answer > 0 else -1.0))
+
+    def columns(self, n_patches: int) -> np.ndarray:
+        """``(P, 2K + 1)`` float32: K columns of masks before each click, K of masks after, and a
+        column whose row ``k`` is click ``k``'s answer (+1 / -1; 0 where no click was made yet)."""
+        if n_patches < self.clicks:
+            raise ValueError(f"{n_patches} patches cannot hold the answers of {self.clicks} "
+                             "clicks in one column")
+        out = np.zeros((n_patches, 2 * self.clicks + 1), np.float32)
+        for k, (before, after, answer) in enumerate(self.events):
+            out[:, k], out[:, self.clicks + k], out[k, -1] = before, after, answer
+        return out
+
+
+def belief_observation(obs: np.ndarray, env: BetterWorseSegEnv, history: ClickHistory) -> np.ndarray:
+    """``(P, D + 4 + P + 2K)`` float32: what a belief policy reads, one row per patch.
+
+    Columns: the patch's backbone features and coordinates (:func:`patch_inputs`, ``D + 2``),
+    its foreground share in the current mask, its row of the propagation graph (which patches a
+    click there selects), then the episode's answered clicks (:meth:`ClickHistory.columns`).
+    Split a batch with :func:`split_belief_observation`. None of it is ground truth.
+    """
+    m = mask_shares(obs, env.grid)
+    graph = env.propagation_graph().astype(np.float32)
+    return np.concatenate([patch_inputs(env), m[:, None], graph, history.columns(len(m))],
+                          axis=1).astype(np.float32)
+
+
+def split_belief_observation(x: Any, clicks: int) -> tuple[Any, ...]:
+    """``(features, mask, graph, before, after, answers)`` of :func:`belief_observation` rows
+    ``(..., P, C)`` (numpy or torch): ``(..., P, D + 2)``, ``(..., P)``, ``(..., P, P)``,
+    ``(..., K, P)``, ``(..., K, P)`` and ``(..., K)`` (+1 / -1, 0 for no click yet)."""
+    p, k = x.shape[-2], int(clicks)
+    d = x.shape[-1] - p - 2 * k - 2
+    hist = x[..., d + 1 + p :]
+    return (x[..., :d], x[..., d], x[..., d + 1 : d + 1 + p], _swap_last(hist[..., :k]),
+            _swap_last(hist[..., k : 2 * k]), hist[..., :k, -1])
+
+
+def _swap_last(a: Any) -> Any:
+    return np.swapaxes(a, -1, -2) if isinstance(a, np.ndarray) else a.transpose(-1, -2)
+
+
+class BeliefObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Observe :func:`belief_observation`: each patch's features, the current mask, the propagation
+    graph and the episode's answered clicks, ``Box((P, D + 4 + P + 2K), float32)``.
+
+    The observation of a policy that keeps a belief of the lesion and updates it with the
+    expert's answers within the episode (``agents.sb3`` with ``obs="belief"``): the answered
+    clicks are part of the observation, so the policy itself stays a function of it and SB3's
+    rollout buffers need nothing extra. Wrap ``PatchActions`` or the env itself; ``info`` must
+    carry ``patch``, ``click`` and ``answer`` as BetterWorseSeg's does.
+    """
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+        base = env.unwrapped
+        if not isinstance(base, BetterWorseSegEnv):
+            raise TypeError(f"BeliefObservation wraps a BetterWorseSegEnv, got {type(base).__name__}")
+        p, k = base.n_patches, base.clicks_per_episode
+        self.history = ClickHistory(k)
+        self.observation_space = spaces.Box(-np.inf, np.inf, (p, base.backbone.dim + 4 + p + 2 * k),
+                                            np.float32)
+        self._mask: np.ndarray | None = None
+
+    def _observe(self, obs: np.ndarray) -> np.ndarray:
+        base = self.env.unwrapped
+        self._mask = mask_shares(obs, base.grid)
+        return belief_observation(obs, base, self.history)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.history.reset()
+        return self._observe(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        base = self.env.unwrapped
+        assert self._mask is not None, "step() before reset()"
+        self.history.add(self._mask, base.propagation_graph()[int(info["patch"])],
+                         int(info["click"]["label"]), float(info["answer"]))
+        return self._observe(obs), reward, terminated, truncated, info
+
+
 def patch_to_pixel_action(env: BetterWorseSegEnv, action: int) -> int:
     """The env's pixel action for patch action ``label * P + patch`` (the cell's centre pixel)."""
     label, patch = divmod(int(action), env.n_patches)

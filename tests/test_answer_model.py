@@ -150,6 +150,31 @@ def test_within_episode_update_lowers_the_belief_in_a_rejected_region():
     assert abs(q1[~added].mean() - q0[~added].mean()) < abs(q1[added].mean() - q0[added].mean())
 
 
+def test_batched_episode_fits_equal_single_fits_and_ignore_padding():
+    from agents.belief import fit_episode_offsets
+
+    g = torch.Generator().manual_seed(0)
+    p, k = 12, 3
+    logits = torch.randn(2, p, generator=g)
+    before = (torch.rand(2, k, p, generator=g) > 0.5).float()
+    after = (torch.rand(2, k, p, generator=g) > 0.5).float()
+    answers = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    weights = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # episode 2 has 2 clicks so far
+    kappa, beta = torch.tensor(20.0), torch.tensor(1.0)
+    local, shift = fit_episode_offsets(logits, before, after, answers, kappa, beta,
+                                       weights=weights)
+    assert local.shape == (2, p) and shift.shape == (2,)
+    for i, n in enumerate((3, 2)):
+        one_local, one_shift = fit_episode_offsets(logits[i], before[i, :n], after[i, :n],
+                                                   answers[i, :n], kappa, beta)
+        torch.testing.assert_close(local[i], one_local)
+        torch.testing.assert_close(shift[i], one_shift)
+    assert local.abs().sum() > 0  # the answers moved the belief
+    none = fit_episode_offsets(logits, before, after, answers, kappa, beta,
+                               weights=torch.zeros(2, k))
+    assert not none[0].any() and not none[1].any()
+
+
 @pytest.mark.parametrize("global_offset", [True, False])
 def test_image_wide_offset_follows_the_answers(global_offset):
     """A "better" answer raises the whole image's belief a little, a "worse" one lowers it."""

@@ -7,13 +7,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from _support import OtherMasks
+from _support import ConstantOracle, OtherMasks
 from gymnasium import spaces
 
 import bow_gym  # noqa: F401
 from agents import ClickPolicy, run_episode
 from agents.sb3 import (
     ALGOS,
+    AnswerPredictionCallback,
+    BeliefExtractor,
     PatchFeatureExtractor,
     PatchGridExtractor,
     SB3Args,
@@ -25,7 +27,15 @@ from agents.sb3 import (
 )
 from bow_gym.datasets.synthetic import SyntheticDataset
 from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY, BetterWorseSegEnv
-from bow_gym.wrappers import PatchActions, StripEvalInfo, patch_policy_inputs
+from bow_gym.wrappers import (
+    BeliefObservation,
+    ClickHistory,
+    PatchActions,
+    StripEvalInfo,
+    belief_observation,
+    patch_policy_inputs,
+    split_belief_observation,
+)
 
 TINY = {"dataset_kwargs": {"n_images": 8, "size": 96}}
 
@@ -53,11 +63,12 @@ def _args(algo: str, out, **overrides) -> SB3Args:
     return SB3Args(**{**kwargs, **overrides})
 
 
-@pytest.fixture(scope="module", params=[*ALGOS, "ppo-features", "dqn-features"])
+@pytest.fixture(scope="module", params=[*ALGOS, "ppo-features", "dqn-features", "ppo-belief"])
 def trained(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"sb3-{request.param}")
     algo, _, obs = request.param.partition("-")
-    args = _args(algo, out, obs=obs or "pixels")
+    extra = {"aux_coef": 1.0, "aux_steps": 2} if obs == "belief" else {}
+    args = _args(algo, out, obs=obs or "pixels", **extra)
     policy, history = train_sb3(args)
     return args, policy, history, out
 
@@ -67,10 +78,12 @@ def _tiny_env(**kwargs) -> gym.Env:
 
 
 def _first_obs(policy: SB3ClickPolicy, env: gym.Env, seed: int) -> np.ndarray:
-    """What the SB3 policy reads at the start of an episode (pixels or patch features)."""
+    """What the SB3 policy reads at the start of an episode (pixels, patch features or belief)."""
     obs = env.reset(seed=seed)[0]
     if policy.spec.get("obs") == "features":
         return patch_policy_inputs(obs, env.unwrapped)
+    if policy.spec.get("obs") == "belief":
+        return belief_observation(obs, env.unwrapped, ClickHistory(policy.spec["clicks"]))
     return obs
 
 
@@ -79,7 +92,8 @@ def test_trains_and_writes_run_folder(trained):
     assert isinstance(policy, ClickPolicy) and policy.name == args.algo
     assert not policy.reads_ground_truth
     net = getattr(policy.policy, "q_net", policy.policy)  # DQN keeps its extractor in q_net
-    extractor = PatchGridExtractor if args.obs == "pixels" else PatchFeatureExtractor
+    extractor = {"pixels": PatchGridExtractor, "features": PatchFeatureExtractor,
+                 "belief": BeliefExtractor}[args.obs]
     assert isinstance(net.features_extractor, extractor)
     # One entry per vectorised step; rewards are +-1, so the mean is 2 * share - 1.
     assert set(history) == {"clicks", "reward", "better_share"}
@@ -95,6 +109,8 @@ def test_trains_and_writes_run_folder(trained):
     assert {"charts/reward", "charts/better_share", "charts/clicks_per_s"} <= columns
     assert any(c.startswith("losses/") for c in columns)
     assert not any(c.startswith(("train/", "rollout/", "time/")) for c in columns)
+    if args.aux_coef:
+        assert {"losses/answer_nll", "charts/answer_accuracy"} <= columns
     assert list((out / "tb").glob("events.out.tfevents.*"))
 
 
@@ -152,6 +168,8 @@ def test_never_repeats_a_rejected_click(trained):
                 rejected.add(click)
         rejections += len(rejected)
     assert rejections > 0
+    if policy.spec["obs"] == "belief":
+        return  # a rejection updates the belief, so even unmasked it need not repeat the click
     # Without the mask a greedy policy repeats a reverted click: the state has not changed.
     unmasked = SB3ClickPolicy(policy.policy, policy.algo, policy.spec, avoid_rejected=False)
     rec = run_episode(env, unmasked, seed=0)
@@ -163,13 +181,17 @@ def test_never_repeats_a_rejected_click(trained):
 def test_actions_do_not_depend_on_ground_truth(trained):
     _, policy, _, _ = trained
     ds = SyntheticDataset(n_images=3, size=96)
-    envs = [BetterWorseSegEnv(d, on_worse="keep", feature_cache=None)
+    # The belief policy reads the answers (which may depend on the truth): fix them.
+    oracle = ConstantOracle(-1) if policy.spec["obs"] == "belief" else "dice"
+    envs = [BetterWorseSegEnv(d, on_worse="keep", oracle=oracle, feature_cache=None)
             for d in (ds, OtherMasks(ds, 9, 0))]
     blind = SB3ClickPolicy(policy.policy, policy.algo, policy.spec, avoid_rejected=False)
     runs = [[run_episode(e, blind, seed=s).actions for s in range(3)] for e in envs]
     assert runs[0] == runs[1]
     # With the mask, later clicks may differ only through the expert's answers; the first
     # click of every episode sees the same observation and no answer yet.
+    envs = [BetterWorseSegEnv(d, on_worse="keep", feature_cache=None)
+            for d in (ds, OtherMasks(ds, 9, 0))]
     runs = [[run_episode(e, policy, seed=s) for s in range(3)] for e in envs]
     assert [r.actions[0] for r in runs[0]] == [r.actions[0] for r in runs[1]]
     assert [r.rewards for r in runs[0]] != [r.rewards for r in runs[1]]  # the truths differ
@@ -229,6 +251,94 @@ def test_feature_extractor_geometry_and_observation_wrapper():
         PatchFeatureExtractor(spaces.Box(0, 255, (4, 128, 128), np.uint8))
     with pytest.raises(TypeError, match="BetterWorseSegEnv"):
         PatchFeatureObservation(gym.make("CartPole-v1"))
+
+
+def test_belief_observation_records_the_answered_clicks():
+    env = BeliefObservation(PatchActions(_tiny_env()))
+    base: BetterWorseSegEnv = env.unwrapped
+    obs, _ = env.reset(seed=0)
+    p, k, d = base.n_patches, base.clicks_per_episode, base.backbone.dim + 2
+    assert env.observation_space.contains(obs) and obs.shape == (p, d + 1 + p + 2 * k + 1)
+    features, m, graph, before, after, answers = split_belief_observation(obs, k)
+    np.testing.assert_array_equal(graph, base.propagation_graph())
+    assert not m.any() and not before.any() and not after.any() and not answers.any()
+    patch = int(np.argmax(graph.sum(1)))  # a click that reaches several patches
+    obs2, reward, *_ , info = env.step(p + patch)  # foreground on that patch
+    _, m2, _, before, after, answers = split_belief_observation(obs2, k)
+    assert info["patch"] == patch and answers[0] == reward and not answers[1:].any()
+    np.testing.assert_array_equal(before[0], 0.0)
+    np.testing.assert_array_equal(after[0], graph[patch].astype(np.float32))  # what was proposed
+    assert not before[1:].any() and not after[1:].any()
+    # The policy builds the same rows from its own memory of the episode.
+    hist = ClickHistory(k)
+    hist.add(m, graph[patch], 1, reward)
+    np.testing.assert_array_equal(obs2, belief_observation(base._get_obs(), base, hist))
+    # A background click clears the reach; more clicks than the budget keep the latest.
+    hist = ClickHistory(2)
+    for answer in (1, -1, 1):
+        hist.add(np.ones(4), np.array([1, 0, 1, 0]), 0, answer)
+    cols = hist.columns(4)
+    np.testing.assert_array_equal(cols[:, 2], [0, 1, 0, 1])
+    assert list(cols[:2, -1]) == [-1, 1]
+    with pytest.raises(ValueError, match="clicks"):
+        ClickHistory(0)
+    with pytest.raises(TypeError, match="BetterWorseSegEnv"):
+        BeliefObservation(gym.make("CartPole-v1"))
+
+
+def test_belief_extractor_scores_clicks_by_dice_gain_against_its_belief():
+    env = BeliefObservation(PatchActions(_tiny_env()))
+    obs, _ = env.reset(seed=0)
+    ext = BeliefExtractor(env.observation_space, clicks=5, width=8, posterior_steps=0)
+    out = ext(torch.as_tensor(obs[None]))
+    p = obs.shape[0]
+    assert out.shape == (1, 2 * p + 8) and ext.features_dim == 2 * p + 8
+    # Untrained the belief is 0.5 everywhere; from an empty mask a background click gains
+    # nothing and a foreground click on r patches gains 2 (r / 2) / (r + P / 2).
+    _, _, graph, *_ = split_belief_observation(obs, 5)
+    reach = graph.sum(1)
+    expected = 10.0 * 2 * (reach / 2) / (reach + p / 2)  # alpha starts at 10
+    np.testing.assert_allclose(out[0, :p].detach().numpy(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(out[0, p : 2 * p].detach().numpy(), expected, rtol=1e-4)
+    # An answer moves the belief: "better" to a foreground click raises what it reached.
+    ext.posterior_steps = 20
+    obs2 = env.step(p + int(np.argmax(reach)))[0]
+    _, _, _, _, _, answers = split_belief_observation(obs2, 5)
+    q_after = ext.belief(torch.as_tensor(obs2[None]))[0][0]
+    reached = torch.as_tensor(graph[int(np.argmax(reach))] > 0)
+    shift = (q_after[reached].mean() - 0.5).item()
+    assert shift * answers[0] > 0.05
+    with pytest.raises(ValueError, match="no feature columns"):
+        BeliefExtractor(spaces.Box(-1, 1, (256, 256 + 11), np.float32), clicks=5)
+
+
+def test_belief_needs_ppo_or_a2c_and_aux_needs_belief(tmp_path):
+    with pytest.raises(ValueError, match="ppo' or 'a2c"):
+        train_sb3(_args("dqn", tmp_path, obs="belief"))
+    with pytest.raises(ValueError, match="aux_coef needs obs='belief'"):
+        train_sb3(_args("ppo", tmp_path, aux_coef=1.0))
+    with pytest.raises(TypeError, match="BeliefExtractor"):
+        cb = AnswerPredictionCallback()
+        cb.model = type("M", (), {"policy": type("P", (), {"features_extractor": None})()})()
+        cb._extractor()
+
+
+def test_short_belief_training_beats_random_on_easy_variant(tmp_path):
+    from agents import RandomClicker
+
+    data = {"n_images": 60, "size": 96}
+    args = SB3Args(algo="ppo", obs="belief", width=32, aux_coef=1.0, total_clicks=640,
+                   env_id="BetterWorseSeg-Easy-v0", env_kwargs={"dataset_kwargs": data},
+                   out=str(tmp_path), tensorboard=False, progress=False, seed=0)
+    policy, _ = train_sb3(args)
+    env = BetterWorseSegEnv(dataset_kwargs={**data, "contrast": 2.5, "split": "test"},
+                            feature_cache=None)
+    n = len(env.dataset)
+    learned = np.mean([run_episode(env, policy, seed=i, options={"index": i}).final_dice
+                       for i in range(n)])
+    rand = np.mean([run_episode(env, RandomClicker(), seed=i, options={"index": i}).final_dice
+                    for i in range(n)])
+    assert learned > rand + 0.1, (learned, rand)
 
 
 def test_tag_names_follow_project_convention():
