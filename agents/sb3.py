@@ -324,7 +324,8 @@ class BeliefExtractor(BaseFeaturesExtractor):
     times the Dice gain it would make against ``q``, so PPO's or A2C's policy gradient trains
     the belief, and :class:`AnswerPredictionCallback` can train it on the answers directly.
 
-    The output is the ``2P`` click logits, channel-major like the other extractors (label
+    A click that would not change the mask scores ``-alpha`` (a Dice loss of 1), below every
+    other. The output is the ``2P`` click logits, channel-major like the other extractors (label
     ``l`` of patch ``p`` at ``l * P + p``, for :func:`tie_patch_head`), then the mean patch
     embedding (``width`` values) for SB3's value head.
 
@@ -373,6 +374,11 @@ class BeliefExtractor(BaseFeaturesExtractor):
         q, h, m, graph = self.belief(observations)
         after = masks_after_clicks(m, graph)  # (B, 2, P, P)
         gain = soft_dice(after, q[:, None, None]) - soft_dice(m, q)[:, None, None]
+        # A click that changes nothing is always "worse", yet its gain is 0 whatever the belief:
+        # score it as the worst possible click (-1), so it is never chosen while any other is
+        # left (the REINFORCE belief policy masks it; SB3's PPO cannot mask actions).
+        changed = (after - m[:, None, None]).abs().sum(-1) > 0
+        gain = torch.where(changed, gain, -1.0)
         return torch.cat([self.net.log_alpha.exp() * gain.flatten(1), h.mean(1)], dim=1)
 
     def answer_nll(self, features: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
@@ -634,7 +640,8 @@ class AnswerPredictionCallback(BaseCallback):
     """The auxiliary task of :class:`BeliefExtractor`: predict the expert's answers.
 
     After every vectorised step it stores each env's answered click (the patch features, the
-    mask before and the mask the click proposed, the answer) in a replay buffer, then takes
+    mask before and the mask the click proposed, the answer; clicks that changed nothing are
+    skipped) in a replay buffer, then takes
     ``steps`` gradient steps of ``coef`` times the answers' negative log-likelihood under the
     belief (:meth:`BeliefExtractor.answer_nll`) with the model's own optimizer. The policy
     gradient alone learns the belief slowly from a +1/-1 per click; predicting every answer
@@ -673,6 +680,8 @@ class AnswerPredictionCallback(BaseCallback):
             features, m, graph, *_ = split_belief_observation(x, extractor.clicks)
             label, patch = divmod(int(a), len(m))
             after = mask_after_click(torch.as_tensor(m), torch.as_tensor(graph[patch]), label)
+            if torch.equal(after, torch.as_tensor(m)):
+                continue  # a click that changed nothing says nothing about the lesion
             features = np.ascontiguousarray(features)
             key = hashlib.sha1(features.tobytes()).hexdigest()
             self.replay.add(key, features, m.copy(), after.numpy().astype(np.float32),

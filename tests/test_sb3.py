@@ -20,6 +20,7 @@ from agents.sb3 import (
     PatchGridExtractor,
     SB3Args,
     SB3ClickPolicy,
+    build_policy,
     main,
     make_vec_env,
     tag_name,
@@ -293,12 +294,13 @@ def test_belief_extractor_scores_clicks_by_dice_gain_against_its_belief():
     out = ext(torch.as_tensor(obs[None]))
     p = obs.shape[0]
     assert out.shape == (1, 2 * p + 8) and ext.features_dim == 2 * p + 8
-    # Untrained the belief is 0.5 everywhere; from an empty mask a background click gains
-    # nothing and a foreground click on r patches gains 2 (r / 2) / (r + P / 2).
+    # Untrained the belief is 0.5 everywhere; from an empty mask a foreground click on r
+    # patches gains 2 (r / 2) / (r + P / 2), and a background click changes nothing, so it
+    # scores as a Dice loss of 1.
     _, _, graph, *_ = split_belief_observation(obs, 5)
     reach = graph.sum(1)
     expected = 10.0 * 2 * (reach / 2) / (reach + p / 2)  # alpha starts at 10
-    np.testing.assert_allclose(out[0, :p].detach().numpy(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(out[0, :p].detach().numpy(), -10.0)
     np.testing.assert_allclose(out[0, p : 2 * p].detach().numpy(), expected, rtol=1e-4)
     # An answer moves the belief: "better" to a foreground click raises what it reached.
     ext.posterior_steps = 20
@@ -310,6 +312,33 @@ def test_belief_extractor_scores_clicks_by_dice_gain_against_its_belief():
     assert shift * answers[0] > 0.05
     with pytest.raises(ValueError, match="no feature columns"):
         BeliefExtractor(spaces.Box(-1, 1, (256, 256 + 11), np.float32), clicks=5)
+
+
+def test_answer_prediction_callback_learns_from_clicks_that_changed_something(trained, tmp_path):
+    from types import SimpleNamespace
+
+    from stable_baselines3.common.logger import configure
+
+    _, policy, _, _ = trained
+    if policy.spec["obs"] != "belief":
+        pytest.skip("the callback trains a BeliefExtractor")
+    sb3_policy = build_policy(policy.algo, policy.spec)
+    sb3_policy.load_state_dict(policy.policy.state_dict())
+    for group in sb3_policy.optimizer.param_groups:
+        group["lr"] = 1e-3  # build_policy's schedule is 0: it builds policies for acting
+    env = BeliefObservation(PatchActions(_tiny_env()))
+    obs, _ = env.reset(seed=0)
+    p = obs.shape[0]
+    cb = AnswerPredictionCallback(steps=3, batch_size=1)
+    cb.model = SimpleNamespace(_last_obs=np.stack([obs, obs]), policy=sb3_policy,
+                               logger=configure(str(tmp_path), ["csv"]))
+    # From an empty mask a background click changes nothing: only the foreground one is kept.
+    cb.locals = {"actions": np.array([3, p + 3]), "rewards": np.array([-1.0, 1.0])}
+    before = [t.detach().clone() for t in sb3_policy.features_extractor.parameters()]
+    assert cb._on_step()
+    assert len(cb.replay) == 1 and cb.replay.rows[0][3] == 1.0 and cb.replay.updates == 3
+    after = list(sb3_policy.features_extractor.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 def test_belief_needs_ppo_or_a2c_and_aux_needs_belief(tmp_path):
