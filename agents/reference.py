@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 
 from agents.policy import ClickPolicy
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
+from bow_gym.metrics import distance_to_background
 from bow_gym.propagation import cells_to_pixels
 
 
@@ -56,8 +56,9 @@ def largest_error_click(pred: np.ndarray, gt: np.ndarray,
     for label, err in ((1, fn), (0, fp)):
         if not err.any():
             continue
-        dist = cv2.distanceTransform(np.pad(err, 1).astype(np.uint8), cv2.DIST_L2,
-                                     cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+        # Exact distances: cv2's float32 transform varies in the last bits with its thread
+        # split, which can flip the argmax between near-equal centres from run to run.
+        dist = distance_to_background(np.pad(err, 1))[1:-1, 1:-1]
         y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
         if best is None or dist[y, x] > best[0]:
             best = (float(dist[y, x]), label, int(y), int(x))

@@ -226,6 +226,29 @@ def test_hd95_matches_brute_force_on_random_blobs(shape, spacing):
             assert hd95(pred, gt, spacing) == pytest.approx(expected, rel=1e-12, abs=1e-12), seed
 
 
+@pytest.mark.parametrize("shape", [(9, 14), (14, 9)])
+def test_distance_to_background_known_values_and_brute_force(shape):
+    from bow_gym.metrics import distance_to_background
+
+    # One background pixel: the distance field is the distance to it.
+    m = np.ones(shape, bool)
+    m[2, 3] = False
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    np.testing.assert_array_equal(distance_to_background(m), np.hypot(yy - 2, xx - 3))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        m = _random_blobs(rng, shape)
+        if m.all() or not m.any():
+            continue
+        bg = np.argwhere(~m)
+        brute = np.zeros(shape)
+        for y, x in np.argwhere(m):
+            brute[y, x] = np.sqrt(((bg - (y, x)) ** 2).sum(1).min())
+        np.testing.assert_array_equal(distance_to_background(m), brute)
+    assert np.isinf(distance_to_background(np.ones(shape))).all()
+    assert not distance_to_background(np.zeros(shape)).any()
+
+
 def test_hd95_matches_medpy_recipe_with_scipy():
     ndimage = pytest.importorskip("scipy.ndimage")
 
