@@ -7,6 +7,7 @@ The model of an answer is the Dice oracle's exact rule, softened: see :func:`ans
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 
 import numpy as np
@@ -125,8 +126,12 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add(self, image_id: str, image: np.ndarray, before: np.ndarray, after: np.ndarray,
+    def add(self, image_id: str | None, image: np.ndarray, before: np.ndarray, after: np.ndarray,
             answer: float) -> None:
+        """Keep one answered click; ``image_id=None`` keys the image by a hash of its content."""
+        if image_id is None:
+            image = np.ascontiguousarray(image)
+            image_id = hashlib.sha1(image.tobytes()).hexdigest()
         self.images.setdefault(image_id, image)
         self.rows.append((image_id, before, after, float(answer)))
         self.new += 1

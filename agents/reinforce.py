@@ -25,7 +25,6 @@ An agent never reads ground truth: it sees observations and answers only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -572,8 +571,7 @@ class ReinforceAgent(ClickPolicy):
             label, patch = divmod(int(a), len(m))
             after = mask_after_click(torch.as_tensor(m), torch.as_tensor(graph[patch]),
                                      label).numpy()
-            key = hashlib.sha1(np.ascontiguousarray(features).tobytes()).hexdigest()
-            self.replay.add(key, np.ascontiguousarray(features), m.copy(),
+            self.replay.add(None, features, m.copy(),
                             after.astype(np.float32), 1.0 if r > 0 else 0.0)
 
     def _aux_loss(self) -> tuple[torch.Tensor, dict[str, float]]:

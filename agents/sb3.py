@@ -671,8 +671,6 @@ class AnswerPredictionCallback(BaseCallback):
         return extractor
 
     def _on_step(self) -> bool:
-        import hashlib
-
         extractor = self._extractor()
         obs = np.asarray(self.model._last_obs)  # SB3 updates it after the callback: pre-step
         for x, a, r in zip(obs, np.asarray(self.locals["actions"]).reshape(-1),
@@ -682,9 +680,7 @@ class AnswerPredictionCallback(BaseCallback):
             after = mask_after_click(torch.as_tensor(m), torch.as_tensor(graph[patch]), label)
             if torch.equal(after, torch.as_tensor(m)):
                 continue  # a click that changed nothing says nothing about the lesion
-            features = np.ascontiguousarray(features)
-            key = hashlib.sha1(features.tobytes()).hexdigest()
-            self.replay.add(key, features, m.copy(), after.numpy().astype(np.float32),
+            self.replay.add(None, features, m.copy(), after.numpy().astype(np.float32),
                             1.0 if r > 0 else 0.0)
         if len(self.replay) < self.batch_size:
             return True

@@ -213,12 +213,11 @@ class BeliefObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.history = ClickHistory(k)
         self.observation_space = spaces.Box(-np.inf, np.inf, (p, base.backbone.dim + 4 + p + 2 * k),
                                             np.float32)
-        self._mask: np.ndarray | None = None
+        self._last: np.ndarray | None = None
 
     def _observe(self, obs: np.ndarray) -> np.ndarray:
-        base = self.env.unwrapped
-        self._mask = mask_shares(obs, base.grid)
-        return belief_observation(obs, base, self.history)
+        self._last = belief_observation(obs, self.env.unwrapped, self.history)
+        return self._last
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
@@ -227,10 +226,11 @@ class BeliefObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        base = self.env.unwrapped
-        assert self._mask is not None, "step() before reset()"
-        self.history.add(self._mask, base.propagation_graph()[int(info["patch"])],
-                         int(info["click"]["label"]), float(info["answer"]))
+        assert self._last is not None, "step() before reset()"
+        # The last observation already holds the mask and the graph: no second copy of either.
+        _, mask, graph, *_ = split_belief_observation(self._last, self.history.clicks)
+        self.history.add(mask, graph[int(info["patch"])], int(info["click"]["label"]),
+                         float(info["answer"]))
         return self._observe(obs), reward, terminated, truncated, info
 
 
