@@ -223,6 +223,134 @@ def evaluate(policy, env, seed: int) -> dict[str, Any]:
     return res
 
 
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One run of the benchmark: a data set, a split and a seed (every learner, then evaluation)."""
+
+    dataset: str
+    cfg: dict
+    split: int
+    seed: int
+
+    @property
+    def file(self) -> str:
+        return f"unit-split{self.split}-seed{self.seed}.json"
+
+
+def run_unit(unit: Unit, learners: list[str], clicks: int, out: Path, progress: bool
+             ) -> tuple[list[dict[str, Any]], dict[str, dict]]:
+    """Train every learner of ``unit``, evaluate them with random and gt: (rows, histories)."""
+    import gymnasium as gym
+
+    import bow_gym  # noqa: F401
+    from agents import GroundTruthClicker, RandomClicker
+
+    test_env = gym.make("BetterWorseSeg-v0", **unit.cfg["test"])
+    policies: list[tuple[str, Any, float]] = [("random", RandomClicker(), 0.0),
+                                              ("gt", GroundTruthClicker(), 0.0)]
+    histories: dict[str, dict] = {}
+    for name in learners:
+        run = f"{run_name(name)}-seed{unit.seed}" + (f"-split{unit.split}" if unit.split else "")
+        t0 = time.time()
+        policy, histories[name] = train_learner(name, unit.cfg, unit.seed, clicks,
+                                                out / "runs" / unit.dataset / run, progress)
+        policies.append((name, policy, time.time() - t0))
+    rows = []
+    for name, policy, train_s in policies:
+        res = evaluate(policy, test_env, unit.seed)
+        row = {"dataset": unit.dataset, "policy": name, "split": unit.split, "seed": unit.seed,
+               "train_s": train_s,
+               **{f"dice@{k + 1}": v for k, v in enumerate(res.pop("dice"))}, **res}
+        if name in learners:
+            row["clicks_to_90"] = clicks_to_90(histories[name]["clicks"],
+                                               histories[name]["reward"])
+        rows.append(row)
+    test_env.close()
+    return rows, histories
+
+
+def _worker_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_and_save(unit: Unit, learners: list[str], clicks: int, out: Path, fingerprint: dict,
+                  progress: bool):
+    from benchmarks._common import write_json
+
+    rows, histories = run_unit(unit, learners, clicks, out, progress)
+    # Written as soon as the run ends (atomically), so an interrupted benchmark can --resume.
+    write_json(out / "runs" / unit.dataset / unit.file,
+               {"settings": fingerprint, "rows": rows, "histories": histories})
+    return rows, histories
+
+
+def _load_unit(path: Path, fingerprint: dict):
+    import json
+
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("settings") != fingerprint:
+        print(f"  {path}: made with other settings ({saved.get('settings')}): run again")
+        return None
+    return saved["rows"], saved["histories"]
+
+
+def _report(rows: list[dict[str, Any]], reused: bool = False, write=print) -> None:
+    for row in rows:
+        write(f"  {row['dataset']} split {row['split']} seed {row['seed']} {row['policy']:<22} "
+              f"dice@5 {row['dice@5']:.3f}  better {row['better_share']:.2f}  "
+              f"train {row['train_s']:5.0f}s" + ("  (reused)" if reused else ""))
+
+
+def run_units(units: list[Unit], learners: list[str], clicks: int, out: Path, fingerprint: dict,
+              jobs: int = 1, resume: bool = False, progress: bool = True):
+    """(rows, histories) of every unit, in the order of ``units``.
+
+    ``jobs > 1`` runs units in that many spawned processes with ``cpu_count // jobs`` torch
+    threads each; their own progress bars are off and one bar counts finished runs instead.
+    Each unit's result is saved to ``OUT/runs/<data set>/<unit.file>``; ``resume`` reuses those
+    saved with the same ``fingerprint``.
+    """
+    import os
+
+    from tqdm.auto import tqdm
+
+    results: list[Any] = [None] * len(units)
+    if resume:
+        for i, unit in enumerate(units):
+            results[i] = _load_unit(out / "runs" / unit.dataset / unit.file, fingerprint)
+            if results[i] is not None:
+                _report(results[i][0], reused=True)
+    todo = [i for i, r in enumerate(results) if r is None]
+    if jobs == 1 or len(todo) <= 1:
+        for i in todo:
+            results[i] = _run_and_save(units[i], learners, clicks, out, fingerprint, progress)
+            _report(results[i][0])
+        return results
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    # spawn, not fork: a forked child inherits torch's thread pool in an undefined state.
+    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
+                             mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(_run_and_save, units[i], learners, clicks, out, fingerprint,
+                               False): i for i in todo}
+        bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
+        for future in as_completed(futures):
+            i = futures[future]
+            results[i] = future.result()
+            _report(results[i][0], write=tqdm.write)  # above the bar, not through it
+            bar.update()
+        bar.close()
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--datasets", default="synthetic,kvasir-seg")
@@ -243,6 +371,13 @@ def main(argv: list[str] | None = None) -> None:
                         "also reported per split")
     p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or ../shared/data)")
     p.add_argument("--out", help="output folder (default benchmarks/results/compare_policies)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs (split x seed) trained at once, in separate processes, each with "
+                        "cpu_count // jobs torch threads (default 1: one run at a time)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the runs an earlier, interrupted call with the same --out, "
+                        "--agents, --clicks and protocol finished (OUT/runs/<data set>/"
+                        "unit-split<k>-seed<s>.json); others are trained")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--replot", metavar="DIR",
                    help="only redraw the figures of an earlier run from DIR/compare_policies.json")
@@ -255,6 +390,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--splits > 1 needs held-out evaluation: --transductive uses every image")
     if args.seeds < 1 or args.clicks < 1:
         p.error("--seeds and --clicks must be positive")
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
 
     from benchmarks._common import machine, out_dir, save_figure, shared_data, write_csv, write_json
 
@@ -262,54 +399,32 @@ def main(argv: list[str] | None = None) -> None:
         _replot(Path(args.replot), save_figure)
         return
 
-    import gymnasium as gym
-
-    import bow_gym  # noqa: F401
-    from agents import GroundTruthClicker, RandomClicker
-
     learners = list(dict.fromkeys(a for a in args.agents.split(",") if a))
     for spec in learners:
         learner_spec(spec)
     out = out_dir("compare_policies", args.out)
     data = shared_data(args.data)
-    per_seed: list[dict[str, Any]] = []
-    curves: dict[tuple[str, str], list[dict]] = {}
+    units = []
     datasets: list[str] = []
     for split in range(args.splits):
         cfgs = data_configs(args.datasets.split(","), data, args.transductive, split_seed=split,
                             validation=args.validation)
         datasets = list(cfgs)
-        for ds_name, cfg in cfgs.items():
-            test_env = gym.make("BetterWorseSeg-v0", **cfg["test"])
-            n_test = len(test_env.unwrapped.dataset)
-            where = ("all" if args.transductive else
-                     f"validation (split {split})" if args.validation else
-                     f"held-out (split {split})")
-            print(f"== {ds_name}: evaluating on {n_test} {where} images, {args.seeds} seeds, "
-                  f"{args.clicks} training clicks")
-            for seed in range(args.seeds):
-                policies: list[tuple[str, Any, float]] = [("random", RandomClicker(), 0.0),
-                                                          ("gt", GroundTruthClicker(), 0.0)]
-                for name in learners:
-                    run = f"{run_name(name)}-seed{seed}" + (f"-split{split}" if split else "")
-                    t0 = time.time()
-                    policy, history = train_learner(name, cfg, seed, args.clicks,
-                                                    out / "runs" / ds_name / run,
-                                                    not args.no_progress)
-                    train_s = time.time() - t0
-                    curves.setdefault((ds_name, name), []).append(history)
-                    policies.append((name, policy, train_s))
-                for name, policy, train_s in policies:
-                    res = evaluate(policy, test_env, seed)
-                    row = {"dataset": ds_name, "policy": name, "split": split, "seed": seed,
-                           "train_s": train_s,
-                           **{f"dice@{k + 1}": v for k, v in enumerate(res.pop("dice"))}, **res}
-                    if name in learners:
-                        h = curves[(ds_name, name)][-1]
-                        row["clicks_to_90"] = clicks_to_90(h["clicks"], h["reward"])
-                    per_seed.append(row)
-                    print(f"  split {split} seed {seed} {name:<22} dice@5 {row['dice@5']:.3f}  "
-                          f"better {row['better_share']:.2f}  train {train_s:5.0f}s")
+        units += [Unit(ds_name, cfg, split, seed) for ds_name, cfg in cfgs.items()
+                  for seed in range(args.seeds)]
+    where = ("all" if args.transductive else "validation" if args.validation else "held-out")
+    print(f"== {', '.join(datasets) or 'no data set'}: {len(units)} runs (data sets x "
+          f"{args.splits} splits x {args.seeds} seeds), evaluated on {where} images, "
+          f"{args.clicks} training clicks, {args.jobs} at a time")
+    fingerprint = {k: getattr(args, k) for k in ("agents", "clicks", "transductive", "validation")}
+    results = run_units(units, learners, args.clicks, out, fingerprint, jobs=args.jobs,
+                        resume=args.resume, progress=not args.no_progress)
+    per_seed: list[dict[str, Any]] = []
+    curves: dict[tuple[str, str], list[dict]] = {}
+    for unit, (rows, histories) in zip(units, results, strict=True):
+        per_seed += rows
+        for name in learners:
+            curves.setdefault((unit.dataset, name), []).append(histories[name])
 
     summary: list[dict[str, Any]] = []
     metrics = [f"dice@{k}" for k in range(1, 6)] + ["better_share"] + \
