@@ -306,11 +306,12 @@ def _report(rows: list[dict[str, Any]], reused: bool = False, write=print) -> No
 
 
 def run_units(units: list[Unit], learners: list[str], clicks: int, out: Path, fingerprint: dict,
-              jobs: int = 1, resume: bool = False, progress: bool = True):
+              jobs: int = 1, resume: bool = False, progress: bool = True,
+              threads: int | None = None):
     """(rows, histories) of every unit, in the order of ``units``.
 
-    ``jobs > 1`` runs units in that many spawned processes with ``cpu_count // jobs`` torch
-    threads each; their own progress bars are off and one bar counts finished runs instead.
+    ``jobs > 1`` runs units in that many spawned processes with ``threads`` torch threads each
+    (default ``cpu_count // jobs``); their own progress bars are off and one bar counts finished runs instead.
     Each unit's result is saved to ``OUT/runs/<data set>/<unit.file>``; ``resume`` reuses those
     saved with the same ``fingerprint``.
     """
@@ -334,7 +335,7 @@ def run_units(units: list[Unit], learners: list[str], clicks: int, out: Path, fi
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     # spawn, not fork: a forked child inherits torch's thread pool in an undefined state.
     with ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
                              mp_context=multiprocessing.get_context("spawn"),

@@ -70,6 +70,7 @@ def test_split_seeds_give_disjoint_parts_and_different_test_sets():
 @pytest.mark.parametrize("argv, message", [
     (["--splits", "0"], "--splits must be at least 1"),
     (["--transductive", "--splits", "2"], "needs held-out evaluation"),
+    (["--jobs", "0"], "--jobs must be at least 1, got 0"),
 ])
 def test_bad_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -116,3 +117,59 @@ def test_reinforce_ablation_refuses_the_auxiliary_loss_without_a_belief():
 
     with pytest.raises(SystemExit, match="--variants aux needs --policy belief"):
         reinforce_ablation(["--policy", "patches", "--variants", "default,aux"])
+
+
+def _tiny_units(seeds: int) -> list:
+    from benchmarks.compare_policies import Unit
+
+    cfg = data_configs(["synthetic"], None, transductive=False)["synthetic"]
+    small = {"n_images": 20, "size": 64}
+    for part in ("train", "test"):
+        cfg[part] = {**cfg[part], "obs_size": 64,
+                     "dataset_kwargs": {**cfg[part]["dataset_kwargs"], **small}}
+    kw = cfg["reinforce"]["env_kwargs"]
+    cfg["reinforce"] = {**cfg["reinforce"], "env_kwargs": {
+        **kw, "obs_size": 64, "dataset_kwargs": {**kw["dataset_kwargs"], **small}}}
+    return [Unit("synthetic", cfg, 0, seed) for seed in range(seeds)]
+
+
+def _without_time(results) -> str:
+    # As JSON text, so that a NaN (clicks_to_90 of a flat curve) equals itself.
+    return json.dumps([[{k: v for k, v in row.items() if k != "train_s"} for row in rows]
+                       for rows, _ in results])
+
+
+def test_parallel_runs_match_sequential_ones_and_resume_reuses_them(tmp_path, capsys):
+    import torch
+
+    # One torch thread here and in the spawned workers, so both do the same arithmetic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check_parallel_and_resume(tmp_path, capsys)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_parallel_and_resume(tmp_path, capsys):
+    from benchmarks.compare_policies import run_units
+
+    units, fp = _tiny_units(2), {"agents": "reinforce", "clicks": 16}
+    seq = run_units(units, ["reinforce"], 16, tmp_path / "seq", fp, jobs=1, progress=False)
+    par = run_units(units, ["reinforce"], 16, tmp_path / "par", fp, jobs=2, threads=1,
+                    progress=False)
+    assert [r["seed"] for rows, _ in par for r in rows] == [0, 0, 0, 1, 1, 1]
+    assert _without_time(par) == _without_time(seq)
+    assert [h["reinforce"]["reward"] for _, h in par] == [h["reinforce"]["reward"] for _, h in seq]
+    # Every finished run was saved; a resumed call trains nothing and returns them as they were.
+    capsys.readouterr()
+    again = run_units(units, ["reinforce"], 16, tmp_path / "par", fp, jobs=2, threads=1,
+                      resume=True, progress=False)
+    assert json.dumps(again) == json.dumps(par)
+    assert capsys.readouterr().out.count("(reused)") == 6
+    # A saved run made with other settings is trained again, and the call says why.
+    (tmp_path / "par" / "runs" / "synthetic" / "unit-split0-seed1.json").write_text(
+        json.dumps({"settings": {**fp, "clicks": 8}, "rows": [], "histories": {}}))
+    mixed = run_units(units, ["reinforce"], 16, tmp_path / "par", fp, resume=True, progress=False)
+    assert "unit-split0-seed1.json: made with other settings" in capsys.readouterr().out
+    assert _without_time(mixed) == _without_time(seq)
