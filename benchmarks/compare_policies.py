@@ -311,7 +311,8 @@ def run_units(units: list[Unit], learners: list[str], clicks: int, out: Path, fi
     """(rows, histories) of every unit, in the order of ``units``.
 
     ``jobs > 1`` runs units in that many spawned processes with ``threads`` torch threads each
-    (default ``cpu_count // jobs``); their own progress bars are off and one bar counts finished runs instead.
+    (default ``cpu_count // jobs``); their own progress bars are off and one bar counts finished
+    runs instead.
     Each unit's result is saved to ``OUT/runs/<data set>/<unit.file>``; ``resume`` reuses those
     saved with the same ``fingerprint``.
     """
