@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import math
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -303,6 +304,7 @@ def _report(rows: list[dict[str, Any]], reused: bool = False, write=print) -> No
         write(f"  {row['dataset']} split {row['split']} seed {row['seed']} {row['policy']:<22} "
               f"dice@5 {row['dice@5']:.3f}  better {row['better_share']:.2f}  "
               f"train {row['train_s']:5.0f}s" + ("  (reused)" if reused else ""))
+    sys.stdout.flush()  # a long run's log file shows each run when it ends, not when buffers fill
 
 
 def run_units(units: list[Unit], learners: list[str], clicks: int, out: Path, fingerprint: dict,
