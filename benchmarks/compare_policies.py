@@ -233,9 +233,9 @@ class Unit:
     split: int
     seed: int
 
-    @property
-    def file(self) -> str:
-        return f"unit-split{self.split}-seed{self.seed}.json"
+    def result_path(self, out: Path) -> Path:
+        """Where the run's rows and learning curves are saved (what ``--resume`` reads)."""
+        return out / "runs" / self.dataset / f"unit-split{self.split}-seed{self.seed}.json"
 
 
 def run_unit(unit: Unit, learners: list[str], clicks: int, out: Path, progress: bool
@@ -282,7 +282,7 @@ def _run_and_save(unit: Unit, learners: list[str], clicks: int, out: Path, finge
 
     rows, histories = run_unit(unit, learners, clicks, out, progress)
     # Written as soon as the run ends (atomically), so an interrupted benchmark can --resume.
-    write_json(out / "runs" / unit.dataset / unit.file,
+    write_json(unit.result_path(out),
                {"settings": fingerprint, "rows": rows, "histories": histories})
     return rows, histories
 
@@ -315,7 +315,7 @@ def run_units(units: list[Unit], learners: list[str], clicks: int, out: Path, fi
     ``jobs > 1`` runs units in that many spawned processes with ``threads`` torch threads each
     (default ``cpu_count // jobs``); their own progress bars are off and one bar counts finished
     runs instead.
-    Each unit's result is saved to ``OUT/runs/<data set>/<unit.file>``; ``resume`` reuses those
+    Each unit's result is saved to :meth:`Unit.result_path`; ``resume`` reuses those
     saved with the same ``fingerprint``.
     """
     import os
@@ -325,7 +325,7 @@ def run_units(units: list[Unit], learners: list[str], clicks: int, out: Path, fi
     results: list[Any] = [None] * len(units)
     if resume:
         for i, unit in enumerate(units):
-            results[i] = _load_unit(out / "runs" / unit.dataset / unit.file, fingerprint)
+            results[i] = _load_unit(unit.result_path(out), fingerprint)
             if results[i] is not None:
                 _report(results[i][0], reused=True)
     todo = [i for i, r in enumerate(results) if r is None]
