@@ -1,11 +1,12 @@
 """Click policies for BetterWorseSeg: the shared interface, reference clickers and runners."""
 
 from agents.policy import ClickPolicy, EpisodeRecord, make_policy, run_episode
-from agents.reference import GroundTruthClicker, RandomClicker
+from agents.reference import GreedyDiceClicker, GroundTruthClicker, RandomClicker
 
 __all__ = [
     "ClickPolicy",
     "EpisodeRecord",
+    "GreedyDiceClicker",
     "GroundTruthClicker",
     "RandomClicker",
     "make_policy",

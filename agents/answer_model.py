@@ -12,8 +12,9 @@ uses the answers as data, and the task's structure as its model:
 
 1. **Belief.** A per-patch foreground probability ``q``. By default (``belief="features"``) a
    small MLP reads each patch's backbone features (the ones propagation compares,
-   :meth:`~bow_gym.envs.BetterWorseSegEnv.patch_features`) and its position; ``belief="image"``
-   uses a small U-Net over the RGB image (:class:`agents.unet.ClickUNet`, one output map). It
+   :meth:`~bow_gym.envs.BetterWorseSegEnv.patch_features`) and its position; ``belief="context"``
+   adds how the patch differs from the image's mean and from its neighbourhood
+   (:func:`~bow_gym.wrappers.patch_context_inputs`); ``belief="image"`` uses a small U-Net over the RGB image (:class:`agents.unet.ClickUNet`, one output map). It
    never sees ground truth.
 2. **Answer model.** With ``D(m; q) = 2 sum(m q) / (sum(m) + sum(q))`` the soft Dice of a mask
    ``m`` (foreground share per patch) against the belief, an answer is modelled as
@@ -67,7 +68,12 @@ from agents.reinforce import resolve_device
 from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import atomic_path
-from bow_gym.wrappers import mask_shares, patch_inputs, patch_to_pixel_action
+from bow_gym.wrappers import (
+    mask_shares,
+    patch_context_inputs,
+    patch_inputs,
+    patch_to_pixel_action,
+)
 
 
 @dataclass
@@ -91,8 +97,9 @@ class AnswerModelArgs(TrainDataArgs):
     epsilon: float = 0.2
     """exploration while training: share of clicks drawn uniformly among the valid ones"""
     belief: str = "features"
-    """belief network: features (MLP on each patch's backbone features and position) or image
-    (U-Net on the RGB image)"""
+    """belief network: features (MLP on each patch's backbone features and position), context
+    (the same MLP, also reading how the patch differs from the image and its neighbourhood) or
+    image (U-Net on the RGB image)"""
     width: int = 16
     """U-Net channels at the first level (belief=image) or MLP hidden units / 4 (features)"""
     posterior_steps: int = 20
@@ -137,6 +144,10 @@ def flip_augment(images: np.ndarray, before: np.ndarray, after: np.ndarray,
     return images, before, after
 
 
+#: Per-patch inputs of the MLP beliefs, by ``belief`` name (``image`` reads the RGB instead).
+BELIEF_INPUTS = {"features": patch_inputs, "context": patch_context_inputs}
+
+
 class PatchFeatureNet(PatchMLP):
     """Per-patch belief logits ``(B, P)`` from ``(B, P, D + 2)`` backbone features and patch
     coordinates (:func:`~bow_gym.wrappers.patch_inputs`); untrained, ``q = 0.5`` everywhere."""
@@ -153,7 +164,9 @@ class AnswerModelAgent(ClickPolicy):
 
     Args:
         grid: The env's patch grid ``(rows, cols)``.
-        belief: ``features`` (MLP on patch features) or ``image`` (U-Net on the RGB image).
+        belief: ``features`` (MLP on patch features), ``context`` (MLP on patch features and
+            their contrast with the image and the neighbourhood) or ``image`` (U-Net on the RGB
+            image).
         width: U-Net channels at the first level; the MLP has ``4 * width`` hidden units.
         lr: Adam learning rate.
         batch_size, buffer_size, posterior_steps, prior_weight, global_offset, epsilon, augment:
@@ -176,9 +189,9 @@ class AnswerModelAgent(ClickPolicy):
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}")
         if batch_size < 1 or buffer_size < batch_size:
             raise ValueError(f"need 1 <= batch_size <= buffer_size, got {batch_size}, {buffer_size}")
-        if belief not in ("features", "image"):
-            raise ValueError(f"belief must be 'features' or 'image', got {belief!r}")
-        if augment and belief == "features":
+        if belief not in BELIEF_INPUTS and belief != "image":
+            raise ValueError(f"belief must be one of {[*BELIEF_INPUTS, 'image']}, got {belief!r}")
+        if augment and belief != "image":
             raise ValueError("augment flips images: it needs belief='image'")
         if posterior_steps < 0 or not prior_weight > 0:
             raise ValueError("posterior_steps must be >= 0 and prior_weight > 0, got "
@@ -186,7 +199,7 @@ class AnswerModelAgent(ClickPolicy):
         self.grid = (int(grid[0]), int(grid[1]))
         self.device = torch.device(device)
         self.belief = belief
-        self.net: nn.Module = (PatchFeatureNet(4 * width) if belief == "features" else
+        self.net: nn.Module = (PatchFeatureNet(4 * width) if belief != "image" else
                                ClickUNet(3, width=width, out_channels=1, downsample=4))
         self.net.to(self.device)
         # Answer model: see answer_logits; kappa = exp(log_kappa) stays positive.
@@ -226,14 +239,14 @@ class AnswerModelAgent(ClickPolicy):
     # ---------------------------------------------------------------- belief
     def belief_inputs(self, obs: np.ndarray, env: BetterWorseSegEnv) -> np.ndarray:
         """What the belief network reads for the env's current image (and replay stores)."""
-        return patch_inputs(env) if self.belief == "features" else np.array(obs[:3])
+        return BELIEF_INPUTS[self.belief](env) if self.belief != "image" else np.array(obs[:3])
 
     def belief_logits(self, inputs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``(B, P)`` foreground logits per patch from a batch of :meth:`belief_inputs`."""
         x = torch.as_tensor(np.asarray(inputs), device=self.device)
-        if x.ndim == (2 if self.belief == "features" else 3):
+        if x.ndim == (2 if self.belief != "image" else 3):
             x = x.unsqueeze(0)
-        if self.belief == "features":
+        if self.belief != "image":
             return self.net(x.float())
         logits, _ = self.net(x)
         return nn.functional.adaptive_avg_pool2d(logits, self.grid).flatten(1)

@@ -113,10 +113,12 @@ def run_episode(env: gym.Env, policy: ClickPolicy, *, seed: int | None = None,
 
 
 def make_policy(name: str, **kwargs: Any) -> ClickPolicy:
-    """A policy by name: ``"random"`` or ``"gt"`` (the ground-truth-guided reference)."""
-    from agents.reference import GroundTruthClicker, RandomClicker
+    """A reference policy by name: ``"random"``, ``"gt"`` (the ground-truth-guided clicker) or
+    ``"gt_greedy"`` (the propagation-aware one)."""
+    from agents.reference import GreedyDiceClicker, GroundTruthClicker, RandomClicker
 
-    policies: dict[str, type[ClickPolicy]] = {"random": RandomClicker, "gt": GroundTruthClicker}
+    policies: dict[str, type[ClickPolicy]] = {"random": RandomClicker, "gt": GroundTruthClicker,
+                                              "gt_greedy": GreedyDiceClicker}
     if name not in policies:
         raise ValueError(f"unknown policy {name!r}; expected one of {sorted(policies)}")
     return policies[name](**kwargs)

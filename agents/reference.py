@@ -1,4 +1,9 @@
-"""Reference clickers: uniform random (the floor) and ground-truth-guided (a ceiling)."""
+"""Reference clickers: uniform random (the floor) and two that read the ground truth.
+
+``GroundTruthClicker`` is the RITM / SimpleClick protocol, the ceiling of the issue's ``gap_closed``;
+``GreedyDiceClicker`` also knows how far each click propagates, and so bounds what any policy
+can reach with greedy clicks under a given backbone and threshold.
+"""
 
 from __future__ import annotations
 
@@ -104,3 +109,61 @@ class GroundTruthClicker(ClickPolicy):
         if reward < 0 and "patch" in info:
             self._rejected.add(int(info["patch"]))
 
+
+
+def dice_after_clicks(pred: np.ndarray, gt: np.ndarray, graph: np.ndarray,
+                      grid: tuple[int, int]) -> np.ndarray:
+    """Exact Dice of the mask after every ``(label, patch)`` click: ``(2, P)`` float64.
+
+    A click on patch ``p`` with label ``l`` sets every patch of ``graph[p]`` to ``l`` (the env's
+    propagation); Dice is counted on pixels, so partly filled patches of ``pred`` are exact. An
+    empty mask against an empty ground truth counts as Dice 1 (:func:`bow_gym.metrics.dice`).
+
+    Args:
+        pred: ``(H, W)`` bool current mask.
+        gt: ``(H, W)`` bool ground truth, same shape.
+        graph: ``(P, P)`` bool propagation graph (``env.propagation_graph()``).
+        grid: Patch grid ``(rows, cols)``; ``H`` and ``W`` must be multiples of it.
+    """
+    gh, gw = grid
+    h, w = pred.shape
+    if gt.shape != pred.shape or h % gh or w % gw:
+        raise ValueError(f"pred {pred.shape} and gt {gt.shape} must match and tile the {grid} grid")
+
+    def per_patch(m: np.ndarray) -> np.ndarray:
+        return m.reshape(gh, h // gh, gw, w // gw).sum(axis=(1, 3), dtype=np.float64).ravel()
+
+    size, tp, truth = per_patch(pred), per_patch(pred & gt), per_patch(gt)
+    area = float(h // gh * w // gw)
+    g = graph.astype(np.float64)
+    kept_size = size.sum() - g @ size  # pixels of the mask outside each click's selection
+    kept_tp = tp.sum() - g @ tp
+    sizes = np.stack([kept_size, kept_size + g.sum(1) * area])
+    tps = np.stack([kept_tp, kept_tp + g @ truth])
+    denom = sizes + truth.sum()
+    return np.where(denom > 0, 2.0 * tps / np.maximum(denom, 1e-12), 1.0)
+
+
+class GreedyDiceClicker(ClickPolicy):
+    """Each click is the ``(label, patch)`` with the largest Dice after it. READS GROUND TRUTH.
+
+    Unlike :class:`GroundTruthClicker` it knows each click's reach (``env.propagation_graph()``,
+    which learned agents may also read), so it is a propagation-aware reference: what greedy
+    clicking could reach if a policy's belief about the lesion were the truth. Not a learner and
+    not the ``gap_closed`` ceiling of the benchmarks (that stays the RITM-style clicker). Ties go
+    to the lowest action index; once no click raises Dice it takes the best one anyway (the
+    expert answers "worse" and the env reverts it).
+    """
+
+    name: ClassVar[str] = "gt_greedy"
+    reads_ground_truth: ClassVar[bool] = True
+
+    def act(self, obs: np.ndarray, info: dict[str, Any], env: BetterWorseSegEnv,
+            ground_truth: np.ndarray | None = None) -> int:
+        if ground_truth is None:
+            raise ValueError("GreedyDiceClicker needs ground_truth (it is a reference clicker)")
+        dice = dice_after_clicks(obs[3] > 127, ground_truth, env.propagation_graph(), env.grid)
+        label, patch = divmod(int(np.argmax(dice)), env.n_patches)
+        r, c = divmod(patch, env.grid[1])
+        ch, cw = env.cell
+        return env.encode_action(label, r * ch + ch // 2, c * cw + cw // 2)

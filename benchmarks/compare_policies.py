@@ -64,6 +64,7 @@ LEARNERS: dict[str, tuple[str, dict[str, Any]]] = {
     "answer_model": ("answer_model", {}),
     "answer_model_no_offset": ("answer_model", {"global_offset": False}),
     "answer_model_unet": ("answer_model", {"belief": "image", "global_offset": False}),
+    "answer_model_context": ("answer_model", {"belief": "context"}),
 }
 
 
@@ -522,7 +523,8 @@ def _figures(out: Path, summary, per_seed, curves, datasets, learners, save_figu
                "ppo_belief": "steelblue", "ppo_belief_aux": "midnightblue",
                "a2c_belief_aux": "indigo",
                "answer_model": "tab:brown",
-               "answer_model_no_offset": "tab:olive", "answer_model_unet": "tab:cyan"}
+               "answer_model_no_offset": "tab:olive", "answer_model_unet": "tab:cyan",
+               "answer_model_context": "hotpink"}
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
         for name in learners:

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--datasets", default="synthetic,kvasir-seg")
     p.add_argument("--belief-ceiling", action="store_true",
                    help="also train the answer-model belief on ground truth (an upper bound)")
-    p.add_argument("--belief", default="image", choices=("image", "features"),
+    p.add_argument("--belief", default="image", choices=("image", "features", "context"),
                    help="belief network of the ceiling (default image: the U-Net, as reported)")
     p.add_argument("--steps", type=int, default=1000,
                    help="gradient steps (batches of 32) of the belief ceiling")

@@ -1,11 +1,19 @@
-"""Dice after 1..5 clicks: random clicking vs the ground-truth-guided (RITM-style) clicker.
+"""Dice after 1..5 clicks: random clicking vs the clickers that read the ground truth.
 
 For each data set (the embedded synthetic one; the first N Kvasir-SEG images when the real data
 is present) and each backbone that can run here, every image is labelled once by the
-ground-truth-guided clicker and by the random clicker under several seeds, each episode starting
-from an empty mask, with the environment's defaults (threshold 0.8, revert on "worse", 128 px
-working resolution; Dice is measured at that resolution). Reported: mean Dice after k clicks with a
-95% bootstrap confidence interval over images (random: averaged over seeds first), and the median.
+ground-truth-guided clicker (``gt``, RITM-style), by the propagation-aware greedy clicker
+(``gt_greedy``: each click the one with the largest Dice after it, :class:`agents.GreedyDiceClicker`)
+and by the random clicker under several seeds, each episode starting from an empty mask, with the
+environment's defaults (threshold 0.8, revert on "worse", 128 px working resolution; Dice is
+measured at that resolution). Reported: mean Dice after k clicks with a 95% bootstrap confidence
+interval over images (random: averaged over seeds first), and the median.
+
+``--splits N`` evaluates instead on the held-out 20% of the seeded splits 0..N-1 that
+``benchmarks.compare_policies --splits N`` uses (images pooled over the splits), so its rows sit
+beside the learned agents'. ``greedy_gap_closed`` is then the share of the random-to-``gt`` gap
+that ``gt_greedy`` closes: what a learned agent with the greedy rule and a perfect belief about the
+lesion would score on the issue's ``gap_closed`` scale.
 
 DINOv2 backbones need pretrained weights, which cannot be downloaded here: pass
 ``--dinov2-checkpoint FILE`` (a local ``vit_small_patch14_dinov2`` state dict) to include them;
@@ -21,6 +29,9 @@ import argparse
 import math
 
 import numpy as np
+
+POLICIES = ("random", "gt", "gt_greedy")
+COLOURS = {"random": "tab:gray", "gt": "tab:green", "gt_greedy": "tab:blue"}
 
 
 def evaluate(env, policy_name: str, seeds: list[int], progress: bool) -> np.ndarray:
@@ -46,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--synthetic-images", type=int, default=96)
     p.add_argument("--kvasir-images", type=int, default=200, help="first N Kvasir-SEG images")
+    p.add_argument("--splits", type=int, default=0,
+                   help="evaluate on the held-out parts of compare_policies' seeded splits "
+                        "0..N-1 instead (default 0: the first images)")
     p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or ../shared/data)")
     p.add_argument("--seeds", type=int, default=3, help="random-clicker seeds (default 3)")
     p.add_argument("--dinov2-checkpoint", help="local DINOv2 ViT-S/14 weights file")
@@ -66,15 +80,27 @@ def main(argv: list[str] | None = None) -> None:
         write_json,
     )
 
+    if args.splits < 0:
+        p.error(f"--splits must be >= 0, got {args.splits}")
     out = out_dir("reference_clickers", args.out)
     data = shared_data(args.data)
-    datasets = {"synthetic": {"dataset": "synthetic",
-                              "dataset_kwargs": {"n_images": args.synthetic_images}}}
-    if data is not None and (data / "kvasir-seg").is_dir():
-        datasets["kvasir-seg"] = {"dataset": "kvasir-seg", "root": str(data / "kvasir-seg"),
-                                  "dataset_kwargs": {"limit": args.kvasir_images}}
+    # Per data set, the env kwargs of each part evaluated (one part, or one per split).
+    datasets: dict[str, list[dict]] = {}
+    if args.splits:
+        from benchmarks.compare_policies import data_configs
+
+        for k in range(args.splits):
+            for name, cfg in data_configs(["synthetic", "kvasir-seg"], data, transductive=False,
+                                          split_seed=k).items():
+                datasets.setdefault(name, []).append(cfg["test"])
     else:
-        print("Kvasir-SEG not found: pass --data or set BOW_GYM_SHARED_DATA")
+        datasets["synthetic"] = [{"dataset": "synthetic",
+                                  "dataset_kwargs": {"n_images": args.synthetic_images}}]
+        if data is not None and (data / "kvasir-seg").is_dir():
+            datasets["kvasir-seg"] = [{"dataset": "kvasir-seg", "root": str(data / "kvasir-seg"),
+                                       "dataset_kwargs": {"limit": args.kvasir_images}}]
+        else:
+            print("Kvasir-SEG not found: pass --data or set BOW_GYM_SHARED_DATA")
     backbones = {"lab_texture": {}}
     skipped = []
     if args.dinov2_checkpoint:
@@ -83,14 +109,20 @@ def main(argv: list[str] | None = None) -> None:
         skipped.append({"backbone": "dinov2_vits14",
                         "reason": "not run: no pretrained weights here (--dinov2-checkpoint)"})
 
-    rows, curves = [], {}
-    for ds_name, ds_kwargs in datasets.items():
+    rows, curves, split_means = [], {}, []
+    for ds_name, parts in datasets.items():
         for bb_name, bb_kwargs in backbones.items():
-            env = gym.make("BetterWorseSeg-v0", backbone=bb_name, backbone_kwargs=bb_kwargs,
-                           **ds_kwargs)
-            n = len(env.unwrapped.dataset)
-            for policy in ("random", "gt"):
-                dice = evaluate(env, policy, list(range(args.seeds)), not args.no_progress)
+            envs = [gym.make("BetterWorseSeg-v0", backbone=bb_name, backbone_kwargs=bb_kwargs,
+                             **kw) for kw in parts]
+            n = sum(len(e.unwrapped.dataset) for e in envs)
+            for policy in POLICIES:
+                per_part = [evaluate(e, policy, list(range(args.seeds)), not args.no_progress)
+                            for e in envs]
+                if args.splits:
+                    split_means += [{"dataset": ds_name, "backbone": bb_name, "policy": policy,
+                                     "split": k, "dice@5": float(d[:, -1].mean())}
+                                    for k, d in enumerate(per_part)]
+                dice = np.concatenate(per_part)
                 curves[(ds_name, bb_name, policy)] = dice
                 for k in range(dice.shape[1]):
                     lo, hi = bootstrap_ci(dice[:, k])
@@ -99,19 +131,29 @@ def main(argv: list[str] | None = None) -> None:
                                  "mean_dice": float(dice[:, k].mean()), "ci95_low": lo,
                                  "ci95_high": hi, "median_dice": float(np.median(dice[:, k]))})
 
-    print(f"\n{'dataset':<11} {'backbone':<14} {'policy':<7} "
+    print(f"\n{'dataset':<11} {'backbone':<14} {'policy':<9} "
           + " ".join(f"{'@' + str(k):>16}" for k in range(1, 6)))
     for key in curves:
         sel = [r for r in rows if (r["dataset"], r["backbone"], r["policy"]) == key]
         cells = " ".join(f"{r['mean_dice']:.3f} [{r['ci95_low']:.2f},{r['ci95_high']:.2f}]"
                          for r in sel)
-        print(f"{key[0]:<11} {key[1]:<14} {key[2]:<7} {cells}")
+        print(f"{key[0]:<11} {key[1]:<14} {key[2]:<9} {cells}")
     for s in skipped:
-        print(f"{'all':<11} {s['backbone']:<14} {'-':<7} {s['reason']}")
+        print(f"{'all':<11} {s['backbone']:<14} {'-':<9} {s['reason']}")
+    gaps = {}
+    for ds_name in datasets:
+        at5 = {pol: curves[(ds_name, "lab_texture", pol)][:, -1].mean() for pol in POLICIES}
+        gaps[ds_name] = float((at5["gt_greedy"] - at5["random"]) / (at5["gt"] - at5["random"]))
+        print(f"{ds_name}: gt_greedy closes {gaps[ds_name]:.2f} of the random-to-gt gap")
+    if split_means:
+        print("Dice@5 per split: " + "; ".join(
+            f"{r['dataset']} {r['policy']} split {r['split']} {r['dice@5']:.3f}"
+            for r in split_means))
 
     write_csv(out / "reference_clickers.csv", rows)
-    write_json(out / "reference_clickers.json", {"rows": rows, "skipped": skipped,
-                                                 "seeds": args.seeds, "machine": machine()})
+    write_json(out / "reference_clickers.json", {
+        "rows": rows, "split_means": split_means, "greedy_gap_closed": gaps,
+        "skipped": skipped, "seeds": args.seeds, "splits": args.splits, "machine": machine()})
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,12 +167,12 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             ks = np.arange(1, dice.shape[1] + 1)
             sel = [r for r in rows if (r["dataset"], r["backbone"], r["policy"]) == (d, bb, pol)]
-            ax.plot(ks, dice.mean(0), marker="o", label=f"{pol} ({bb})",
-                    color="tab:green" if pol == "gt" else "tab:gray")
+            ax.plot(ks, dice.mean(0), marker="o", label=f"{pol} ({bb})", color=COLOURS[pol])
             ax.fill_between(ks, [r["ci95_low"] for r in sel], [r["ci95_high"] for r in sel],
-                            alpha=0.2, color="tab:green" if pol == "gt" else "tab:gray")
+                            alpha=0.2, color=COLOURS[pol])
         n_img = next(r["images"] for r in rows if r["dataset"] == ds_name)
-        ax.set_title(f"{ds_name} ({n_img} images)")
+        where = f", held out, {args.splits} splits" if args.splits else ""
+        ax.set_title(f"{ds_name} ({n_img} images{where})")
         ax.set_xlabel("clicks")
         ax.set_ylabel("Dice (mean, 95% CI)")
         ax.set_ylim(0, 1)

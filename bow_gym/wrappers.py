@@ -263,6 +263,31 @@ def patch_inputs(env: BetterWorseSegEnv) -> np.ndarray:
                           axis=1).astype(np.float32)
 
 
+def _box_mean(grid_values: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over the ``(2 r + 1)^2`` neighbourhood of every cell of a ``(gh, gw, D)`` array; the
+    border is repeated outwards, so edge patches are not pulled towards zero."""
+    k = 2 * radius + 1
+    padded = np.pad(grid_values, ((radius, radius), (radius, radius), (0, 0)), mode="edge")
+    c = np.pad(np.cumsum(np.cumsum(padded, axis=0, dtype=np.float64), axis=1),
+               ((1, 0), (1, 0), (0, 0)))
+    return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+
+
+def patch_context_inputs(env: BetterWorseSegEnv) -> np.ndarray:
+    """``(P, 4 D + 2)`` float32: :func:`patch_inputs` and how each patch differs from its context.
+
+    Appended to each patch's features and coordinates: the features minus the image's mean
+    feature (a polyp is "redder than this image's mucosa", not red in absolute terms), and minus
+    the mean of its 3 x 3 and 5 x 5 patch neighbourhoods (the edge of a region). Computed from the
+    image's features alone; no ground truth.
+    """
+    f = env.patch_features().astype(np.float64)
+    grid_f = f.reshape(*env.grid, -1)
+    context = [f - f.mean(axis=0, keepdims=True)]
+    context += [(_box_mean(grid_f, r) - grid_f).reshape(len(f), -1) for r in (1, 2)]
+    return np.concatenate([patch_inputs(env), *context], axis=1).astype(np.float32)
+
+
 def patch_policy_inputs(obs: np.ndarray, env: BetterWorseSegEnv) -> np.ndarray:
     """``(P, D + 6)`` float32: what the patch policy reads about a click on each patch.
 

@@ -19,6 +19,7 @@ from bow_gym.datasets.synthetic import SyntheticDataset
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.oracles import DiceOracle, Overlap
 from bow_gym.propagation import select_patches
+from bow_gym.wrappers import patch_context_inputs, patch_inputs
 
 
 def test_soft_dice_and_masks_after_clicks_known_answers():
@@ -81,6 +82,24 @@ def test_mask_shares_pool_each_cell():
     assert mask_shares(obs, (2, 2)).tolist() == [1.0, 0.0, 0.0, 0.5]
 
 
+def test_patch_context_inputs_known_values():
+    class _Env:  # what patch_context_inputs reads of an env
+        grid = (3, 3)
+
+        def patch_features(self):
+            return np.arange(9, dtype=np.float32).reshape(9, 1)  # value 3 * row + col
+
+    x = patch_context_inputs(_Env())
+    assert x.shape == (9, 4 * 1 + 2) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[:, :3], patch_inputs(_Env()))
+    np.testing.assert_allclose(x[:, 3], np.arange(9) - 4.0)  # minus the image's mean
+    assert x[4, 4] == pytest.approx(0.0)  # centre: its 3 x 3 neighbourhood is the whole grid
+    # corner (0, 0): the repeated border gives rows and columns {0, 0, 1}: mean 12 / 9
+    assert x[0, 4] == pytest.approx(12 / 9)
+    assert x[8, 4] == pytest.approx(-12 / 9)
+    assert x[4, 5] == pytest.approx(0.0)  # 5 x 5 around the centre is symmetric too
+
+
 def test_env_propagation_graph_is_the_features_selection():
     env = BetterWorseSegEnv(dataset_kwargs={"n_images": 2, "size": 96}, feature_cache=None)
     with pytest.raises(RuntimeError, match="reset"):
@@ -106,12 +125,13 @@ def _agent(**kw) -> AnswerModelAgent:
     return agent
 
 
-def test_actions_unchanged_when_only_ground_truth_differs():
+@pytest.mark.parametrize("belief", ["features", "context"])
+def test_actions_unchanged_when_only_ground_truth_differs(belief):
     ds = SyntheticDataset(n_images=3, size=96)
     runs = []
     for answer in (1, -1):
         for data in (ds, OtherMasks(ds, 11, 1)):
-            agent = _agent(online_batch=0, greedy=True)
+            agent = _agent(online_batch=0, greedy=True, belief=belief)
             env = BetterWorseSegEnv(data, oracle=ConstantOracle(answer), feature_cache=None)
             runs.append([run_episode(env, agent, seed=s, options={"index": s}).actions
                          for s in range(3)])
@@ -195,13 +215,13 @@ def test_image_wide_offset_follows_the_answers(global_offset):
         assert shifts == [0.0, 0.0]
 
 
-@pytest.mark.parametrize("belief", ["features", "image"])
+@pytest.mark.parametrize("belief", ["features", "context", "image"])
 def test_checkpoint_round_trip_and_errors(tmp_path, belief):
     agent = _agent(belief=belief, width=8, epsilon=0.3, seed=2)
     rng = np.random.default_rng(0)
-    obs = (rng.normal(size=(2, 256, 15)).astype(np.float32) if belief == "features" else
+    obs = (rng.normal(size=(2, 256, 15)).astype(np.float32) if belief != "image" else
            rng.integers(0, 255, (2, 3, 128, 128), dtype=np.uint8))
-    if belief == "features":
+    if belief != "image":
         with pytest.raises(ValueError, match="has not read any image"):
             agent.save(tmp_path / "a.safetensors")
         agent.net.train()

@@ -173,3 +173,21 @@ def _check_parallel_and_resume(tmp_path, capsys):
     mixed = run_units(units, ["reinforce"], 16, tmp_path / "par", fp, resume=True, progress=False)
     assert "unit-split0-seed1.json: made with other settings" in capsys.readouterr().out
     assert _without_time(mixed) == _without_time(seq)
+
+
+def test_reference_clickers_writes_the_greedy_reference(tmp_path, capsys):
+    from benchmarks.reference_clickers import main as reference_clickers
+
+    with pytest.raises(SystemExit):
+        reference_clickers(["--splits", "-1", "--out", str(tmp_path)])
+    assert "--splits must be >= 0" in capsys.readouterr().err
+    reference_clickers(["--synthetic-images", "8", "--kvasir-images", "4", "--seeds", "1",
+                        "--no-progress", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "reference_clickers.json").read_text())
+    at5 = {r["policy"]: r["mean_dice"] for r in saved["rows"]
+           if r["dataset"] == "synthetic" and r["clicks"] == 5}
+    assert set(at5) == {"random", "gt", "gt_greedy"}
+    assert at5["gt_greedy"] > at5["gt"] > at5["random"]
+    assert saved["greedy_gap_closed"]["synthetic"] > 1.0
+    assert (tmp_path / "reference_clickers.png").is_file()
+    assert capsys.readouterr().out.splitlines()[-1].startswith("kvasir_gt_clicker_dice_at_5: ")
