@@ -106,9 +106,13 @@ def main(argv: list[str] | None = None) -> None:
                         "(the answer model's default; off by default here, as first reported)")
     p.add_argument("--steps", type=int, default=1000,
                    help="gradient steps (batches of 32) of the belief ceiling")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="belief-ceiling seeds 0..N-1; their mean is reported (default 1)")
     p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or ../shared/data)")
     p.add_argument("--out", help="output folder (default benchmarks/results/first_click)")
     args = p.parse_args(argv)
+    if args.seeds < 1 or args.steps < 1:
+        p.error(f"--seeds and --steps must be >= 1, got {args.seeds} and {args.steps}")
 
     import gymnasium as gym
 
@@ -125,8 +129,14 @@ def main(argv: list[str] | None = None) -> None:
         row = {"dataset": name, **stats}
         if args.belief_ceiling:
             train_env = gym.make("BetterWorseSeg-v0", **cfg["train"])
-            row.update(belief_ceiling(train_env, test_env, args.steps, seed=0,
-                                      belief=args.belief, global_offset=args.global_offset))
+            runs = [belief_ceiling(train_env, test_env, args.steps, seed=seed, belief=args.belief,
+                                   global_offset=args.global_offset)
+                    for seed in range(args.seeds)]
+            row.update({k: float(np.mean([r[k] for r in runs])) for k in runs[0]})
+            row["ceiling_steps"] = args.steps
+            if args.seeds > 1:
+                row["ceiling_dice@5_per_seed"] = " ".join(f"{r['ceiling_dice@5']:.4f}"
+                                                          for r in runs)
         rows.append(row)
         print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in row.items()))

@@ -191,3 +191,18 @@ def test_reference_clickers_writes_the_greedy_reference(tmp_path, capsys):
     assert saved["greedy_gap_closed"]["synthetic"] > 1.0
     assert (tmp_path / "reference_clickers.png").is_file()
     assert capsys.readouterr().out.splitlines()[-1].startswith("kvasir_gt_clicker_dice_at_5: ")
+
+
+def test_first_click_belief_ceiling_over_seeds(tmp_path, capsys):
+    from benchmarks.first_click import main as first_click
+
+    with pytest.raises(SystemExit):
+        first_click(["--seeds", "0", "--out", str(tmp_path)])
+    assert "--seeds and --steps must be >= 1" in capsys.readouterr().err
+    first_click(["--datasets", "synthetic", "--belief-ceiling", "--belief", "context",
+                 "--global-offset", "--steps", "3", "--seeds", "2", "--out", str(tmp_path)])
+    row = json.loads((tmp_path / "first_click.json").read_text())["rows"][0]
+    per_seed = [float(v) for v in row["ceiling_dice@5_per_seed"].split()]
+    assert len(per_seed) == 2 and row["ceiling_dice@5"] == pytest.approx(np.mean(per_seed), abs=1e-4)
+    assert 0.0 < row["ceiling_dice@5"] <= 1.0 and row["ceiling_steps"] == 3
+    assert 0.4 < row["better_share"] < 0.6  # about half of all first clicks touch the lesion
