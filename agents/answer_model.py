@@ -101,7 +101,7 @@ class AnswerModelArgs(TrainDataArgs):
     (the same MLP, also reading how the patch differs from the image and its neighbourhood) or
     image (U-Net on the RGB image)"""
     width: int = 16
-    """U-Net channels at the first level (belief=image) or MLP hidden units / 4 (features)"""
+    """U-Net channels at the first level (belief=image) or MLP hidden units / 4 (features, context)"""
     posterior_steps: int = 20
     """gradient steps of the within-episode belief update after each answer (0 disables it)"""
     prior_weight: float = 0.1
