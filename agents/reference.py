@@ -15,6 +15,7 @@ from agents.policy import ClickPolicy
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.metrics import distance_to_background
 from bow_gym.propagation import cells_to_pixels
+from bow_gym.wrappers import patch_to_pixel_action
 
 
 class RandomClicker(ClickPolicy):
@@ -163,7 +164,4 @@ class GreedyDiceClicker(ClickPolicy):
         if ground_truth is None:
             raise ValueError("GreedyDiceClicker needs ground_truth (it is a reference clicker)")
         dice = dice_after_clicks(obs[3] > 127, ground_truth, env.propagation_graph(), env.grid)
-        label, patch = divmod(int(np.argmax(dice)), env.n_patches)
-        r, c = divmod(patch, env.grid[1])
-        ch, cw = env.cell
-        return env.encode_action(label, r * ch + ch // 2, c * cw + cw // 2)
+        return patch_to_pixel_action(env, int(np.argmax(dice)))  # (label, patch) row-major
