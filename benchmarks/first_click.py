@@ -16,7 +16,9 @@ data set:
 With ``--belief-ceiling`` it also trains the answer-model agent's belief network on the training
 images' **ground-truth** patch shares (``--steps`` minibatches of 32, twice what the agent takes
 in 2,000 clicks; a reference for what that network can learn from this data, not a result of the
-method) and runs the agent greedily with it.
+method) and runs the agent greedily with it. ``--belief`` picks the network (``image``, the U-Net,
+as first reported; ``features``; ``context``), ``--global-offset`` turns on the answer model's
+image-wide offset (its default as an agent), ``--seeds N`` averages the ceiling over N seeds.
 
 Run: ``python -m benchmarks.first_click`` (``--help``); last line
 ``kvasir_dice_if_better: <value>``. Writes ``first_click.csv``/``.json`` and ``first_click.png``
