@@ -14,8 +14,8 @@ uses the answers as data, and the task's structure as its model:
    small MLP reads each patch's backbone features (the ones propagation compares,
    :meth:`~bow_gym.envs.BetterWorseSegEnv.patch_features`) and its position; ``belief="context"``
    adds how the patch differs from the image's mean and from its neighbourhood
-   (:func:`~bow_gym.wrappers.patch_context_inputs`); ``belief="image"`` uses a small U-Net over the RGB image (:class:`agents.unet.ClickUNet`, one output map). It
-   never sees ground truth.
+   (:func:`~bow_gym.wrappers.patch_context_inputs`); ``belief="image"`` uses a small U-Net over
+   the RGB image (:class:`agents.unet.ClickUNet`, one output map). It never sees ground truth.
 2. **Answer model.** With ``D(m; q) = 2 sum(m q) / (sum(m) + sum(q))`` the soft Dice of a mask
    ``m`` (foreground share per patch) against the belief, an answer is modelled as
    ``P(better) = sigmoid(kappa * (precision_q(added area) - D(m_before; q) / 2) - beta)`` for a

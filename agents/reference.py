@@ -111,7 +111,6 @@ class GroundTruthClicker(ClickPolicy):
             self._rejected.add(int(info["patch"]))
 
 
-
 def dice_after_clicks(pred: np.ndarray, gt: np.ndarray, graph: np.ndarray,
                       grid: tuple[int, int]) -> np.ndarray:
     """Exact Dice of the mask after every ``(label, patch)`` click: ``(2, P)`` float64.

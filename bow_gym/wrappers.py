@@ -266,6 +266,7 @@ def patch_inputs(env: BetterWorseSegEnv) -> np.ndarray:
 def _box_mean(grid_values: np.ndarray, radius: int) -> np.ndarray:
     """Mean over the ``(2 r + 1)^2`` neighbourhood of every cell of a ``(gh, gw, D)`` array; the
     border is repeated outwards, so edge patches are not pulled towards zero."""
+    # Summed-area table rather than cv2.blur: OpenCV refuses DINOv2's 384 or 768 channels.
     k = 2 * radius + 1
     padded = np.pad(grid_values, ((radius, radius), (radius, radius), (0, 0)), mode="edge")
     c = np.pad(np.cumsum(np.cumsum(padded, axis=0, dtype=np.float64), axis=1),
