@@ -57,28 +57,38 @@ def first_click_stats(env) -> tuple[dict[str, float], np.ndarray]:
         np.concatenate(pooled)
 
 
-def belief_ceiling(train_env, test_env, steps: int, seed: int, belief: str = "image",
-                   global_offset: bool = False) -> dict[str, Any]:
+def ceiling_training_set(train_env, belief: str) -> tuple[np.ndarray, np.ndarray]:
+    """Belief inputs and **ground-truth** patch shares of every training image (built once and
+    shared by all seeds of :func:`belief_ceiling`)."""
+    from agents.answer_model import AnswerModelAgent
+
+    base = train_env.unwrapped
+    reader = AnswerModelAgent(base.grid, belief=belief)  # for its belief_inputs only
+    images, targets = [], []
+    for i in range(len(base.dataset)):
+        obs, _ = base.reset(options={"index": i})
+        images.append(reader.belief_inputs(obs, base))
+        targets.append(base._ctx.gt_count / base.patch_area)  # ground truth: the bound's point
+    return np.stack(images), np.stack(targets).astype(np.float32)
+
+
+def belief_ceiling(train_set: tuple[np.ndarray, np.ndarray], test_env, steps: int, seed: int,
+                   belief: str = "image", global_offset: bool = False) -> dict[str, Any]:
     """The answer-model agent with its belief network trained on ground truth (an upper bound).
 
-    ``belief`` picks the agent's belief network; ``global_offset`` the image-wide posterior offset
-    (off by default, as in the first reference reported in the README; the agent's default is on).
+    ``train_set`` comes from :func:`ceiling_training_set` with the same ``belief``, which picks
+    the agent's belief network; ``global_offset`` the image-wide posterior offset (off by default,
+    as in the first reference reported in the README; the agent's default is on).
     """
     import torch
 
     from agents.answer_model import AnswerModelAgent
     from benchmarks.compare_policies import evaluate
 
-    base = train_env.unwrapped
     torch.manual_seed(seed)
-    agent = AnswerModelAgent(base.grid, belief=belief, global_offset=global_offset, online_batch=0,
-                             greedy=True, seed=seed)
-    images, targets = [], []
-    for i in range(len(base.dataset)):
-        obs, _ = base.reset(options={"index": i})
-        images.append(agent.belief_inputs(obs, base))
-        targets.append(base._ctx.gt_count / base.patch_area)  # ground truth: the bound's point
-    x, y = np.stack(images), np.stack(targets).astype(np.float32)
+    agent = AnswerModelAgent(test_env.unwrapped.grid, belief=belief, global_offset=global_offset,
+                             online_batch=0, greedy=True, seed=seed)
+    x, y = train_set
     agent.net.train()
     agent.belief_logits(x[:32])  # sizes a lazy input layer before the optimiser sees it
     opt = torch.optim.Adam(agent.net.parameters(), lr=1e-3)
@@ -131,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         row = {"dataset": name, **stats}
         if args.belief_ceiling:
             train_env = gym.make("BetterWorseSeg-v0", **cfg["train"])
-            runs = [belief_ceiling(train_env, test_env, args.steps, seed=seed, belief=args.belief,
+            train_set = ceiling_training_set(train_env, args.belief)
+            runs = [belief_ceiling(train_set, test_env, args.steps, seed=seed, belief=args.belief,
                                    global_offset=args.global_offset)
                     for seed in range(args.seeds)]
             row.update({k: float(np.mean([r[k] for r in runs])) for k in runs[0]})

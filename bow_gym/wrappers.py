@@ -282,11 +282,12 @@ def patch_context_inputs(env: BetterWorseSegEnv) -> np.ndarray:
     the mean of its 3 x 3 and 5 x 5 patch neighbourhoods (the edge of a region). Computed from the
     image's features alone; no ground truth.
     """
-    f = env.patch_features().astype(np.float64)
+    x = patch_inputs(env)
+    f = x[:, :-2].astype(np.float64)  # the features, without the two coordinate columns
     grid_f = f.reshape(*env.grid, -1)
     context = [f - f.mean(axis=0, keepdims=True)]
     context += [(_box_mean(grid_f, r) - grid_f).reshape(len(f), -1) for r in (1, 2)]
-    return np.concatenate([patch_inputs(env), *context], axis=1).astype(np.float32)
+    return np.concatenate([x, *context], axis=1).astype(np.float32)
 
 
 def patch_policy_inputs(obs: np.ndarray, env: BetterWorseSegEnv) -> np.ndarray:
