@@ -15,7 +15,10 @@ uses the answers as data, and the task's structure as its model:
    :meth:`~bow_gym.envs.BetterWorseSegEnv.patch_features`) and its position; ``belief="context"``
    adds how the patch differs from the image's mean and from its neighbourhood
    (:func:`~bow_gym.wrappers.patch_context_inputs`); ``belief="image"`` uses a small U-Net over
-   the RGB image (:class:`agents.unet.ClickUNet`, one output map). It never sees ground truth.
+   the RGB image (:class:`agents.unet.ClickUNet`, one output map), and ``belief="hybrid"`` the
+   same U-Net over the image and the patch features together
+   (:func:`~bow_gym.wrappers.image_feature_inputs`), and ``belief="residual"`` the feature MLP
+   plus that U-Net as a correction that starts at zero. It never sees ground truth.
 2. **Answer model.** With ``D(m; q) = 2 sum(m q) / (sum(m) + sum(q))`` the soft Dice of a mask
    ``m`` (foreground share per patch) against the belief, an answer is modelled as
    ``P(better) = sigmoid(kappa * (precision_q(added area) - D(m_before; q) / 2) - beta)`` for a
@@ -69,6 +72,7 @@ from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import atomic_path
 from bow_gym.wrappers import (
+    image_feature_inputs,
     mask_shares,
     patch_context_inputs,
     patch_inputs,
@@ -98,10 +102,12 @@ class AnswerModelArgs(TrainDataArgs):
     """exploration while training: share of clicks drawn uniformly among the valid ones"""
     belief: str = "features"
     """belief network: features (MLP on each patch's backbone features and position), context
-    (the same MLP, also reading how the patch differs from the image and its neighbourhood) or
-    image (U-Net on the RGB image)"""
+    (the same MLP, also reading how the patch differs from the image and its neighbourhood),
+    image (U-Net on the RGB image), hybrid (U-Net on the image and the patch features) or
+    residual (the features MLP plus a hybrid U-Net correction that starts at zero)"""
     width: int = 16
-    """U-Net channels at the first level (belief=image) or MLP hidden units / 4 (features, context)"""
+    """U-Net channels at the first level (image, hybrid) or MLP hidden units / 4 (features,
+    context)"""
     posterior_steps: int = 20
     """gradient steps of the within-episode belief update after each answer (0 disables it)"""
     prior_weight: float = 0.1
@@ -109,8 +115,8 @@ class AnswerModelArgs(TrainDataArgs):
     global_offset: bool = True
     """within an episode, also fit one image-wide logit offset (prior weight 0.01)"""
     augment: bool = False
-    """random flips of replayed clicks (image and masks together); off by default: it did not
-    help on Kvasir-SEG in a two-seed check"""
+    """random flips of replayed clicks (image and masks together; U-Net beliefs only); off by
+    default: it did not help on Kvasir-SEG in a two-seed check"""
     seed: int = 0
     """seed of torch, numpy, the envs and the exploration"""
     device: str = "auto"
@@ -144,8 +150,10 @@ def flip_augment(images: np.ndarray, before: np.ndarray, after: np.ndarray,
     return images, before, after
 
 
-#: Per-patch inputs of the MLP beliefs, by ``belief`` name (``image`` reads the RGB instead).
+#: Per-patch inputs of the MLP beliefs, by ``belief`` name.
 BELIEF_INPUTS = {"features": patch_inputs, "context": patch_context_inputs}
+#: Beliefs whose network reads an image-shaped input ``(C, H, W)``.
+UNET_BELIEFS = ("image", "hybrid", "residual")
 
 
 class PatchFeatureNet(PatchMLP):
@@ -159,14 +167,43 @@ class PatchFeatureNet(PatchMLP):
         return self.head(self.embed(x)).squeeze(-1)
 
 
+class ResidualBeliefNet(nn.Module):
+    """Belief logits ``(B, P)``: the feature MLP's plus a U-Net's correction.
+
+    Reads :func:`~bow_gym.wrappers.image_feature_inputs` ``(B, 3 + D, cells * gh, cells * gw)``.
+    The MLP (:class:`PatchFeatureNet`) sees exactly what ``belief="features"`` sees (the
+    features, pooled back to one row per patch, and the patch coordinates), so it learns as fast
+    from few answers; the U-Net reads colour and shape within and across patches and starts at
+    zero (its last layer is zero), so it only adds what the answers teach it beyond the MLP.
+    """
+
+    def __init__(self, hidden: int = 64, width: int = 16, cells: int = 2):
+        super().__init__()
+        self.cells = int(cells)
+        self.patches = PatchFeatureNet(hidden)
+        self.unet = ClickUNet(None, width=width, out_channels=1, downsample=1, input_scale=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        feats = nn.functional.avg_pool2d(x[:, 3:], self.cells)  # exact: features are repeated
+        b, _, gh, gw = feats.shape
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, gh, device=x.device),
+                                torch.linspace(-1, 1, gw, device=x.device), indexing="ij")
+        coords = torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1).expand(b, -1, -1)
+        rows = torch.cat([feats.flatten(2).transpose(1, 2), coords], dim=2)  # as patch_inputs
+        correction, _ = self.unet(x)
+        return self.patches(rows) + nn.functional.avg_pool2d(correction, self.cells).flatten(1)
+
+
 class AnswerModelAgent(ClickPolicy):
     """Learns the expert's answers, clicks for the largest predicted Dice gain (module docstring).
 
     Args:
         grid: The env's patch grid ``(rows, cols)``.
         belief: ``features`` (MLP on patch features), ``context`` (MLP on patch features and
-            their contrast with the image and the neighbourhood) or ``image`` (U-Net on the RGB
-            image).
+            their contrast with the image and the neighbourhood), ``image`` (U-Net on the RGB
+            image), ``hybrid`` (U-Net on the image and the patch features) or ``residual``
+            (the features MLP plus a hybrid U-Net correction, :class:`ResidualBeliefNet`).
         width: U-Net channels at the first level; the MLP has ``4 * width`` hidden units.
         lr: Adam learning rate.
         batch_size, buffer_size, posterior_steps, prior_weight, global_offset, epsilon, augment:
@@ -189,18 +226,27 @@ class AnswerModelAgent(ClickPolicy):
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}")
         if batch_size < 1 or buffer_size < batch_size:
             raise ValueError(f"need 1 <= batch_size <= buffer_size, got {batch_size}, {buffer_size}")
-        if belief not in BELIEF_INPUTS and belief != "image":
-            raise ValueError(f"belief must be one of {[*BELIEF_INPUTS, 'image']}, got {belief!r}")
-        if augment and belief != "image":
-            raise ValueError("augment flips images: it needs belief='image'")
+        if belief not in BELIEF_INPUTS and belief not in UNET_BELIEFS:
+            raise ValueError(f"belief must be one of {[*BELIEF_INPUTS, *UNET_BELIEFS]}, "
+                             f"got {belief!r}")
+        if augment and belief not in UNET_BELIEFS:
+            raise ValueError(f"augment flips images: it needs belief in {UNET_BELIEFS}, "
+                             f"got {belief!r}")
         if posterior_steps < 0 or not prior_weight > 0:
             raise ValueError("posterior_steps must be >= 0 and prior_weight > 0, got "
                              f"{posterior_steps!r}, {prior_weight!r}")
         self.grid = (int(grid[0]), int(grid[1]))
         self.device = torch.device(device)
         self.belief = belief
-        self.net: nn.Module = (PatchFeatureNet(4 * width) if belief != "image" else
-                               ClickUNet(3, width=width, out_channels=1, downsample=4))
+        self.net: nn.Module
+        if belief == "image":
+            self.net = ClickUNet(3, width=width, out_channels=1, downsample=4)
+        elif belief == "hybrid":  # input already at 2 x 2 cells per patch, scaled
+            self.net = ClickUNet(None, width=width, out_channels=1, downsample=1, input_scale=1.0)
+        elif belief == "residual":
+            self.net = ResidualBeliefNet(4 * width, width)
+        else:
+            self.net = PatchFeatureNet(4 * width)
         self.net.to(self.device)
         # Answer model: see answer_logits; kappa = exp(log_kappa) stays positive.
         self.log_kappa = nn.Parameter(torch.tensor(math.log(20.0), device=self.device))
@@ -239,14 +285,19 @@ class AnswerModelAgent(ClickPolicy):
     # ---------------------------------------------------------------- belief
     def belief_inputs(self, obs: np.ndarray, env: BetterWorseSegEnv) -> np.ndarray:
         """What the belief network reads for the env's current image (and replay stores)."""
-        return BELIEF_INPUTS[self.belief](env) if self.belief != "image" else np.array(obs[:3])
+        if self.belief == "image":
+            return np.array(obs[:3])
+        if self.belief in ("hybrid", "residual"):
+            return image_feature_inputs(obs, env)
+        return BELIEF_INPUTS[self.belief](env)
 
     def belief_logits(self, inputs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``(B, P)`` foreground logits per patch from a batch of :meth:`belief_inputs`."""
         x = torch.as_tensor(np.asarray(inputs), device=self.device)
-        if x.ndim == (2 if self.belief != "image" else 3):
+        unet = self.belief in UNET_BELIEFS
+        if x.ndim == (3 if unet else 2):
             x = x.unsqueeze(0)
-        if self.belief != "image":
+        if not unet or self.belief == "residual":
             return self.net(x.float())
         logits, _ = self.net(x)
         return nn.functional.adaptive_avg_pool2d(logits, self.grid).flatten(1)
@@ -386,8 +437,8 @@ class AnswerModelAgent(ClickPolicy):
         from safetensors.torch import save_file
 
         if any(isinstance(t, nn.parameter.UninitializedParameter) for t in self.net.parameters()):
-            raise ValueError(f"cannot save to {path}: the feature belief has not read any image "
-                             "yet, so its input size is unknown")
+            raise ValueError(f"cannot save to {path}: the {self.belief} belief has not read any "
+                             "image yet, so its input size is unknown")
         state = {f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         state["log_kappa"] = self.log_kappa.detach().cpu().reshape(1)
         state["beta"] = self.beta.detach().cpu().reshape(1)

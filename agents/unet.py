@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
+def _block(c_in: int | None, c_out: int) -> nn.Sequential:
+    first = (nn.Conv2d(c_in, c_out, 3, padding=1, bias=False) if c_in is not None else
+             nn.LazyConv2d(c_out, 3, padding=1, bias=False))  # sized by the first input
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.GroupNorm(4, c_out), nn.SiLU(),
+        first, nn.GroupNorm(4, c_out), nn.SiLU(),
         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.GroupNorm(4, c_out), nn.SiLU(),
     )
 
@@ -16,7 +18,7 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 class ClickUNet(nn.Module):
     """U-Net over a BetterWorseSeg observation.
 
-    Input ``(B, C, H, W)`` uint8 (or float in [0, 255]); two coordinate channels are appended
+    Input ``(B, C, H, W)`` uint8 (or float in [0, 255]; divided by ``input_scale``); two coordinate channels are appended
     (lesions are not uniformly placed, and a convolution alone cannot see where it is). Output
     ``(B, 2, H, W)`` logits whose flattened index is the env's action index, and, from the
     bottleneck, a scalar value estimate per image (used as a learned REINFORCE baseline).
@@ -24,22 +26,25 @@ class ClickUNet(nn.Module):
     The last layer starts at zero, so an untrained policy clicks uniformly at random.
 
     Args:
-        in_channels: Observation channels (4, or 5 with the clicks channel).
+        in_channels: Observation channels (4, or 5 with the clicks channel); ``None``: sized by
+            the first input (a lazy first convolution).
         width: Channels of the first level (doubled at each of the ``depth`` levels).
         depth: Number of 2x down-samplings.
         downsample: The observation is average-pooled by this factor first and the logits are
             repeated back to full size: all pixels of an 8 x 8 patch cell propagate alike, so
             pixel-exact logits buy nothing and cost ``downsample**2`` times the compute.
         out_channels: Output maps (2 for click logits; other agents use the body for other maps).
+        input_scale: The input is divided by this (255 for pixels; 1 for inputs already scaled).
     """
 
-    def __init__(self, in_channels: int = 4, width: int = 16, depth: int = 3,
-                 downsample: int = 2, out_channels: int = 2):
+    def __init__(self, in_channels: int | None = 4, width: int = 16, depth: int = 3,
+                 downsample: int = 2, out_channels: int = 2, input_scale: float = 255.0):
         super().__init__()
         self.downsample = int(downsample)
+        self.input_scale = float(input_scale)
         chans = [width * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList()
-        c = in_channels + 2
+        c = in_channels + 2 if in_channels is not None else None
         for ch in chans:
             self.down.append(_block(c, ch))
             c = ch
@@ -55,7 +60,7 @@ class ClickUNet(nn.Module):
         self.in_channels = in_channels
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = obs.float() / 255.0
+        x = obs.float() / self.input_scale
         if self.downsample > 1:
             x = nn.functional.avg_pool2d(x, self.downsample)
         b, _, h, w = x.shape

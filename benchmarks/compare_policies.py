@@ -65,6 +65,8 @@ LEARNERS: dict[str, tuple[str, dict[str, Any]]] = {
     "answer_model_no_offset": ("answer_model", {"global_offset": False}),
     "answer_model_unet": ("answer_model", {"belief": "image", "global_offset": False}),
     "answer_model_context": ("answer_model", {"belief": "context"}),
+    "answer_model_hybrid": ("answer_model", {"belief": "hybrid"}),
+    "answer_model_residual": ("answer_model", {"belief": "residual"}),
 }
 
 
@@ -524,7 +526,8 @@ def _figures(out: Path, summary, per_seed, curves, datasets, learners, save_figu
                "a2c_belief_aux": "indigo",
                "answer_model": "tab:brown",
                "answer_model_no_offset": "tab:olive", "answer_model_unet": "tab:cyan",
-               "answer_model_context": "hotpink"}
+               "answer_model_context": "hotpink", "answer_model_hybrid": "darkgoldenrod",
+               "answer_model_residual": "teal"}
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
         for name in learners:

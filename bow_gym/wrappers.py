@@ -290,6 +290,31 @@ def patch_context_inputs(env: BetterWorseSegEnv) -> np.ndarray:
     return np.concatenate([x, *context], axis=1).astype(np.float32)
 
 
+def image_feature_inputs(obs: np.ndarray, env: BetterWorseSegEnv, cells: int = 2) -> np.ndarray:
+    """``(3 + D, cells * gh, cells * gw)`` float32: the image and its patch features on one grid.
+
+    The RGB channels are the image area-averaged to ``cells`` x ``cells`` cells per patch, in
+    [0, 1]; the other ``D`` channels repeat each patch's backbone features over its cells. A
+    convolutional belief then reads colour and shape at a finer scale than the patches, and the
+    features propagation compares, in one input. Computed from the image alone; no ground truth.
+
+    Args:
+        obs: The env's observation ``(C, H, W)`` (its first three channels are the RGB image).
+        env: The env whose current image ``obs`` shows.
+        cells: Cells per patch side (at least 1).
+    """
+    import cv2
+
+    if cells < 1:
+        raise ValueError(f"cells must be >= 1, got {cells!r}")
+    gh, gw = env.grid
+    rgb = np.ascontiguousarray(np.moveaxis(np.asarray(obs[:3]), 0, -1), dtype=np.float32)
+    small = cv2.resize(rgb, (cells * gw, cells * gh), interpolation=cv2.INTER_AREA) / 255.0
+    feats = env.patch_features().reshape(gh, gw, -1)
+    feats = np.repeat(np.repeat(feats, cells, axis=0), cells, axis=1)
+    return np.moveaxis(np.concatenate([small, feats], axis=-1), -1, 0).astype(np.float32)
+
+
 def patch_policy_inputs(obs: np.ndarray, env: BetterWorseSegEnv) -> np.ndarray:
     """``(P, D + 6)`` float32: what the patch policy reads about a click on each patch.
 

@@ -19,7 +19,7 @@ from bow_gym.datasets.synthetic import SyntheticDataset
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.oracles import DiceOracle, Overlap
 from bow_gym.propagation import select_patches
-from bow_gym.wrappers import patch_context_inputs, patch_inputs
+from bow_gym.wrappers import image_feature_inputs, patch_context_inputs, patch_inputs
 
 
 def test_soft_dice_and_masks_after_clicks_known_answers():
@@ -100,6 +100,45 @@ def test_patch_context_inputs_known_values():
     assert x[4, 5] == pytest.approx(0.0)  # 5 x 5 around the centre is symmetric too
 
 
+def test_image_feature_inputs_known_values():
+    class _Env:  # what image_feature_inputs reads of an env
+        grid = (2, 3)
+
+        def patch_features(self):
+            return np.arange(12, dtype=np.float32).reshape(6, 2)  # patch p: (2 p, 2 p + 1)
+
+    obs = np.zeros((4, 8, 12), np.uint8)  # 4 x 4 pixels per patch
+    obs[0, :4, :4] = 255  # red in the top-left patch
+    obs[1, 4:, 8:] = 255  # green in the bottom-right patch
+    obs[2, 0, 0] = 255  # one blue pixel: 1/4 of the top-left cell at 2 x 2 cells per patch
+    obs[3] = 255  # the mask channel is not read
+    x = image_feature_inputs(obs, _Env())
+    assert x.shape == (3 + 2, 4, 6) and x.dtype == np.float32
+    assert np.all(x[0, :2, :2] == 1.0) and x[0].sum() == 4.0
+    assert np.all(x[1, 2:, 4:] == 1.0) and x[1].sum() == 4.0
+    assert x[2, 0, 0] == pytest.approx(0.25) and x[2].sum() == pytest.approx(0.25)
+    np.testing.assert_array_equal(x[3, ::2, ::2], [[0, 2, 4], [6, 8, 10]])
+    np.testing.assert_array_equal(x[4, 1::2, 1::2], [[1, 3, 5], [7, 9, 11]])
+    assert image_feature_inputs(obs, _Env(), cells=1).shape == (5, 2, 3)
+    with pytest.raises(ValueError, match="cells"):
+        image_feature_inputs(obs, _Env(), cells=0)
+
+
+def test_residual_belief_starts_as_the_feature_belief():
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 2, "size": 96}, feature_cache=None)
+    obs, _ = env.reset(seed=0)
+    agent = _agent(belief="residual", width=8)
+    agent.net.eval()
+    with torch.no_grad():
+        agent.net.unet.head.weight.zero_()  # an untrained correction
+        mlp = agent.net.patches(torch.as_tensor(patch_inputs(env))[None])
+        np.testing.assert_allclose(agent.belief_logits(agent.belief_inputs(obs, env)).numpy(),
+                                   mlp.numpy(), rtol=1e-5, atol=1e-6)
+        assert mlp.std() > 0.01  # a non-trivial belief: the comparison can fail
+        agent.net.unet.head.weight.normal_(0, 0.5)
+        assert not torch.allclose(agent.belief_logits(agent.belief_inputs(obs, env)), mlp)
+
+
 def test_env_propagation_graph_is_the_features_selection():
     env = BetterWorseSegEnv(dataset_kwargs={"n_images": 2, "size": 96}, feature_cache=None)
     with pytest.raises(RuntimeError, match="reset"):
@@ -121,11 +160,12 @@ def _agent(**kw) -> AnswerModelAgent:
     torch.manual_seed(0)
     agent = AnswerModelAgent((16, 16), **kw)
     with torch.no_grad():
-        agent.net.head.weight.normal_(0, 0.5)  # a non-trivial belief
+        for head in (m for n, m in agent.net.named_modules() if n.split(".")[-1] == "head"):
+            head.weight.normal_(0, 0.5)  # a non-trivial belief
     return agent
 
 
-@pytest.mark.parametrize("belief", ["features", "context"])
+@pytest.mark.parametrize("belief", ["features", "context", "hybrid"])
 def test_actions_unchanged_when_only_ground_truth_differs(belief):
     ds = SyntheticDataset(n_images=3, size=96)
     runs = []
@@ -215,12 +255,14 @@ def test_image_wide_offset_follows_the_answers(global_offset):
         assert shifts == [0.0, 0.0]
 
 
-@pytest.mark.parametrize("belief", ["features", "context", "image"])
+@pytest.mark.parametrize("belief", ["features", "context", "image", "hybrid", "residual"])
 def test_checkpoint_round_trip_and_errors(tmp_path, belief):
     agent = _agent(belief=belief, width=8, epsilon=0.3, seed=2)
     rng = np.random.default_rng(0)
-    obs = (rng.normal(size=(2, 256, 15)).astype(np.float32) if belief != "image" else
-           rng.integers(0, 255, (2, 3, 128, 128), dtype=np.uint8))
+    obs = {"image": rng.integers(0, 255, (2, 3, 128, 128), dtype=np.uint8),
+           "hybrid": rng.normal(size=(2, 16, 32, 32)).astype(np.float32),
+           "residual": rng.normal(size=(2, 16, 32, 32)).astype(np.float32),
+           }.get(belief, rng.normal(size=(2, 256, 15)).astype(np.float32))
     if belief != "image":
         with pytest.raises(ValueError, match="has not read any image"):
             agent.save(tmp_path / "a.safetensors")
