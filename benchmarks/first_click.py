@@ -78,7 +78,7 @@ def belief_ceiling(train_set: tuple[np.ndarray, np.ndarray], test_env, steps: in
 
     ``train_set`` comes from :func:`ceiling_training_set` with the same ``belief``, which picks
     the agent's belief network; ``global_offset`` the image-wide posterior offset (off by default,
-    as in the first reference reported in the README; the agent's default is on).
+    as in the first reference reported in benchmarks/RESULTS.md; the agent's default is on).
     """
     import torch
 
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--datasets", default="synthetic,kvasir-seg")
     p.add_argument("--belief-ceiling", action="store_true",
                    help="also train the answer-model belief on ground truth (an upper bound)")
-    p.add_argument("--belief", default="image", choices=("image", "features", "context"),
+    p.add_argument("--belief", default="image",
+                   choices=("image", "features", "context", "hybrid", "residual"),
                    help="belief network of the ceiling (default image: the U-Net, as reported)")
     p.add_argument("--global-offset", action="store_true",
                    help="the ceiling agent also updates an image-wide offset from the answers "
