@@ -104,10 +104,10 @@ class AnswerModelArgs(TrainDataArgs):
     """belief network: features (MLP on each patch's backbone features and position), context
     (the same MLP, also reading how the patch differs from the image and its neighbourhood),
     image (U-Net on the RGB image), hybrid (U-Net on the image and the patch features) or
-    residual (the features MLP plus a hybrid U-Net correction that starts at zero)"""
+    residual (the feature MLP plus a hybrid U-Net correction that starts at zero)"""
     width: int = 16
-    """U-Net channels at the first level (image, hybrid) or MLP hidden units / 4 (features,
-    context)"""
+    """U-Net channels at the first level (image, hybrid, residual) and MLP hidden units / 4
+    (features, context, residual)"""
     posterior_steps: int = 20
     """gradient steps of the within-episode belief update after each answer (0 disables it)"""
     prior_weight: float = 0.1
@@ -203,7 +203,7 @@ class AnswerModelAgent(ClickPolicy):
         belief: ``features`` (MLP on patch features), ``context`` (MLP on patch features and
             their contrast with the image and the neighbourhood), ``image`` (U-Net on the RGB
             image), ``hybrid`` (U-Net on the image and the patch features) or ``residual``
-            (the features MLP plus a hybrid U-Net correction, :class:`ResidualBeliefNet`).
+            (the feature MLP plus a hybrid U-Net correction, :class:`ResidualBeliefNet`).
         width: U-Net channels at the first level; the MLP has ``4 * width`` hidden units.
         lr: Adam learning rate.
         batch_size, buffer_size, posterior_steps, prior_weight, global_offset, epsilon, augment:
