@@ -116,8 +116,9 @@ class AnswerModelArgs(TrainDataArgs):
     """within an episode, also fit one image-wide logit offset (prior weight 0.01)"""
     augment: bool = False
     """random flips of replayed clicks (image and masks together; U-Net beliefs only); off by
-    default: it did not help the image belief on Kvasir-SEG in a two-seed check; it lifts the
-    residual belief from 0.549 to 0.604 on validation with 8,000 answers (benchmarks/RESULTS.md)"""
+    default: it did not help the image belief on Kvasir-SEG in a two-seed check; with 8,000
+    answers it lifts the hybrid belief from 0.558 to 0.629 and the residual one from 0.549 to
+    0.604 on validation (benchmarks/RESULTS.md), not yet measured on the test splits"""
     seed: int = 0
     """seed of torch, numpy, the envs and the exploration"""
     device: str = "auto"
