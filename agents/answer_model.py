@@ -169,6 +169,13 @@ class PatchFeatureNet(PatchMLP):
         return self.head(self.embed(x)).squeeze(-1)
 
 
+def hybrid_unet(width: int) -> ClickUNet:
+    """The U-Net of the hybrid and residual beliefs: one output map over
+    :func:`~bow_gym.wrappers.image_feature_inputs`, which is already at 2 x 2 cells per patch and
+    scaled (so no down-sampling and no division by 255); its input size is set by the backbone."""
+    return ClickUNet(None, width=width, out_channels=1, downsample=1, input_scale=1.0)
+
+
 class ResidualBeliefNet(nn.Module):
     """Belief logits ``(B, P)``: the feature MLP's plus a U-Net's correction.
 
@@ -183,7 +190,7 @@ class ResidualBeliefNet(nn.Module):
         super().__init__()
         self.cells = int(cells)
         self.patches = PatchFeatureNet(hidden)
-        self.unet = ClickUNet(None, width=width, out_channels=1, downsample=1, input_scale=1.0)
+        self.unet = hybrid_unet(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
@@ -243,8 +250,8 @@ class AnswerModelAgent(ClickPolicy):
         self.net: nn.Module
         if belief == "image":
             self.net = ClickUNet(3, width=width, out_channels=1, downsample=4)
-        elif belief == "hybrid":  # input already at 2 x 2 cells per patch, scaled
-            self.net = ClickUNet(None, width=width, out_channels=1, downsample=1, input_scale=1.0)
+        elif belief == "hybrid":
+            self.net = hybrid_unet(width)
         elif belief == "residual":
             self.net = ResidualBeliefNet(4 * width, width)
         else:

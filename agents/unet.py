@@ -18,8 +18,9 @@ def _block(c_in: int | None, c_out: int) -> nn.Sequential:
 class ClickUNet(nn.Module):
     """U-Net over a BetterWorseSeg observation.
 
-    Input ``(B, C, H, W)`` uint8 (or float in [0, 255]; divided by ``input_scale``); two coordinate channels are appended
-    (lesions are not uniformly placed, and a convolution alone cannot see where it is). Output
+    Input ``(B, C, H, W)`` uint8 (or float in [0, 255]; divided by ``input_scale``); two
+    coordinate channels are appended (lesions are not uniformly placed, and a convolution alone
+    cannot see where it is). Output
     ``(B, 2, H, W)`` logits whose flattened index is the env's action index, and, from the
     bottleneck, a scalar value estimate per image (used as a learned REINFORCE baseline).
 
