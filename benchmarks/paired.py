@@ -9,10 +9,11 @@ which images), so the paired difference is a sharper test than two overlapping i
         --a benchmarks/results/compare_policies_splits_answer_model_8000 \\
         --b benchmarks/results/compare_policies_splits_answer_model_hybrid_augment_8000
 
-It prints, per data set, the mean difference B - A of Dice after k = 1..5 clicks with its 95%
-Student-t interval over the pairs and how many pairs B wins, and writes ``paired.json``,
-``paired.csv`` (one row per pair) and ``paired.png`` (B against A per pair, and the mean
-difference against clicks) to ``--out``. Pairs are checked to be the same evaluation: the random
+``--a`` and ``--b`` may be the same folder, with ``--a-policy`` and ``--b-policy`` naming two
+learners of one run. It prints, per data set, the mean difference B - A of Dice after k = 1..5
+clicks with its 95% Student-t interval over the pairs and how many pairs B wins, and writes
+``paired.json``, ``paired.csv`` (one row per pair) and ``paired.png`` (B against A per pair, and
+the mean difference against clicks) to ``--out``. Pairs are checked to be the same evaluation: the random
 and ground-truth-guided clickers, which both folders run, must give the same Dice in both.
 """
 

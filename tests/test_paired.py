@@ -82,3 +82,17 @@ def test_runs_that_do_not_pair_are_refused(tmp_path, make_b, argv_extra, message
     with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)")):
         main(["--a", str(fa), "--b", str(fb), "--out", str(tmp_path / "out"), *argv_extra])
     assert not (tmp_path / "out" / "paired.json").exists()
+
+
+def test_two_learners_of_one_run_pair_up_and_the_best_needs_naming_when_ambiguous(tmp_path):
+    folder = _run(tmp_path, "a", "feat", A)
+    res = json.loads((folder / "compare_policies.json").read_text())
+    res["per_seed"] += [_row("hyb", sp, se, B[(sp, se)]) for sp, se in B]
+    res["best_agent"] = {"kv": "hyb", "other": "feat"}
+    (folder / "compare_policies.json").write_text(json.dumps(res))
+    with pytest.raises(SystemExit, match="names 2 best agents"):
+        main(["--a", str(folder), "--b", str(folder), "--out", str(tmp_path / "o")])
+    main(["--a", str(folder), "--a-policy", "feat", "--b", str(folder), "--b-policy", "hyb",
+          "--out", str(tmp_path / "o")])
+    s5 = json.loads((tmp_path / "o" / "paired.json").read_text())["summary"][-1]
+    assert s5["diff"] == pytest.approx(0.0125)
