@@ -119,8 +119,9 @@ class AnswerModelArgs(TrainDataArgs):
     default: it did not help the image belief on Kvasir-SEG in a two-seed check; with 8,000
     answers it lifts the hybrid belief from 0.558 to 0.629 and the residual one from 0.549 to
     0.604 on validation; hybrid with flips gives 0.616 on the test splits against the default
-    belief's 0.608 (better after 1 to 3 clicks, not shown after 5), but is worse than the
-    default with 2,000 or 4,000 answers (benchmarks/RESULTS.md)"""
+    belief's 0.608 (better after 1 to 3 clicks, not shown after 5; likewise with 6,000
+    answers), but is worse than the default with 2,000 or 4,000 answers
+    (benchmarks/RESULTS.md)"""
     seed: int = 0
     """seed of torch, numpy, the envs and the exploration"""
     device: str = "auto"
