@@ -18,7 +18,8 @@ images' **ground-truth** patch shares (``--steps`` minibatches of 32, twice what
 in 2,000 clicks; a reference for what that network can learn from this data, not a result of the
 method) and runs the agent greedily with it. ``--belief`` picks the network (``image``, the U-Net,
 as first reported; ``features``; ``context``), ``--global-offset`` turns on the answer model's
-image-wide offset (its default as an agent), ``--seeds N`` averages the ceiling over N seeds.
+image-wide offset (its default as an agent), ``--augment`` the agent's random flips (U-Net
+beliefs), ``--seeds N`` averages the ceiling over N seeds.
 
 Run: ``python -m benchmarks.first_click`` (``--help``); last line
 ``kvasir_dice_if_better: <value>``. Writes ``first_click.csv``/``.json`` and ``first_click.png``
@@ -73,16 +74,21 @@ def ceiling_training_set(train_env, belief: str) -> tuple[np.ndarray, np.ndarray
 
 
 def belief_ceiling(train_set: tuple[np.ndarray, np.ndarray], test_env, steps: int, seed: int,
-                   belief: str = "image", global_offset: bool = False) -> dict[str, Any]:
+                   belief: str = "image", global_offset: bool = False,
+                   augment: bool = False) -> dict[str, Any]:
     """The answer-model agent with its belief network trained on ground truth (an upper bound).
 
     ``train_set`` comes from :func:`ceiling_training_set` with the same ``belief``, which picks
     the agent's belief network; ``global_offset`` the image-wide posterior offset (off by default,
-    as in the first reference reported in benchmarks/RESULTS.md; the agent's default is on).
+    as in the first reference reported in benchmarks/RESULTS.md; the agent's default is on);
+    ``augment`` the agent's random flips of each minibatch (U-Net beliefs only).
     """
     import torch
 
-    from agents.answer_model import AnswerModelAgent
+    from agents.answer_model import UNET_BELIEFS, AnswerModelAgent, flip_augment
+
+    if augment and belief not in UNET_BELIEFS:
+        raise ValueError(f"augment flips images: it needs belief in {UNET_BELIEFS}, got {belief!r}")
     from benchmarks.compare_policies import evaluate
 
     torch.manual_seed(seed)
@@ -95,8 +101,11 @@ def belief_ceiling(train_set: tuple[np.ndarray, np.ndarray], test_env, steps: in
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         idx = rng.integers(len(x), size=32)
+        xb, yb = x[idx], y[idx]
+        if augment:  # flip_augment mirrors two patch masks; the target stands in for both
+            xb, yb, _ = flip_augment(xb, yb, yb, agent.grid, rng)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            agent.belief_logits(x[idx]), torch.as_tensor(y[idx]))
+            agent.belief_logits(xb), torch.as_tensor(yb))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -117,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--global-offset", action="store_true",
                    help="the ceiling agent also updates an image-wide offset from the answers "
                         "(the answer model's default; off by default here, as first reported)")
+    p.add_argument("--augment", action="store_true",
+                   help="random flips of each training minibatch, as the agent's augment=True "
+                        "(U-Net beliefs: image, hybrid, residual)")
     p.add_argument("--steps", type=int, default=1000,
                    help="gradient steps (batches of 32) of the belief ceiling")
     p.add_argument("--seeds", type=int, default=1,
@@ -126,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.seeds < 1 or args.steps < 1:
         p.error(f"--seeds and --steps must be >= 1, got {args.seeds} and {args.steps}")
+    if args.augment and args.belief in ("features", "context"):
+        p.error(f"--augment flips images: it needs --belief image, hybrid or residual, "
+                f"got {args.belief}")
 
     import gymnasium as gym
 
@@ -144,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
             train_env = gym.make("BetterWorseSeg-v0", **cfg["train"])
             train_set = ceiling_training_set(train_env, args.belief)
             runs = [belief_ceiling(train_set, test_env, args.steps, seed=seed, belief=args.belief,
-                                   global_offset=args.global_offset)
+                                   global_offset=args.global_offset, augment=args.augment)
                     for seed in range(args.seeds)]
             row.update({k: float(np.mean([r[k] for r in runs])) for k in runs[0]})
             row["ceiling_steps"] = args.steps

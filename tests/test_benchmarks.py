@@ -206,3 +206,18 @@ def test_first_click_belief_ceiling_over_seeds(tmp_path, capsys):
     assert len(per_seed) == 2 and row["ceiling_dice@5"] == pytest.approx(np.mean(per_seed), abs=1e-4)
     assert 0.0 < row["ceiling_dice@5"] <= 1.0 and row["ceiling_steps"] == 3
     assert 0.4 < row["better_share"] < 0.6  # about half of all first clicks touch the lesion
+
+
+def test_first_click_ceiling_augment(tmp_path, capsys):
+    from benchmarks.first_click import main as first_click
+
+    with pytest.raises(SystemExit):
+        first_click(["--belief-ceiling", "--belief", "features", "--augment", "--out", str(tmp_path)])
+    assert "--augment flips images: it needs --belief image, hybrid or residual" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "first_click.json").exists()
+    first_click(["--datasets", "synthetic", "--belief-ceiling", "--belief", "hybrid", "--augment",
+                 "--steps", "3", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "first_click.json").read_text())
+    assert saved["settings"]["augment"] is True
+    assert 0.0 < saved["rows"][0]["ceiling_dice@5"] <= 1.0
