@@ -45,6 +45,21 @@ def test_gaps_closed_can_exceed_one_and_skips_data_without_a_gap():
     assert "flat" not in gaps
 
 
+def test_gaps_closed_per_split_follow_the_overall_best_agent():
+    from benchmarks.compare_policies import gaps_closed_per_split
+
+    dice = {0: {"random": 0.2, "gt": 0.7, "a": 0.6, "b": 0.5},   # a best on split 0
+            1: {"random": 0.2, "gt": 0.6, "a": 0.4, "b": 0.5},   # b best on split 1
+            2: {"random": 0.4, "gt": 0.4, "a": 0.5, "b": 0.5}}   # no gap on split 2
+    per_seed = [{"dataset": "kv", "split": sp, "seed": seed, "policy": pol, "dice@5": d + shift}
+                for sp, by in dice.items() for pol, d in by.items()
+                for seed, shift in ((0, -0.01), (1, 0.01))]
+    a1, a2, a3 = gaps_closed_per_split(per_seed, {"kv": "a"}, 3)["kv"]
+    assert (a1, a2) == (pytest.approx(0.8), pytest.approx(0.5)) and np.isnan(a3)
+    assert gaps_closed_per_split(per_seed, {"kv": "b"}, 2)["kv"] == [pytest.approx(0.6),
+                                                                      pytest.approx(0.75)]
+
+
 def test_clicks_to_90_known_answer():
     clicks = list(range(1, 101))
     reward = [min(i, 50) / 50 for i in clicks]  # rises linearly to 1 at click 50, then flat
