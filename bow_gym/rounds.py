@@ -47,13 +47,14 @@ Configs are TOML files (:func:`load_config`); named ones ship in ``bow_gym/confi
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ import cv2
 import numpy as np
 
 from bow_gym.datasets.base import Sample, SegmentationDataset
+from bow_gym.datasets.io import DatasetError
 from bow_gym.io_utils import atomic_path, atomic_write_bytes
 
 if sys.version_info >= (3, 11):
@@ -232,6 +234,39 @@ def _expand(path: str | None) -> str | None:
     return out
 
 
+def _fields(config: RoundsConfig, *names: str) -> str:
+    """``name=value`` of some config fields, for error messages."""
+    return ", ".join(f"{n}={getattr(config, n)!r}" for n in names)
+
+
+@contextlib.contextmanager
+def _config_error(label: str) -> Iterator[None]:
+    """Re-raises an error of the checks inside, prefixed with the config fields they read.
+
+    The checks belong to other modules (data sets, backbones, segmenters, env, agents), whose
+    messages say what is wrong with a value but not which config field it came from. Unknown
+    keyword arguments arrive as TypeError (or KeyError), which the CLI would print as a
+    traceback: they become ValueError. FileNotFoundError, RuntimeError (weights unavailable) and
+    DatasetError keep their type, so that callers that tell them apart still can.
+
+    Args:
+        label: The config fields, e.g. ``"segmenter='light', segmenter_kwargs={'bogus': 1}"``.
+    """
+    try:
+        yield
+    except Exception as e:
+        msg = f"config {label}: {e}"
+        if isinstance(e, DatasetError):
+            raise DatasetError(msg) from e
+        if isinstance(e, FileNotFoundError):
+            raise FileNotFoundError(msg) from e
+        if isinstance(e, RuntimeError):
+            raise RuntimeError(msg) from e
+        if isinstance(e, ValueError | TypeError | KeyError):
+            raise ValueError(msg) from e
+        raise
+
+
 # --------------------------------------------------------------------------- data
 class MemoryDataset(SegmentationDataset):
     """A data set held in memory: decoded once, read by every stage of every round."""
@@ -261,17 +296,28 @@ def build_datasets(config: RoundsConfig) -> tuple[SegmentationDataset, Segmentat
     """The labelling and evaluation data sets of a config (lazy; see :func:`load_in_memory`).
 
     ``heldout``: the seeded train and test parts. ``transductive``: the whole set, twice.
+
+    Raises:
+        ValueError: An unknown data set name, split or argument, or too few images for the
+            split; the message names the config field(s).
+        FileNotFoundError: A root folder (or its layout) is missing; the message names ``root``.
     """
     from bow_gym.datasets import ConcatDataset, make_dataset
 
-    def one(name: str, root: str | None, kwargs: Mapping[str, Any] | None) -> SegmentationDataset:
-        return make_dataset(name, _expand(root), **dict(kwargs or {}))
+    def one(name: str, root: str | None, kwargs: Mapping[str, Any] | None, label: str
+            ) -> SegmentationDataset:
+        # The file-based layouts only list their files here: a bad name, root, split or
+        # argument fails now, cheaply, before a run writes anything.
+        with _config_error(label):
+            return make_dataset(name, _expand(root), **dict(kwargs or {}))
 
-    data = one(config.dataset, config.root, config.dataset_kwargs)
+    names = ("dataset", "root") + (("dataset_kwargs",) if config.dataset_kwargs else ())
+    data = one(config.dataset, config.root, config.dataset_kwargs, _fields(config, *names))
     if config.extra_datasets:
         parts = [(config.dataset, data)] + [
-            (e["dataset"], one(e["dataset"], e.get("root"), e.get("dataset_kwargs")))
-            for e in config.extra_datasets]
+            (e["dataset"], one(e["dataset"], e.get("root"), e.get("dataset_kwargs"),
+                               f"extra_datasets[{i}]={dict(e)!r}"))
+            for i, e in enumerate(config.extra_datasets)]
         data = ConcatDataset(parts)
     if config.limit is not None and config.limit < len(data):
         data = data.subset(list(range(config.limit)), name=f"{data.name}[:{config.limit}]")
@@ -584,14 +630,30 @@ class RoundsRun:
         config: The experiment.
         out: Run directory; an existing one is resumed if its ``config.json`` matches.
         resume: ``False`` refuses to touch a directory that already holds a run.
+        labelling: ``False`` for a run that only trains the segmenter (:func:`train_supervised`):
+            the backbone, the env and the agent are then neither built nor checked.
+
+    Raises:
+        ValueError: A config value that the run would refuse later (data set, backbone,
+            threshold, env or oracle argument, segmenter, agent, LoRA), naming the field;
+            also a directory that holds a run of another config.
+        FileNotFoundError: A missing data set root or weights file.
+        RuntimeError: Unavailable device or backbone weights.
+        FileExistsError: ``resume=False`` and ``out`` already holds a run.
+
+    Every check runs before ``out`` is created: a config that fails leaves nothing behind, so
+    the corrected config can then use the same ``out``.
     """
 
-    def __init__(self, config: RoundsConfig, out: str | os.PathLike, *, resume: bool = True):
+    def __init__(self, config: RoundsConfig, out: str | os.PathLike, *, resume: bool = True,
+                 labelling: bool = True):
+        t = time.time()
         self.config = config
         self.out = Path(out)
         from bow_gym.segmenters.config import resolve_device
 
         self.device = resolve_device(config.device)
+        self.backbone: Any = None
         stored = self.out / "config.json"
         if stored.is_file():
             if not resume:
@@ -606,9 +668,67 @@ class RoundsRun:
                     f"{self.out} was started with another config: {differ} differ "
                     f"(stored: {[old.get(k) for k in differ]}, now: "
                     f"{[new.get(k) for k in differ]}); use another --out to start afresh")
+        # Before anything is written: a config.json of a config that cannot run would make
+        # the corrected rerun with the same --out look like "another config" and be refused.
+        self._datasets = self._check(labelling)
+        self._check_seconds = time.time() - t
         self.out.mkdir(parents=True, exist_ok=True)
         _write_json(stored, asdict(config))
         self._writer = None
+
+    def _check(self, labelling: bool) -> tuple[SegmentationDataset, SegmentationDataset]:
+        """Checks every config value the run will use, with the checks of the code that uses it.
+
+        Cheap value checks come first; the data sets are built lazily (file lists only) and the
+        backbone is built for good (:meth:`run` uses it). One env and one round-1 agent are built
+        and dropped: their constructors check the env and agent arguments and the oracle.
+
+        Args:
+            labelling: Also check (and build) what clicking needs: backbone, env, agent, LoRA.
+
+        Returns:
+            The lazy labelling and evaluation data sets (:func:`build_datasets`).
+        """
+        cfg = self.config
+        with _config_error(_fields(cfg, "segmenter", "segmenter_kwargs")):
+            seg_cfg = self._segmenter_config(1)
+            # Building HSNet to check its encoder file would cost seconds; its file is checked
+            # here because the segmenter is only built after a round's clicks.
+            ckpt = seg_cfg.checkpoint
+            if ckpt is not None and not Path(ckpt).expanduser().is_file():
+                raise FileNotFoundError(f"segmenter checkpoint file not found: {ckpt!r}")
+        if labelling:
+            from bow_gym.propagation import check_threshold
+
+            with _config_error(_fields(cfg, "threshold")):
+                check_threshold(cfg.threshold)
+            if cfg.lora:
+                from bow_gym.adaptation import TripletConfig
+                from bow_gym.backbones.lora import LoRAConfig
+
+                with _config_error(_fields(cfg, "lora_kwargs")):
+                    LoRAConfig(**cfg.lora_kwargs)
+                with _config_error(_fields(cfg, "triplet_kwargs")):
+                    TripletConfig(**cfg.triplet_kwargs)
+        datasets = build_datasets(cfg)
+        if not labelling:
+            return datasets
+        from bow_gym.backbones import create_backbone
+
+        bkw = dict(cfg.backbone_kwargs)
+        if cfg.backbone.startswith("dinov2"):
+            bkw.setdefault("device", self.device)
+        with _config_error(_fields(cfg, "backbone", "backbone_kwargs")):
+            self.backbone = create_backbone(cfg.backbone, **bkw)
+        if cfg.lora and not getattr(self.backbone, "adaptable", False):
+            raise ValueError(f"lora = true needs an adaptable (DINOv2) backbone; "
+                             f"{cfg.backbone!r} has no weights to adapt")
+        with _config_error(_fields(cfg, "env_kwargs")):
+            env = self._make_env(datasets[0], None)
+        names = ("agent", "agent_kwargs") + (("agent_checkpoint",) if cfg.agent_checkpoint else ())
+        with _config_error(_fields(cfg, *names)):
+            make_agent(cfg, env.n_channels, self.device, tuple(env.grid))
+        return datasets
 
     # ------------------------------------------------------------------ helpers
     def round_dir(self, r: int) -> Path:
@@ -636,21 +756,15 @@ class RoundsRun:
     # ------------------------------------------------------------------ the loop
     def run(self) -> list[dict[str, Any]]:
         """Runs (or resumes) every round; returns all metrics rows."""
-        from bow_gym.backbones import create_backbone
-
         cfg = self.config
+        if self.backbone is None:
+            raise RuntimeError("this RoundsRun was made with labelling=False: it cannot click")
         t_setup = time.time()
-        label_lazy, eval_lazy = build_datasets(cfg)
+        label_lazy, eval_lazy = self._datasets
         label_ds = load_in_memory(label_lazy, cfg.progress)
         eval_ds = label_ds if eval_lazy is label_lazy else load_in_memory(eval_lazy, cfg.progress)
-        bkw = dict(cfg.backbone_kwargs)
-        if cfg.backbone.startswith("dinov2"):
-            bkw.setdefault("device", self.device)
-        self.backbone = create_backbone(cfg.backbone, **bkw)
-        if cfg.lora and not getattr(self.backbone, "adaptable", False):
-            raise ValueError(f"lora = true needs an adaptable (DINOv2) backbone; "
-                             f"{cfg.backbone!r} has no weights to adapt")
-        setup_seconds = time.time() - t_setup
+        # the checks built the backbone: its (possibly long) loading is part of the setup time
+        setup_seconds = time.time() - t_setup + self._check_seconds
         rows: list[dict[str, Any]] = []
         for r in range(1, cfg.rounds + 1):
             rows.extend(self.run_round(r, label_ds, eval_ds,
@@ -940,11 +1054,11 @@ def train_supervised(config: RoundsConfig, out: str | os.PathLike) -> list[dict[
     """
     from bow_gym.segmenters import build_segmenter, train_segmenter
 
-    run = RoundsRun(config, out)
+    run = RoundsRun(config, out, labelling=False)
     done = Path(out) / "metrics.json"
     if done.is_file():  # written last: this upper bound was already measured
         return json.loads(done.read_text())["rows"]
-    label_lazy, eval_lazy = build_datasets(config)
+    label_lazy, eval_lazy = run._datasets
     label_ds = load_in_memory(label_lazy, config.progress)
     eval_ds = label_ds if eval_lazy is label_lazy else load_in_memory(eval_lazy, config.progress)
     seg_cfg = run._segmenter_config(1)

@@ -258,3 +258,100 @@ def test_agent_initialisation_depends_only_on_the_run_seed():
     sa, sb, sc = (x.net.state_dict() for x in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+# --------------------------------------------------------------------------- up-front checks
+#: The smallest run of these tests: one round of the random agent on 12 synthetic images.
+FAST = {**TINY, "rounds": 1, "agent": "random"}
+
+
+def _kvasir_folder(root: Path, n: int = 8) -> Path:
+    """A Kvasir-SEG layout (``images/<id>.jpg``, ``masks/<id>.png``) of small synthetic images."""
+    import cv2
+
+    from bow_gym.datasets import make_dataset
+
+    data = make_dataset("synthetic", n_images=n, size=64)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(len(data)):
+        sample = data[i]
+        cv2.imwrite(str(root / "images" / f"{i}.jpg"), cv2.cvtColor(sample.image,
+                                                                    cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "masks" / f"{i}.png"), sample.mask.astype(np.uint8) * 255)
+    return root
+
+
+@pytest.mark.parametrize(("field", "error", "bad", "good", "shown"), [
+    # root: relative names, taken under tmp_path (a Kvasir-SEG layout is written at "kvasir")
+    ("root", FileNotFoundError, {"root": "missing"}, {"root": "kvasir"}, "missing"),
+    ("backbone", ValueError, {"backbone": "bogus"}, {"backbone": "lab_texture"}, "bogus"),
+    ("threshold", ValueError, {"threshold": 5.0}, {"threshold": 0.8}, "[-1, 1]"),
+    # before the fix: a raw TypeError after round 1's clicks, with round_01/ left behind
+    ("segmenter_kwargs", ValueError, {"segmenter_kwargs": {"epochs": 1, "size": 64, "bogus": 1}},
+     {"segmenter_kwargs": {"epochs": 1, "size": 64}}, "bogus"),
+])
+def test_bad_config_writes_nothing_and_the_corrected_config_reuses_out(
+        tmp_path, field, error, bad, good, shown):
+    base = dict(FAST)
+    if field == "root":
+        _kvasir_folder(tmp_path / "kvasir")
+        base.update(dataset="kvasir-seg", dataset_kwargs={})
+        bad, good = ({"root": str(tmp_path / v["root"])} for v in (bad, good))
+    out = tmp_path / "run"
+    with pytest.raises(error, match=rf"\b{field}=") as info:
+        run_rounds(RoundsConfig(**{**base, **bad}), out)
+    assert shown in str(info.value)
+    assert not out.exists()  # no config.json to refuse the corrected config with
+    rows = run_rounds(RoundsConfig(**{**base, **good}), out)
+    assert (out / "round_01" / "done.json").is_file()
+    assert {r["target"] for r in rows} == {"initial", "pseudo", "prediction"}
+    assert json.loads((out / "config.json").read_text())[field] == \
+        json.loads(json.dumps({**base, **good}))[field]
+
+
+@pytest.mark.parametrize(("overrides", "field", "shown"), [
+    ({"dataset": "bogus"}, "dataset", "valid names"),
+    ({"dataset_kwargs": {"n_images": 12, "split": "middle"}}, "dataset_kwargs", "middle"),
+    ({"dataset_kwargs": {"n_images": 12, "bogus": 1}}, "dataset_kwargs", "bogus"),
+    ({"extra_datasets": [{"dataset": "kvasir-seg", "root": "/nonexistent/kvasir"}]},
+     "extra_datasets", "/nonexistent/kvasir"),
+    ({"segmenter_kwargs": {"size": 100}}, "segmenter_kwargs", "multiple of 32"),
+    ({"segmenter": "hsnet", "segmenter_kwargs": {"checkpoint": "/nonexistent/pvt_v2_b2.pth"}},
+     "segmenter_kwargs", "/nonexistent/pvt_v2_b2.pth"),
+    ({"backbone_kwargs": {"bogus": 1}}, "backbone_kwargs", "bogus"),
+    ({"env_kwargs": {"oracle": "psychic"}}, "env_kwargs", "psychic"),
+    ({"env_kwargs": {"oracle_kwargs": {"bogus": 1}}}, "env_kwargs", "bogus"),
+    ({"env_kwargs": {"obs_size": 100}}, "env_kwargs", "patch grid"),
+    ({"agent": "reinforce", "agent_kwargs": {"policy": "psychic"}}, "agent_kwargs", "psychic"),
+    ({"agent": "reinforce", "agent_kwargs": {"bogus": 1}}, "agent_kwargs", "bogus"),
+    ({"lora": True}, "lora", "adaptable"),
+])
+def test_every_later_check_runs_before_out_is_written(tmp_path, overrides, field, shown):
+    out = tmp_path / "run"
+    # ValueError (unknown keywords arrive as TypeError: turned into it), or FileNotFoundError
+    with pytest.raises((ValueError, FileNotFoundError), match=rf"\b{field}\b") as info:
+        run_rounds(RoundsConfig(**{**FAST, **overrides}), out)
+    assert shown in str(info.value)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_bad_root_and_segmenter_keyword_then_the_same_out(tmp_path, capsys):
+    from bow_gym.cli import main
+
+    root = _kvasir_folder(tmp_path / "kvasir")
+    out = tmp_path / "run"
+    argv = ["rounds", "--config", "kvasir-cpu", "--rounds", "1", "--clicks", "2", "--agent",
+            "random", "--out", str(out), "--set", "feature_cache='none'", "--set",
+            "progress=false", "--set", "tensorboard=false", "--set", "device='cpu'"]
+    small = ["--set", "segmenter_kwargs={epochs=1, size=64}"]
+    assert main([*argv, *small, "--root", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "root=" in err and "missing" in err and not out.exists()
+    assert main([*argv, "--root", str(root), "--set",
+                 "segmenter_kwargs={epochs=1, size=64, bogus=1}"]) == 2
+    err = capsys.readouterr().err
+    assert "segmenter_kwargs=" in err and "bogus" in err and not out.exists()
+    assert main([*argv, *small, "--root", str(root)]) == 0
+    assert (out / "round_01" / "done.json").is_file()
