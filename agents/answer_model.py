@@ -65,7 +65,19 @@ from agents.belief import (
     masks_after_clicks,
     soft_dice,
 )
-from agents.common import PatchMLP, TrainDataArgs, TrainingLog, make_envs, summary_line
+from agents.common import (
+    COUNT,
+    POSITIVE,
+    SHARE,
+    ArgumentValueError,
+    Bound,
+    PatchMLP,
+    TrainDataArgs,
+    TrainingLog,
+    make_envs,
+    parse_cli,
+    summary_line,
+)
 from agents.policy import ClickPolicy
 from agents.reinforce import resolve_device
 from agents.unet import ClickUNet
@@ -83,6 +95,10 @@ from bow_gym.wrappers import (
 @dataclass
 class AnswerModelArgs(TrainDataArgs):
     """Arguments of answer-model training (every field is a ``--flag`` of the CLI)."""
+
+    bounds: ClassVar[dict[str, Bound]] = {
+        **TrainDataArgs.bounds, "updates_per_step": COUNT, "epsilon": SHARE,
+        "prior_weight": POSITIVE}
 
     total_clicks: int = 2000
     """clicks (env steps) to train for, over all envs"""
@@ -132,6 +148,24 @@ class AnswerModelArgs(TrainDataArgs):
     """write TensorBoard logs to <out>/tb"""
     progress: bool = True
     """show a progress bar"""
+
+    def validate(self) -> None:
+        """:meth:`TrainDataArgs.validate`, the choice of belief, and what needs what.
+
+        Raises:
+            ArgumentValueError: For the first bad field.
+        """
+        super().validate()
+        if self.buffer_size < self.batch_size:
+            raise ArgumentValueError("buffer_size", f"must be >= batch_size ({self.batch_size}): "
+                                     f"each step replays a batch from it, got {self.buffer_size}")
+        beliefs = [*BELIEF_INPUTS, *UNET_BELIEFS]
+        if self.belief not in beliefs:
+            raise ArgumentValueError("belief", f"must be one of {', '.join(beliefs)}, got "
+                                               f"{self.belief!r}")
+        if self.augment and self.belief not in UNET_BELIEFS:
+            raise ArgumentValueError("augment", "flips images: it needs belief in "
+                                     f"{', '.join(UNET_BELIEFS)}, got {self.belief!r}")
 
 
 def flip_augment(images: np.ndarray, before: np.ndarray, after: np.ndarray,
@@ -511,7 +545,13 @@ class _Episode:
 
 
 def train(args: AnswerModelArgs) -> tuple[AnswerModelAgent, dict[str, list[float]]]:
-    """Offline training over lockstep envs; returns the agent and its learning curve."""
+    """Offline training over lockstep envs; returns the agent and its learning curve.
+
+    Raises:
+        ArgumentValueError: If ``args`` fails :meth:`AnswerModelArgs.validate` (nothing is
+            written).
+    """
+    args.validate()
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     envs = make_envs(args, args.num_envs)
@@ -557,9 +597,8 @@ def train(args: AnswerModelArgs) -> tuple[AnswerModelAgent, dict[str, list[float
 
 
 def main(argv: list[str] | None = None) -> None:
-    import tyro
-
-    args = tyro.cli(AnswerModelArgs, args=argv, description=__doc__)
+    """The command line: train, then print a summary (a refused argument exits with status 2)."""
+    args = parse_cli(AnswerModelArgs, argv, "python -m agents.answer_model", __doc__)
     _, history = train(args)
     print(summary_line(history, args.out))
 

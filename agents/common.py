@@ -3,33 +3,142 @@
 from __future__ import annotations
 
 import json
+import numbers
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 
+class ArgumentValueError(ValueError):
+    """An agent argument whose value cannot work, refused before anything is built or written.
+
+    The message names the field as Python does (``total_clicks must be >= 1, got 0``);
+    :attr:`usage_message` names it as the command line does (``--total-clicks``).
+
+    Args:
+        name: The argument's field name.
+        reason: What is wrong with it, to follow the name (``"must be >= 1, got 0"``).
+    """
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name} {reason}")
+        self.name, self.reason = name, reason
+
+    @property
+    def flag(self) -> str:
+        """The argument's command-line flag (tyro spells ``total_clicks`` ``--total-clicks``)."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def usage_message(self) -> str:
+        """The error as a command-line usage error, in argparse's form."""
+        return f"argument {self.flag}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric argument may take.
+
+    Args:
+        low: Smallest value allowed (``None``: no lower bound).
+        high: Largest value allowed (``None``: no upper bound).
+        low_open: ``low`` itself is refused (``> low`` rather than ``>= low``).
+        integer: Only whole numbers.
+        unset: What ``None`` means for this argument (``None``: it is refused).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    integer: bool = False
+    unset: str | None = None
+
+    def admits(self, value: Any) -> bool:
+        """Whether ``value`` is allowed (NaN never is)."""
+        if value is None:
+            return self.unset is not None
+        kind = numbers.Integral if self.integer else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return False
+        # Written so that NaN, for which every comparison is False, fails them.
+        if self.low is not None and not (value > self.low if self.low_open else value >= self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def expected(self) -> str:
+        """What the argument may be, for an error message (``an integer >= 1``)."""
+        if self.low is not None and self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {self.low:g}"
+        elif self.high is not None:
+            text = f"<= {self.high:g}"
+        else:
+            text = "a number"
+        if self.integer:
+            text = "an integer" if text == "a number" else f"an integer {text}"
+        if self.unset is not None:
+            text += f" or unset ({self.unset})"
+        return text
+
+
+#: At least one (clicks, envs, steps, batch sizes).
+COUNT = Bound(1, integer=True)
+#: Zero or more (0 usually turns something off).
+NON_NEGATIVE_COUNT = Bound(0, integer=True)
+#: Strictly positive (learning rates, temperatures, prior weights).
+POSITIVE = Bound(0, low_open=True)
+#: Zero or more (weights of loss terms, margins).
+NON_NEGATIVE = Bound(0)
+#: A share or probability in [0, 1] (discounts, epsilons, decays).
+SHARE = Bound(0, 1)
+
+
 @dataclass
 class TrainDataArgs:
-    """Training data of an agent (the first fields of every agent's argument dataclass)."""
+    """Training data of an agent (the first fields of every agent's argument dataclass).
+
+    :meth:`validate` checks every field named in :attr:`bounds`; the agents' argument dataclasses
+    add their own fields to it and their cross-field checks to :meth:`validate`.
+    """
+
+    #: Allowed values of numeric fields, by name. Fields of the same name mean the same in every
+    #: agent, so one entry covers all the agents that have the field.
+    bounds: ClassVar[dict[str, Bound]] = {
+        "limit": Bound(1, integer=True, unset="all images of the split"),
+        "expert_margin": NON_NEGATIVE,
+        "total_clicks": COUNT,
+        "num_envs": COUNT,
+        "lr": POSITIVE,
+        "gamma": SHARE,
+        "width": COUNT,
+        "batch_size": COUNT,
+        "buffer_size": COUNT,
+        "posterior_steps": NON_NEGATIVE_COUNT,
+        "aux_coef": NON_NEGATIVE,
+        "aux_steps": COUNT,
+        "seed": NON_NEGATIVE_COUNT,  # numpy and gymnasium refuse negative seeds
+    }
 
     env_id: str = "BetterWorseSeg-v0"
     """registered env id"""
     dataset: str | None = None
-    """data set name (default: the env's synthetic data)"""
+    """data set name (unset: the env's synthetic data)"""
     root: str | None = None
     """data set folder, for file-based data sets"""
     split: str = "train"
     """which part of a seeded 80/20 split to train on: train, test or all (fit and val: the train
     part split 80/20 again, for model selection away from the test part)"""
     limit: int | None = None
-    """use only the first N images of that part"""
+    """use only the first N images of that part (unset: all of them)"""
     backbone: str | None = None
-    """backbone name (default: the env's lab_texture)"""
+    """backbone name (unset: the env's lab_texture)"""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """extra gym.make keyword arguments"""
     expert_margin: float = 0.0
@@ -41,26 +150,86 @@ class TrainDataArgs:
     :class:`~bow_gym.wrappers.DiceGainReward`; reads the ground truth: a reference for
     diagnosing an agent's learning, never a result of the method)"""
 
+    def validate(self) -> None:
+        """Refuse argument values that cannot work, before anything is built or written.
+
+        Raises:
+            ArgumentValueError: For the first bad field: its name, its value and what it may be.
+        """
+        for f in fields(self):
+            bound = self.bounds.get(f.name)
+            value = getattr(self, f.name)
+            if bound is not None and not bound.admits(value):
+                raise ArgumentValueError(f.name, f"must be {bound.expected()}, got {value!r}")
+        if self.reward not in ("answer", "dice_gain"):
+            raise ArgumentValueError("reward", f"must be 'answer' or 'dice_gain', got "
+                                               f"{self.reward!r}")
+        if self.expert_margin > 0 and "oracle" in self.env_kwargs:
+            raise ArgumentValueError("expert_margin", "sets the training oracle: do not also pass "
+                                     f"env_kwargs['oracle'] ({self.env_kwargs['oracle']!r})")
+        device = getattr(self, "device", "auto")
+        if device != "auto":
+            try:
+                torch.device(device)
+            except (RuntimeError, TypeError, ValueError):
+                raise ArgumentValueError("device", "must be auto, cpu, cuda or another torch "
+                                                   f"device such as cuda:1, got {device!r}") from None
+
+
+ArgsT = TypeVar("ArgsT", bound=TrainDataArgs)
+
+
+def parse_cli(cls: type[ArgsT], argv: Sequence[str] | None, prog: str,
+              description: str | None) -> ArgsT:
+    """An agent's arguments from its command line, validated.
+
+    Args:
+        cls: The agent's argument dataclass.
+        argv: The arguments (``None``: ``sys.argv[1:]``).
+        prog: How the command is run, for the usage line (``python -m agents.reinforce``).
+        description: The help text above the options.
+
+    Returns:
+        The parsed arguments, which passed :meth:`TrainDataArgs.validate`.
+
+    Raises:
+        SystemExit: With status 2 and a usage error naming the flag, for a refused value (as
+            for a value tyro cannot parse), before anything is written.
+    """
+    import argparse
+
+    import tyro
+
+    args = tyro.cli(cls, args=argv, prog=prog, description=description)
+    try:
+        args.validate()
+    except ArgumentValueError as e:
+        # argparse's own usage-error form and exit status 2: a refused value is a mistake in the
+        # command line, not a crash, so it gets no traceback.
+        argparse.ArgumentParser(prog=prog, usage="%(prog)s [-h] [OPTIONS]",
+                                add_help=False).error(e.usage_message)
+    return args
+
 
 def make_envs(args: TrainDataArgs, n: int) -> list:
     """``n`` envs on the training data, without ground truth in their ``info``.
 
     The envs share one data set, backbone and feature cache, so each image is featurised once.
+
+    Raises:
+        ArgumentValueError: If ``args`` fails :meth:`TrainDataArgs.validate` or ``n < 1``.
     """
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
     from bow_gym.wrappers import DiceGainReward, StripEvalInfo
 
-    if args.reward not in ("answer", "dice_gain"):
-        raise ValueError(f"reward must be 'answer' or 'dice_gain', got {args.reward!r}")
-    if not args.expert_margin >= 0:
-        raise ValueError(f"expert_margin must be >= 0, got {args.expert_margin!r}")
+    args.validate()
+    if not COUNT.admits(n):
+        # n is every caller's num_envs; the list below would hold one env for any n < 1.
+        raise ArgumentValueError("num_envs", f"must be {COUNT.expected()}, got {n!r}")
     kwargs: dict[str, Any] = dict(args.env_kwargs)
     if args.expert_margin > 0:
-        if "oracle" in kwargs:
-            raise ValueError("expert_margin sets the training oracle: do not also pass "
-                             f"env_kwargs['oracle'] ({kwargs['oracle']!r})")
         kwargs["oracle"] = "margin"
         kwargs["oracle_kwargs"] = {"delta": float(args.expert_margin)}
     for key in ("dataset", "root", "backbone"):
@@ -69,7 +238,7 @@ def make_envs(args: TrainDataArgs, n: int) -> list:
     ds_kwargs = dict(kwargs.pop("dataset_kwargs", None) or {})
     if args.split != "all":
         ds_kwargs["split"] = args.split
-    if args.limit:
+    if args.limit is not None:  # validate() refused 0, which a truthiness test read as "all"
         ds_kwargs["limit"] = args.limit
     if ds_kwargs:
         kwargs["dataset_kwargs"] = ds_kwargs

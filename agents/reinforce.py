@@ -46,7 +46,19 @@ from agents.belief import (
     masks_after_clicks,
     soft_dice,
 )
-from agents.common import PatchMLP, TrainDataArgs, TrainingLog, make_envs, summary_line
+from agents.common import (
+    NON_NEGATIVE,
+    POSITIVE,
+    SHARE,
+    ArgumentValueError,
+    Bound,
+    PatchMLP,
+    TrainDataArgs,
+    TrainingLog,
+    make_envs,
+    parse_cli,
+    summary_line,
+)
 from agents.policy import ClickPolicy
 from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
@@ -62,6 +74,10 @@ from bow_gym.wrappers import (
 @dataclass
 class ReinforceArgs(TrainDataArgs):
     """Arguments of REINFORCE training (every field is a ``--flag`` of the CLI)."""
+
+    bounds: ClassVar[dict[str, Bound]] = {
+        **TrainDataArgs.bounds, "temperature": POSITIVE, "ema_decay": SHARE,
+        "value_coef": NON_NEGATIVE, "entropy_coef": NON_NEGATIVE}
 
     total_clicks: int = 2000
     """clicks (env steps) to train for, over all envs"""
@@ -110,6 +126,23 @@ class ReinforceArgs(TrainDataArgs):
     """write TensorBoard logs to <out>/tb"""
     progress: bool = True
     """show a progress bar"""
+
+    def validate(self) -> None:
+        """:meth:`TrainDataArgs.validate`, and the choices of policy and baseline.
+
+        Raises:
+            ArgumentValueError: For the first bad field.
+        """
+        super().validate()
+        if self.policy not in ("unet", "patches", "belief"):
+            raise ArgumentValueError("policy", "must be 'unet', 'patches' or 'belief', got "
+                                               f"{self.policy!r}")
+        if self.baseline not in ("none", "ema", "value"):
+            raise ArgumentValueError("baseline", "must be 'none', 'ema' or 'value', got "
+                                                 f"{self.baseline!r}")
+        if self.aux_coef > 0 and self.policy != "belief":
+            raise ArgumentValueError("aux_coef", "needs policy='belief' (the belief predicts the "
+                                                 f"answers), got policy={self.policy!r}")
 
 
 class PatchPolicyNet(PatchMLP):
@@ -630,7 +663,12 @@ def resolve_device(device: str) -> str:
 
 
 def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
-    """Offline REINFORCE over batched rollouts; returns the agent and its learning curve."""
+    """Offline REINFORCE over batched rollouts; returns the agent and its learning curve.
+
+    Raises:
+        ArgumentValueError: If ``args`` fails :meth:`ReinforceArgs.validate` (nothing is written).
+    """
+    args.validate()
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     device = resolve_device(args.device)
@@ -692,9 +730,8 @@ def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import tyro
-
-    args = tyro.cli(ReinforceArgs, args=argv, description=__doc__)
+    """The command line: train, then print a summary (a refused argument exits with status 2)."""
+    args = parse_cli(ReinforceArgs, argv, "python -m agents.reinforce", __doc__)
     _, history = train(args)
     print(summary_line(history, args.out))
 

@@ -54,7 +54,16 @@ from agents.belief import (
     masks_after_clicks,
     soft_dice,
 )
-from agents.common import TrainDataArgs
+from agents.common import (
+    COUNT,
+    NON_NEGATIVE,
+    NON_NEGATIVE_COUNT,
+    SHARE,
+    ArgumentValueError,
+    Bound,
+    TrainDataArgs,
+    parse_cli,
+)
 from agents.policy import ClickPolicy
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import atomic_path
@@ -77,6 +86,16 @@ class SB3Args(TrainDataArgs):
     budget of 2,000 to 5,000 clicks on a CPU.
     """
 
+    bounds: ClassVar[dict[str, Bound]] = {
+        **TrainDataArgs.bounds,
+        "lr": Bound(0, low_open=True, unset="the algorithm's default"),
+        "n_steps": Bound(1, integer=True, unset="the algorithm's default"),
+        "batch_size": Bound(1, integer=True, unset="the algorithm's default"),
+        "ent_coef": NON_NEGATIVE, "vf_coef": NON_NEGATIVE, "n_epochs": COUNT,
+        "learning_starts": NON_NEGATIVE_COUNT, "train_freq": COUNT, "gradient_steps": COUNT,
+        "target_update_interval": COUNT, "exploration_fraction": SHARE,
+        "exploration_final_eps": SHARE, "channels": Bound(2, integer=True), "log_every": COUNT}
+
     algo: Literal["ppo", "a2c", "dqn"] = "ppo"
     """SB3 algorithm"""
     total_clicks: int = 2000
@@ -84,7 +103,7 @@ class SB3Args(TrainDataArgs):
     num_envs: int = 8
     """envs in SB3's DummyVecEnv; one vectorised step is num_envs clicks"""
     lr: float | None = None
-    """learning rate (default: ppo 1e-3, a2c 1e-3, dqn 5e-4)"""
+    """learning rate (unset: ppo 1e-3, a2c 1e-3, dqn 5e-4)"""
     gamma: float = 0.0
     """discount of later answers; 0 because the expert judges each click on its own"""
     ent_coef: float = 0.01
@@ -92,9 +111,9 @@ class SB3Args(TrainDataArgs):
     vf_coef: float = 0.5
     """PPO/A2C: weight of the value loss"""
     n_steps: int | None = None
-    """PPO/A2C: steps per env per rollout (default: ppo 16, a2c 1)"""
+    """PPO/A2C: steps per env per rollout (unset: ppo 16, a2c 1)"""
     batch_size: int | None = None
-    """PPO: minibatch size; DQN: replay batch size (default: ppo 64, dqn 32)"""
+    """PPO: minibatch size; DQN: replay batch size (unset: ppo 64, dqn 32)"""
     n_epochs: int = 4
     """PPO: passes over each rollout"""
     use_rms_prop: bool = False
@@ -140,13 +159,49 @@ class SB3Args(TrainDataArgs):
     device: str = "auto"
     """auto, cpu or cuda"""
     out: str | None = None
-    """run folder: checkpoint, SB3 zip, args, metrics, TensorBoard logs (default runs/sb3-<algo>)"""
+    """run folder: checkpoint, SB3 zip, args, metrics, TensorBoard logs (unset: runs/sb3-<algo>)"""
     tensorboard: bool = True
     """write TensorBoard logs to <out>/tb"""
     progress: bool = True
     """show a progress bar"""
     log_every: int = 128
     """clicks between points of the TensorBoard/CSV logs (rounded to whole rollouts/episodes)"""
+
+    def validate(self) -> None:
+        """:meth:`TrainDataArgs.validate`, the choices, and what needs what (also SB3's own
+        assertions, which would otherwise fail after the run folder is made).
+
+        Raises:
+            ArgumentValueError: For the first bad field.
+        """
+        super().validate()
+        for name, allowed in (("algo", ALGOS), ("obs", ("pixels", "features", "belief")),
+                              ("head", ("patch", "dense"))):
+            if getattr(self, name) not in allowed:
+                raise ArgumentValueError(name, f"must be one of {allowed}, got "
+                                               f"{getattr(self, name)!r}")
+        if self.obs == "belief" and self.algo == "dqn":
+            raise ArgumentValueError("obs", "'belief' needs algo 'ppo' or 'a2c': its click scores "
+                                            "are policy logits (alpha x Dice gain), not Q-values")
+        if self.obs == "belief" and self.head != "patch":
+            raise ArgumentValueError("obs", "'belief' needs head='patch': the extractor's outputs "
+                                            "are the logits")
+        if self.aux_coef and self.obs != "belief":
+            raise ArgumentValueError("aux_coef", "needs obs='belief' (the belief predicts the "
+                                                 f"answers), got obs={self.obs!r}")
+        if self.algo == "ppo":
+            # PPO normalises advantages per minibatch and per rollout, and SB3 asserts both
+            # hold more than one click.
+            defaults = ALGO_DEFAULTS["ppo"]
+            batch = defaults["batch_size"] if self.batch_size is None else self.batch_size
+            n_steps = defaults["n_steps"] if self.n_steps is None else self.n_steps
+            if batch < 2:
+                raise ArgumentValueError("batch_size", "must be >= 2 for ppo (advantages are "
+                                                       f"normalised per minibatch), got {batch}")
+            if n_steps * self.num_envs < 2:
+                raise ArgumentValueError("n_steps", "must be >= 2 for ppo with one env "
+                                         "(advantages are normalised per rollout of n_steps x "
+                                         f"num_envs clicks), got {n_steps}")
 
 
 #: Per-algorithm defaults of the ``None`` fields of :class:`SB3Args`, tuned briefly on 2,000
@@ -164,20 +219,12 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def resolved(args: SB3Args) -> dict[str, Any]:
-    """The hyper-parameters of ``args`` with the per-algorithm defaults filled in."""
-    if args.algo not in ALGOS:
-        raise ValueError(f"algo must be one of {ALGOS}, got {args.algo!r}")
-    if args.obs == "belief" and args.algo == "dqn":
-        raise ValueError("obs='belief' needs algo 'ppo' or 'a2c': its click scores are policy "
-                         "logits (alpha x Dice gain), not Q-values")
-    if args.obs == "belief" and args.head != "patch":
-        raise ValueError("obs='belief' needs head='patch': the extractor's outputs are the logits")
-    if args.aux_coef and args.obs != "belief":
-        raise ValueError(f"aux_coef needs obs='belief' (the belief predicts the answers), got "
-                         f"obs={args.obs!r}")
-    if not args.aux_coef >= 0 or args.aux_steps < 1 or args.posterior_steps < 0:
-        raise ValueError("need aux_coef >= 0, aux_steps >= 1 and posterior_steps >= 0, got "
-                         f"{args.aux_coef!r}, {args.aux_steps!r}, {args.posterior_steps!r}")
+    """The hyper-parameters of ``args`` with the per-algorithm defaults filled in.
+
+    Raises:
+        ArgumentValueError: If ``args`` fails :meth:`SB3Args.validate`.
+    """
+    args.validate()
     out = asdict(args)
     for key, value in ALGO_DEFAULTS[args.algo].items():
         if out[key] is None:
@@ -823,11 +870,12 @@ def train_sb3(args: SB3Args) -> tuple[SB3ClickPolicy, dict[str, list[float]]]:
     """
     from stable_baselines3.common.utils import set_random_seed
 
-    hp = resolved(args)
+    hp = resolved(args)  # validates args: nothing is written for a refused value
     out = Path(hp["out"])
-    out.mkdir(parents=True, exist_ok=True)
     set_random_seed(args.seed)
     vec_env = make_vec_env(args, args.num_envs)
+    # Made only once the envs are built, so a data set that cannot be read leaves no folder.
+    out.mkdir(parents=True, exist_ok=True)
     model = build_model(args, vec_env, out)
     history_callback = ClickHistoryCallback()
     callback: list[BaseCallback] = [history_callback]
@@ -865,9 +913,8 @@ def train_sb3(args: SB3Args) -> tuple[SB3ClickPolicy, dict[str, list[float]]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import tyro
-
-    args = tyro.cli(SB3Args, args=argv, description=__doc__)
+    """The command line: train, then print a summary (a refused argument exits with status 2)."""
+    args = parse_cli(SB3Args, argv, "python -m agents.sb3", __doc__)
     agent, history = train_sb3(args)
     last = history["reward"][-max(1, len(history["reward"]) // 10):]
     out = Path(resolved(args)["out"])

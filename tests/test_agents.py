@@ -1,3 +1,6 @@
+import importlib
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from agents import (
     make_policy,
     run_episode,
 )
+from agents.common import COUNT, SHARE, ArgumentValueError, Bound, TrainDataArgs, make_envs
 from agents.reference import dice_after_clicks, largest_error_click
 from bow_gym.datasets.synthetic import SyntheticDataset
 from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY, BetterWorseSegEnv
@@ -159,3 +163,137 @@ def test_render_frames_recorded():
     rec = run_episode(env, GroundTruthClicker(), seed=0, render=True)
     assert len(rec.frames) == 6 and len(rec.dice) == 5
     assert rec.final_dice == rec.dice[-1] >= rec.initial_dice
+
+
+# ------------------------------------------------------------------ argument validation
+AGENT_CLIS = ("reinforce", "sb3", "answer_model")
+
+
+def _run_cli(name: str, extra: list[str], out) -> None:
+    """Run an agent's CLI on a tiny, fast setup, then ``extra`` (a later flag overrides an
+    earlier one), so a value that is wrongly accepted trains briefly instead of for minutes."""
+    argv = ["--total-clicks", "8", "--num-envs", "2", "--limit", "2", "--width", "8",
+            "--no-tensorboard", "--no-progress", "--out", str(out), *extra]
+    importlib.import_module(f"agents.{name}").main(argv)
+
+
+@pytest.mark.parametrize("name", AGENT_CLIS)
+@pytest.mark.parametrize("flag, value, expected, shown", [
+    ("--total-clicks", "0", "must be an integer >= 1", "0"),
+    ("--total-clicks", "-5", "must be an integer >= 1", "-5"),
+    ("--num-envs", "0", "must be an integer >= 1", "0"),
+    ("--limit", "0", "must be an integer >= 1 or unset (all images of the split)", "0"),
+    ("--lr", "0", "must be > 0", "0.0"),  # sb3 adds: or unset (the algorithm's default)
+    ("--seed", "-1", "must be an integer >= 0", "-1"),
+    ("--expert-margin", "-0.1", "must be >= 0", "-0.1"),
+    ("--device", "gpu", "must be auto, cpu, cuda", "'gpu'"),
+])
+def test_agent_clis_refuse_bad_shared_arguments_before_writing(name, flag, value, expected, shown,
+                                                               tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        _run_cli(name, [flag, value], out)
+    assert exc.value.code == 2  # a usage error, not a crash
+    err = capsys.readouterr().err
+    assert f"usage: python -m agents.{name} " in err
+    assert f"error: argument {flag}: {expected}" in err
+    assert err.rstrip().endswith(f", got {shown}")
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name, extra, expected", [
+    ("reinforce", ["--temperature", "0"], "argument --temperature: must be > 0, got 0.0"),
+    ("reinforce", ["--ema-decay", "1.5"], "argument --ema-decay: must be in [0, 1], got 1.5"),
+    ("reinforce", ["--gamma", "nan"], "argument --gamma: must be in [0, 1], got nan"),
+    ("reinforce", ["--aux-steps", "0"], "argument --aux-steps: must be an integer >= 1, got 0"),
+    ("reinforce", ["--aux-coef", "1"], "argument --aux-coef: needs policy='belief'"),
+    ("answer_model", ["--epsilon", "1.5"], "argument --epsilon: must be in [0, 1], got 1.5"),
+    ("answer_model", ["--updates-per-step", "0"], "argument --updates-per-step: must be an "
+                                                  "integer >= 1, got 0"),
+    ("answer_model", ["--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
+    ("answer_model", ["--buffer-size", "4"], "argument --buffer-size: must be >= batch_size (32)"),
+    ("answer_model", ["--prior-weight", "0"], "argument --prior-weight: must be > 0, got 0.0"),
+    ("answer_model", ["--posterior-steps", "-1"], "argument --posterior-steps: must be an "
+                                                  "integer >= 0, got -1"),
+    ("sb3", ["--exploration-final-eps", "1.5"], "argument --exploration-final-eps: must be in "
+                                                "[0, 1], got 1.5"),
+    ("sb3", ["--n-epochs", "0"], "argument --n-epochs: must be an integer >= 1, got 0"),
+    ("sb3", ["--batch-size", "1"], "argument --batch-size: must be >= 2 for ppo"),
+    ("sb3", ["--num-envs", "1", "--n-steps", "1"], "argument --n-steps: must be >= 2 for ppo"),
+    ("sb3", ["--channels", "1"], "argument --channels: must be an integer >= 2, got 1"),
+    ("sb3", ["--algo", "dqn", "--buffer-size", "0"], "argument --buffer-size: must be an "
+                                                     "integer >= 1, got 0"),
+    ("sb3", ["--algo", "dqn", "--obs", "belief"], "argument --obs: 'belief' needs algo 'ppo'"),
+])
+def test_agent_clis_refuse_nonsense_hyperparameters_before_writing(name, extra, expected,
+                                                                   tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        _run_cli(name, extra, out)
+    assert exc.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _trainer(name: str):
+    """The argument dataclass and training function of an agent."""
+    if name == "reinforce":
+        from agents.reinforce import ReinforceArgs, train
+
+        return ReinforceArgs, train
+    if name == "sb3":
+        from agents.sb3 import SB3Args, train_sb3
+
+        return SB3Args, train_sb3
+    from agents.answer_model import AnswerModelArgs, train
+
+    return AnswerModelArgs, train
+
+
+@pytest.mark.parametrize("name", AGENT_CLIS)
+@pytest.mark.parametrize("field, value, message", [
+    ("total_clicks", 0, "total_clicks must be an integer >= 1, got 0"),
+    ("num_envs", 0, "num_envs must be an integer >= 1, got 0"),
+    ("limit", 0, "limit must be an integer >= 1 or unset"),
+    ("total_clicks", 2.5, "total_clicks must be an integer >= 1, got 2.5"),
+])
+def test_trainers_refuse_bad_arguments_before_writing(name, field, value, message, tmp_path):
+    args_cls, train = _trainer(name)
+    out = tmp_path / "run"
+    args = args_cls(out=str(out), progress=False, tensorboard=False, **{field: value})
+    with pytest.raises(ArgumentValueError, match=message) as exc:
+        train(args)
+    assert exc.value.name == field and exc.value.flag == "--" + field.replace("_", "-")
+    assert not out.exists()
+
+
+def test_make_envs_refuses_fewer_than_one_env():
+    # It used to build one env for any n < 1.
+    for n in (0, -3):
+        with pytest.raises(ArgumentValueError, match=f"num_envs must be an integer >= 1, got {n}"):
+            make_envs(TrainDataArgs(), n)
+
+
+def test_bound_admits_and_describes_its_values():
+    assert COUNT.admits(1) and COUNT.admits(np.int64(3))
+    assert not any(COUNT.admits(v) for v in (0, -1, 2.0, True, None, "3"))
+    assert SHARE.admits(0) and SHARE.admits(1.0) and SHARE.admits(0.5)
+    assert not any(SHARE.admits(v) for v in (-0.01, 1.01, math.nan, None))
+    assert COUNT.expected() == "an integer >= 1" and SHARE.expected() == "in [0, 1]"
+    lr = Bound(0, low_open=True, unset="the default")
+    assert lr.admits(None) and lr.admits(1e-9) and not lr.admits(0.0) and not lr.admits(math.nan)
+    assert lr.expected() == "> 0 or unset (the default)"
+    assert Bound(0, 1, low_open=True).expected() == "in (0, 1]"
+
+
+@pytest.mark.parametrize("name", AGENT_CLIS)
+def test_agent_cli_help_names_the_module_and_each_default_once(name, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "400")  # one help entry per line, so duplicates share a line
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(f"agents.{name}").main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: python -m agents.{name} [-h] [OPTIONS]")
+    assert "(unset: the env's synthetic data) (default: None)" in text
+    assert not [line for line in text.splitlines() if line.count("(default") > 1]
