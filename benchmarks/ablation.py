@@ -45,10 +45,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import (
+    data_folder,
     machine,
     out_dir,
     save_figure,
-    shared_data,
     t_interval,
     write_csv,
     write_json,
@@ -102,11 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default="kvasir-cpu", help="base config (shipped name or TOML)")
     p.add_argument("--root", help="data folder (default: the config's)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5, help="rounds per run (default 5)")
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--protocol", choices=["heldout", "transductive"], help="default: config's")
     p.add_argument("--variants", default="full,no_lora,random,reinforce_lab,random_lab,gt_lab,"
-                   "answer_model_lab,supervised", help="which rows to run")
+                   "answer_model_lab,supervised",
+                   help="comma-separated rows to run, among: " + ", ".join(
+                       [*DINO_VARIANTS, *CPU_VARIANTS, "supervised"]))
     p.add_argument("--dinov2", default="dinov2_vits14", help="DINOv2 backbone of the DINOv2 rows")
     p.add_argument("--dinov2-checkpoint", help="local weights file: runs the DINOv2 rows")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -118,9 +120,17 @@ def main(argv: list[str] | None = None) -> None:
     from bow_gym.figures import make_figures
     from bow_gym.rounds import load_config, run_rounds, train_supervised
 
-    out = out_dir("ablation_rounds", args.out)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    known = [*DINO_VARIANTS, *CPU_VARIANTS, "supervised"]
+    if not wanted or any(v not in known for v in wanted):
+        p.error(f"--variants: expected a comma-separated subset of {', '.join(known)}, "
+                f"got {args.variants!r}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
     extra: dict[str, Any] = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -130,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     base.update(extra)
     if args.root:
         base["root"] = args.root
-    elif (data := shared_data()) is not None and load_config(args.config).dataset == "kvasir-seg":
+    elif load_config(args.config).dataset == "kvasir-seg" and (data := data_folder(p, None)):
         base["root"] = str(data / "kvasir-seg")
 
     variants: dict[str, tuple[str, dict[str, Any] | None, str]] = {}
@@ -143,11 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     for key, (label, over) in CPU_VARIANTS.items():
         variants[key] = (label, {**over, "backbone": "lab_texture", "lora": False}, "")
     variants["supervised"] = ("supervised segmenter (upper bound)", {}, "")
+    out = out_dir("ablation_rounds", args.out)
 
     table, per_variant, run_dirs, t0 = [], {}, {}, time.time()
     for key in wanted:
-        if key not in variants:
-            raise SystemExit(f"unknown variant {key!r}; expected {sorted(variants)}")
         label, over, why = variants[key]
         if over is None:
             table.append({"variant": key, "label": label, "note": why})

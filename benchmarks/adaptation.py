@@ -152,10 +152,10 @@ def main(argv: list[str] | None = None) -> None:
     import bow_gym  # noqa: F401
     from benchmarks._common import (
         bootstrap_ci,
+        data_folder,
         machine,
         out_dir,
         save_figure,
-        shared_data,
         write_csv,
         write_json,
     )
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     from bow_gym.backbones import DinoV2Backbone
     from bow_gym.backbones.lora import LoRAConfig, save_lora
 
-    data = shared_data(args.data)
+    data = data_folder(p, args.data)
     if data is None or not (data / "kvasir-seg").is_dir():
         _not_run("Kvasir-SEG not found: pass --data or set BOW_GYM_SHARED_DATA")
         return

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
                         "\n".join(f"  {k}: {t} {a}" for k, (t, a) in LEARNERS.items()))
     p.add_argument("--budgets", default="500,1000,2000,4000",
                    help="training clicks to try (default 500,1000,2000,4000)")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per budget (default 3)")
     p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or ../shared/data)")
     p.add_argument("--out", help="output folder (default benchmarks/results/click_budget)")
     p.add_argument("--no-progress", action="store_true")
@@ -56,27 +56,29 @@ def main(argv: list[str] | None = None) -> None:
     for spec in learners:
         learner_spec(spec)
     if args.seeds < 1:
-        raise SystemExit(f"--seeds must be positive, got {args.seeds}")
+        p.error(f"--seeds must be positive, got {args.seeds}")
 
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
     from agents import GroundTruthClicker, RandomClicker
     from benchmarks._common import (
+        data_folder,
+        dataset_names,
         machine,
         out_dir,
         save_figure,
-        shared_data,
         t_interval,
         write_csv,
         write_json,
     )
     from benchmarks.compare_policies import data_configs, evaluate, run_name, train_learner
 
-    out = out_dir("click_budget", args.out)
-    cfgs = data_configs(args.datasets.split(","), shared_data(args.data), transductive=False)
+    cfgs = data_configs(dataset_names(p, args.datasets), data_folder(p, args.data),
+                        transductive=False)
     if not cfgs:
-        raise SystemExit(f"--datasets: nothing to evaluate among {args.datasets!r}")
+        p.error(f"--datasets: nothing to evaluate among {args.datasets!r}")
+    out = out_dir("click_budget", args.out)
     runs: list[dict[str, Any]] = []
     for ds_name, cfg in cfgs.items():
         test_env = gym.make("BetterWorseSeg-v0", **cfg["test"])

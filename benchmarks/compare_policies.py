@@ -380,12 +380,15 @@ def run_units(units: list[Unit], learners: list[str], clicks: int, out: Path, fi
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--datasets", default="synthetic,kvasir-seg")
+    p.add_argument("--datasets", default="synthetic,kvasir-seg",
+                   help="comma-separated: synthetic (embedded) and/or kvasir-seg (needs the real "
+                        "data; skipped with a note when absent); default both")
     p.add_argument("--agents", default="reinforce,ppo,dqn,answer_model",
                    help="comma-separated learners (default reinforce,ppo,dqn,answer_model), "
                         "each NAME or NAME:field=value:... (overrides of its arguments):\n" +
                         "\n".join(f"  {k}: {t} {a}" for k, (t, a) in LEARNERS.items()))
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3,
+                   help="training and evaluation seeds 0..N-1 per split (default 3)")
     p.add_argument("--clicks", type=int, default=2000, help="training clicks per agent")
     p.add_argument("--transductive", action="store_true",
                    help="train and evaluate on all images (the method's protocol)")
@@ -420,7 +423,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
 
-    from benchmarks._common import machine, out_dir, save_figure, shared_data, write_csv, write_json
+    from benchmarks._common import (
+        data_folder,
+        dataset_names,
+        machine,
+        out_dir,
+        save_figure,
+        write_csv,
+        write_json,
+    )
 
     if args.replot:
         _replot(Path(args.replot), save_figure)
@@ -429,12 +440,14 @@ def main(argv: list[str] | None = None) -> None:
     learners = list(dict.fromkeys(a for a in args.agents.split(",") if a))
     for spec in learners:
         learner_spec(spec)
+    names, data = dataset_names(p, args.datasets), data_folder(p, args.data)
+    if not data_configs(names, data, args.transductive):
+        p.error(f"--datasets: nothing to evaluate among {args.datasets!r}")
     out = out_dir("compare_policies", args.out)
-    data = shared_data(args.data)
     units = []
     datasets: list[str] = []
     for split in range(args.splits):
-        cfgs = data_configs(args.datasets.split(","), data, args.transductive, split_seed=split,
+        cfgs = data_configs(names, data, args.transductive, split_seed=split,
                             validation=args.validation)
         datasets = list(cfgs)
         units += [Unit(ds_name, cfg, split, seed) for ds_name, cfg in cfgs.items()
@@ -503,13 +516,16 @@ def main(argv: list[str] | None = None) -> None:
     _figures(out, summary, per_seed, curves, datasets, learners, save_figure)
     print(f"wrote {out}/summary.csv, per_seed.csv, compare_policies.json, learning_curves.png, "
           "dice_vs_clicks.png, reward_vs_dice.png")
+    # The figure is on held-out test images; other protocols say so on the same line.
+    note = (" (validation images, not the test part)" if args.validation else
+            " (transductive: evaluated on the training images)" if args.transductive else "")
     if "kvasir-seg" in gap:
-        print(f"gap_closed: {gap['kvasir-seg'][1]:.3f}")
+        print(f"gap_closed: {gap['kvasir-seg'][1]:.3f}{note}")
     elif gap:
         ds = next(iter(gap))
-        print(f"gap_closed: {gap[ds][1]:.3f} ({ds}; Kvasir-SEG not evaluated)")
+        print(f"gap_closed: {gap[ds][1]:.3f} ({ds}; Kvasir-SEG not evaluated){note}")
     else:
-        print("gap_closed: nan")
+        print(f"gap_closed: nan{note}")
 
 
 def _replot(folder: Path, save_figure) -> None:

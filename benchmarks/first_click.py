@@ -17,7 +17,7 @@ With ``--belief-ceiling`` it also trains the answer-model agent's belief network
 images' **ground-truth** patch shares (``--steps`` minibatches of 32, twice what the agent takes
 in 2,000 clicks; a reference for what that network can learn from this data, not a result of the
 method) and runs the agent greedily with it. ``--belief`` picks the network (``image``, the U-Net,
-as first reported; ``features``; ``context``), ``--global-offset`` turns on the answer model's
+as first reported; ``features``; ``context``; ``hybrid``; ``residual``), ``--global-offset`` turns on the answer model's
 image-wide offset (its default as an agent), ``--augment`` the agent's random flips (U-Net
 beliefs), ``--seeds N`` averages the ceiling over N seeds.
 
@@ -117,7 +117,8 @@ def belief_ceiling(train_set: tuple[np.ndarray, np.ndarray], test_env, steps: in
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--datasets", default="synthetic,kvasir-seg")
+    p.add_argument("--datasets", default="synthetic,kvasir-seg",
+                   help="comma-separated: synthetic and/or kvasir-seg (default both)")
     p.add_argument("--belief-ceiling", action="store_true",
                    help="also train the answer-model belief on ground truth (an upper bound)")
     p.add_argument("--belief", default="image",
@@ -145,11 +146,22 @@ def main(argv: list[str] | None = None) -> None:
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
-    from benchmarks._common import machine, out_dir, save_figure, shared_data, write_csv, write_json
+    from benchmarks._common import (
+        data_folder,
+        dataset_names,
+        machine,
+        out_dir,
+        save_figure,
+        write_csv,
+        write_json,
+    )
     from benchmarks.compare_policies import data_configs
 
+    cfgs = data_configs(dataset_names(p, args.datasets), data_folder(p, args.data),
+                        transductive=False)
+    if not cfgs:
+        p.error(f"--datasets: nothing to evaluate among {args.datasets!r}")
     out = out_dir("first_click", args.out)
-    cfgs = data_configs(args.datasets.split(","), shared_data(args.data), transductive=False)
     rows, pooled = [], {}
     for name, cfg in cfgs.items():
         test_env = gym.make("BetterWorseSeg-v0", **cfg["test"])

@@ -181,8 +181,9 @@ def main(argv: list[str] | None = None) -> None:
               f"B wins {s['b_wins']}/{s['pairs']}")
     last = [s for s in summary if s["metric"] == "dice@5"]
     for s in last:
-        verdict = ("B better" if s["diff_ci_low"] > 0 else "A better" if s["diff_ci_high"] < 0
-                   else "no difference shown")
+        verdict = ("one pair: no interval, nothing shown" if s["pairs"] < 2 else
+                   "B better" if s["diff_ci_low"] > 0 else
+                   "A better" if s["diff_ci_high"] < 0 else "no difference shown")
         print(f"{s['dataset']}: dice@5 B - A {s['diff']:+.4f} "
               f"[{s['diff_ci_low']:+.4f}, {s['diff_ci_high']:+.4f}], {verdict}")
     print(f"wrote {out}")

@@ -6,8 +6,8 @@ benchmark checks the signals against the ground truth afterwards (evaluation onl
 signal, the Spearman rank correlation between the signal and the pseudo-mask's Dice, and the mean
 Dice of the pseudo-masks a ``top_k`` filter on that signal would keep, against all of them.
 
-Run: ``python -m benchmarks.pseudo_label_quality RUN_DIR [RUN_DIR ...]`` (e.g. the runs under
-``benchmarks/results/ablation_kvasir/runs``). Writes ``pseudo_label_quality.csv``/``.json`` and a
+Run: ``python -m benchmarks.pseudo_label_quality RUN_DIR [RUN_DIR ...]`` (e.g. the runs that
+``python -m benchmarks.ablation --out OUT`` leaves under ``OUT/runs``; they are not committed). Writes ``pseudo_label_quality.csv``/``.json`` and a
 PNG; last line: ``best_round1_signal_top50_gain: <Dice gain of the best signal in round 1>``.
 """
 
@@ -70,10 +70,16 @@ def analyse(run: Path, top_ks: tuple[float, ...]) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("runs", nargs="+", help="finished run folders")
-    p.add_argument("--top-k", default="0.5,0.7", help="shares kept (comma-separated)")
+    p.add_argument("--top-k", default="0.5,0.7",
+                   help="shares kept, each in (0, 1] (comma-separated; default 0.5,0.7)")
     p.add_argument("--out", help="output folder (default benchmarks/results/pseudo_label_quality)")
     args = p.parse_args(argv)
-    top_ks = tuple(float(k) for k in args.top_k.split(","))
+    try:
+        top_ks = tuple(float(k) for k in args.top_k.split(","))
+    except ValueError:
+        top_ks = ()
+    if not top_ks or not all(0 < k <= 1 for k in top_ks):
+        p.error(f"--top-k: expected comma-separated shares in (0, 1], got {args.top_k!r}")
     rows = [row for run in args.runs for row in analyse(Path(run), top_ks)]
     if not rows:
         raise SystemExit("no finished rounds found in " + ", ".join(args.runs))

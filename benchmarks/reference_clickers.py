@@ -72,18 +72,18 @@ def main(argv: list[str] | None = None) -> None:
     import bow_gym  # noqa: F401
     from benchmarks._common import (
         bootstrap_ci,
+        data_folder,
         machine,
         out_dir,
         save_figure,
-        shared_data,
         write_csv,
         write_json,
     )
 
     if args.splits < 0:
         p.error(f"--splits must be >= 0, got {args.splits}")
+    data = data_folder(p, args.data)
     out = out_dir("reference_clickers", args.out)
-    data = shared_data(args.data)
     # Per data set, the env kwargs of each part evaluated (one part, or one per split).
     datasets: dict[str, list[dict]] = {}
     if args.splits:

@@ -37,16 +37,24 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--variants", help="comma-separated (default: all that apply to --policy: "
                    f"{', '.join(VARIANTS)}; aux only with --policy belief)")
-    p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--clicks", type=int, default=2000)
+    p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per variant (default 2)")
+    p.add_argument("--clicks", type=int, default=2000,
+                   help="training clicks per variant and seed (default 2000)")
     p.add_argument("--images", type=int, default=200, help="synthetic images (80/20 split)")
     p.add_argument("--policy", choices=("unet", "patches", "belief"), default="unet",
                    help="REINFORCE's policy network (default unet, the method's)")
     p.add_argument("--out", help="output folder (default benchmarks/results/reinforce_ablation)")
     args = p.parse_args(argv)
+    if args.seeds < 1 or args.clicks < 1 or args.images < 5:
+        p.error(f"need --seeds >= 1, --clicks >= 1 and --images >= 5 (the 20% test part needs an image), got {args.seeds}, "
+                f"{args.clicks} and {args.images}")
     if args.variants is None:
         args.variants = ",".join(v for v in VARIANTS if args.policy == "belief" or v != "aux")
-    if args.policy != "belief" and "aux" in args.variants.split(","):
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not names or any(v not in VARIANTS for v in names):
+        p.error(f"--variants: expected a comma-separated subset of {', '.join(VARIANTS)}, "
+                f"got {args.variants!r}")
+    if args.policy != "belief" and "aux" in names:
         raise SystemExit("--variants aux needs --policy belief (only the belief predicts answers)")
 
     import gymnasium as gym
@@ -61,9 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     test_env = gym.make("BetterWorseSeg-v0",
                         dataset_kwargs={"n_images": args.images, "split": "test"})
     rows, curves = [], {}
-    for name in args.variants.split(","):
-        if name not in VARIANTS:
-            raise SystemExit(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
+    for name in names:
         for seed in range(args.seeds):
             t0 = time.time()
             ra = ReinforceArgs(total_clicks=args.clicks, seed=seed, progress=False,

@@ -21,7 +21,7 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["backbone"] = args.backbone
     if args.checkpoint:
         kwargs["backbone_kwargs"] = {"checkpoint": args.checkpoint}
-    if getattr(args, "limit", None):
+    if getattr(args, "limit", None) is not None:
         kwargs.setdefault("dataset_kwargs", {})["limit"] = args.limit
     return kwargs
 
@@ -166,13 +166,24 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return figures_main(argv)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 would otherwise read as "no limit" or "nothing")."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def _add_env_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default="BetterWorseSeg-v0", help="registered env id")
     p.add_argument("--dataset", help="data set name (default: the env's, synthetic)")
     p.add_argument("--root", help="data set folder (file-based data sets)")
     p.add_argument("--backbone", help="backbone name (default: lab_texture, weight-free)")
     p.add_argument("--checkpoint", help="local weights file for a DINOv2 backbone")
-    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--limit", type=_positive_int, help="use only the first N images")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
     _add_env_args(p)
-    p.add_argument("--episodes", type=int, default=4, help="images to label (default 4)")
+    p.add_argument("--episodes", type=_positive_int, default=4,
+                   help="images to label (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
@@ -226,10 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gymnasium.error import Error as GymError  # e.g. an unknown --env id
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError, GymError) as e:
         # Bad input and unavailable weights (RuntimeError, e.g. DINOv2 offline) are the user's to
         # fix: one line naming what is wrong, not a traceback.
         print(f"bow-gym {args.command}: error: {e}", file=sys.stderr)

@@ -93,6 +93,69 @@ def test_bad_arguments_are_refused(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_named_data_folders_must_exist(tmp_path, monkeypatch):
+    from benchmarks._common import shared_data, t_interval
+
+    with pytest.raises(FileNotFoundError, match="--data /no/such/dir: no such folder"):
+        shared_data("/no/such/dir")
+    monkeypatch.setenv("BOW_GYM_SHARED_DATA", "/no/such/dir")
+    with pytest.raises(FileNotFoundError, match="BOW_GYM_SHARED_DATA='/no/such/dir'"):
+        shared_data()
+    monkeypatch.setenv("BOW_GYM_SHARED_DATA", str(tmp_path))
+    assert shared_data() == tmp_path
+    mean, lo, hi = t_interval([0.4])
+    assert mean == 0.4 and np.isnan(lo) and np.isnan(hi)
+    assert t_interval([0.4, 0.4]) == (0.4, 0.4, 0.4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--datasets", "bogus"], "--datasets: expected a comma-separated subset of synthetic, "
+                              "kvasir-seg, got 'bogus'"),
+    (["--datasets", ","], "--datasets: expected a comma-separated subset"),
+    (["--data", "/no/such/dir"], "--data /no/such/dir: no such folder"),
+])
+@pytest.mark.parametrize("module", ["compare_policies", "first_click", "click_budget"])
+def test_benchmarks_refuse_bad_data_before_writing(module, argv, message, tmp_path, capsys):
+    import importlib
+
+    bench = importlib.import_module(f"benchmarks.{module}")
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*argv, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_validation_runs_say_so_on_their_last_line(tmp_path, capsys):
+    main(["--datasets", "synthetic", "--agents", "reinforce_patches", "--clicks", "16",
+          "--seeds", "1", "--validation", "--no-progress", "--out", str(tmp_path)])
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("gap_closed: ") and last.endswith("(validation images, not the test part)")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "need --seeds >= 1, --clicks >= 1"),
+    (["--clicks", "-1"], "need --seeds >= 1, --clicks >= 1"),
+    (["--variants", "default,nope"], "--variants: expected a comma-separated subset of default"),
+])
+def test_reinforce_ablation_refuses_bad_numbers_before_writing(argv, message, tmp_path, capsys):
+    from benchmarks.reinforce_ablation import main as reinforce_ablation
+
+    with pytest.raises(SystemExit):
+        reinforce_ablation([*argv, "--out", str(tmp_path / "out")])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("top_k", ["1.5", "0", "half"])
+def test_pseudo_label_quality_refuses_shares_outside_zero_one(top_k, tmp_path, capsys):
+    from benchmarks.pseudo_label_quality import main as pseudo_label_quality
+
+    with pytest.raises(SystemExit):
+        pseudo_label_quality([str(tmp_path), "--top-k", top_k, "--out", str(tmp_path / "out")])
+    assert "--top-k: expected comma-separated shares in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_replot_names_the_missing_file(tmp_path):
     with pytest.raises(SystemExit, match="compare_policies.json not found"):
         main(["--replot", str(tmp_path)])
@@ -236,3 +299,17 @@ def test_first_click_ceiling_augment(tmp_path, capsys):
     saved = json.loads((tmp_path / "first_click.json").read_text())
     assert saved["settings"]["augment"] is True
     assert 0.0 < saved["rows"][0]["ceiling_dice@5"] <= 1.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "full,nope"], "--variants: expected a comma-separated subset of full, no_lora"),
+    (["--rounds", "0"], "--rounds must be >= 1, got 0"),
+    (["--seeds", "a,b"], "--seeds: expected comma-separated integers, got 'a,b'"),
+])
+def test_ablation_refuses_bad_arguments_before_writing(argv, message, tmp_path, capsys):
+    from benchmarks.ablation import main as ablation
+
+    with pytest.raises(SystemExit):
+        ablation([*argv, "--out", str(tmp_path / "out")])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -22,6 +22,19 @@ def test_list_and_bad_input(capsys):
     assert "BetterWorseSeg-v0" in out and "kvasir-seg" in out and "dinov2_vits14" in out
     assert main(["demo", "--dataset", "kvasir-seg", "--root", "/no/such/dir"]) == 2
     assert "/no/such/dir" in capsys.readouterr().err
+    assert main(["demo", "--env", "NoSuchEnv-v0"]) == 2
+    assert "NoSuchEnv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["demo", "--episodes", "0"], ["demo", "--episodes", "-1"],
+                                  ["featurize", "--limit", "0"], ["demo", "--limit", "x"]])
+def test_counts_below_one_are_usage_errors(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, *(["--out", str(tmp_path / "o")] if argv[0] == "demo" else [])])
+    assert exc.value.code == 2
+    assert f"argument {argv[1]}: expected an integer >= 1, got {argv[2]!r}" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.real_data

@@ -96,3 +96,15 @@ def test_two_learners_of_one_run_pair_up_and_the_best_needs_naming_when_ambiguou
           "--out", str(tmp_path / "o")])
     s5 = json.loads((tmp_path / "o" / "paired.json").read_text())["summary"][-1]
     assert s5["diff"] == pytest.approx(0.0125)
+
+
+def test_one_pair_has_no_interval_and_no_verdict(tmp_path, capsys):
+    fa = _run(tmp_path, "a", "feat", {(0, 0): 0.60})
+    fb = _run(tmp_path, "b", "hyb", {(0, 0): 0.55})
+    main(["--a", str(fa), "--b", str(fb), "--out", str(tmp_path / "out")])
+    s5 = next(s for s in json.loads((tmp_path / "out" / "paired.json").read_text())["summary"]
+              if s["metric"] == "dice@5")
+    assert s5["diff"] == pytest.approx(-0.05) and s5["pairs"] == 1
+    assert s5["diff_ci_low"] != s5["diff_ci_low"]  # NaN: one value has no interval
+    last = capsys.readouterr().out.splitlines()[-2]
+    assert "one pair: no interval" in last and "A better" not in last
