@@ -98,7 +98,8 @@ def aggregate(per_seed: list[list[dict[str, Any]]], r: int, target: str = "predi
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", default="kvasir-cpu", help="base config (shipped name or TOML)")
     p.add_argument("--root", help="data folder (default: the config's)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")

@@ -99,7 +99,8 @@ def _not_run(reason: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.adaptation", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", help="local DINOv2 weights file (required for a real result)")
     p.add_argument("--random-init", action="store_true",
                    help="seeded random weights: runs the pipeline, reports no result")
@@ -108,19 +109,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=40, help="first N Kvasir-SEG images (default 40)")
     p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or ../shared/data)")
     p.add_argument("--input-size", type=int, default=224, help="ViT input side (default 224)")
-    p.add_argument("--threshold", type=float, default=0.8)
-    p.add_argument("--clicks", type=int, default=5)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=16.0)
-    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--threshold", type=float, default=0.8,
+                   help="propagation's cosine-similarity threshold (default 0.8)")
+    p.add_argument("--clicks", type=int, default=5,
+                   help="clicks per image of the pseudo-labelling round (default 5)")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
+    p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
     p.add_argument("--blocks", help="comma-separated block indices to adapt (default all)")
     p.add_argument("--steps", type=int,
                    help="training steps (default 100; 20 with --random-init, a pipeline check)")
     p.add_argument("--batch-size", type=int, default=8, help="images per training step")
     p.add_argument("--triplets-per-image", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--margin", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=5e-4, help="adapter learning rate (default 5e-4)")
+    p.add_argument("--margin", type=float, default=0.2, help="triplet-loss margin (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling and init (default 0)")
     p.add_argument("--device", help="torch device (default cuda if available, else cpu)")
     p.add_argument("--speed-repeats", type=int, default=3, help="timing repeats (best is kept)")
     p.add_argument("--save-adapter", help="also save the trained adapter to this .safetensors file")
@@ -142,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.checkpoint and args.random_init:
         _not_run("--checkpoint and --random-init exclude each other")
         return
+    if args.checkpoint and not Path(args.checkpoint).expanduser().is_file():
+        p.error(f"--checkpoint {args.checkpoint}: no such file (expected a local DINOv2 weights "
+                "file)")
     if not (args.checkpoint or args.random_init):
         _not_run("no DINOv2 weights: pass --checkpoint FILE for a result, or --random-init for "
                   "a pipeline check")

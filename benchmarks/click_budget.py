@@ -37,7 +37,8 @@ def _positive_ints(text: str, flag: str) -> list[int]:
 def main(argv: list[str] | None = None) -> None:
     from benchmarks.compare_policies import LEARNERS, is_reference, learner_spec
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.click_budget", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--datasets", default="kvasir-seg",
                    help="synthetic and/or kvasir-seg (default kvasir-seg)")
     p.add_argument("--agents", default="answer_model,reinforce_patches",

@@ -379,7 +379,8 @@ def run_units(units: list[Unit], learners: list[str], clicks: int, out: Path, fi
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare_policies", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--datasets", default="synthetic,kvasir-seg",
                    help="comma-separated: synthetic (embedded) and/or kvasir-seg (needs the real "
                         "data; skipped with a note when absent); default both")

@@ -41,7 +41,8 @@ def extraction_speed(name: str, images: list[np.ndarray], **kwargs) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.env_throughput", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--steps", type=int, default=20000, help="steps per repeat (default 20000)")
     p.add_argument("--repeats", type=int, default=5, help="alternating repeats (default 5)")
     p.add_argument("--images", type=int, default=16, help="images for extraction speed")

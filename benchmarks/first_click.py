@@ -116,7 +116,8 @@ def belief_ceiling(train_set: tuple[np.ndarray, np.ndarray], test_env, steps: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.first_click", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--datasets", default="synthetic,kvasir-seg",
                    help="comma-separated: synthetic and/or kvasir-seg (default both)")
     p.add_argument("--belief-ceiling", action="store_true",

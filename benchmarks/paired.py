@@ -154,7 +154,8 @@ def _figure(rows, summary, a: tuple[str, str], b: tuple[str, str], path: Path) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.paired", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--a", required=True, type=Path, help="first result folder (the baseline)")
     p.add_argument("--b", required=True, type=Path, help="second result folder (the challenger)")
     p.add_argument("--a-policy", help="policy in --a (default: that run's best learned agent)")

@@ -68,7 +68,8 @@ def analyse(run: Path, top_ks: tuple[float, ...]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.pseudo_label_quality", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("runs", nargs="+", help="finished run folders")
     p.add_argument("--top-k", default="0.5,0.7",
                    help="shares kept, each in (0, 1] (comma-separated; default 0.5,0.7)")

@@ -54,7 +54,8 @@ def evaluate(env, policy_name: str, seeds: list[int], progress: bool) -> np.ndar
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reference_clickers", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--synthetic-images", type=int, default=96)
     p.add_argument("--kvasir-images", type=int, default=200, help="first N Kvasir-SEG images")
     p.add_argument("--splits", type=int, default=0,

@@ -34,7 +34,8 @@ VARIANTS: dict[str, dict] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reinforce_ablation", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--variants", help="comma-separated (default: all that apply to --policy: "
                    f"{', '.join(VARIANTS)}; aux only with --policy belief)")
     p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per variant (default 2)")

@@ -23,7 +23,10 @@ def check_threshold(threshold: float) -> float:
     Raises:
         ValueError: unless ``-1 <= threshold <= 1``.
     """
-    t = float(threshold)
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        t = float("nan")  # refused below, with the argument's name
     if not -1.0 <= t <= 1.0 or np.isnan(t):
         raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold!r}")
     return t

@@ -313,3 +313,14 @@ def test_ablation_refuses_bad_arguments_before_writing(argv, message, tmp_path, 
         ablation([*argv, "--out", str(tmp_path / "out")])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_adaptation_names_a_missing_checkpoint(tmp_path, capsys):
+    from benchmarks.adaptation import main as adaptation
+
+    with pytest.raises(SystemExit) as exc:
+        adaptation(["--checkpoint", str(tmp_path / "none.pth"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("usage: python -m benchmarks.adaptation")
+    assert f"--checkpoint {tmp_path / 'none.pth'}: no such file" in err
+    assert not (tmp_path / "out").exists()

@@ -463,6 +463,13 @@ def test_registry_names_and_errors(tmp_path):
         make_dataset("kvasir-seg", root, limit=0)
 
 
+def test_an_empty_split_is_refused_where_it_is_made():
+    with pytest.raises(ValueError, match=r"split 'test' of synthetic.* is empty: 5 samples with "
+                                         r"test_fraction=0"):
+        make_dataset("synthetic", n_images=5, size=32, split="test", test_fraction=0)
+    assert len(make_dataset("synthetic", n_images=5, size=32, split="train", test_fraction=0)) == 5
+
+
 def test_registry_synthetic():
     pytest.importorskip("bow_gym.datasets.synthetic")
     ds = make_dataset("synthetic", n_images=5, size=32, split="train", test_fraction=0.4, limit=2)

@@ -33,7 +33,7 @@ def test_clicked_patch_always_selected_even_at_threshold_one():
     assert similarity_graph(f, 1.0).sum() == 9
 
 
-@pytest.mark.parametrize("bad", [1.01, -1.5, float("nan"), 2])
+@pytest.mark.parametrize("bad", [1.01, -1.5, float("nan"), 2, "high", None])
 def test_threshold_out_of_range(bad):
     with pytest.raises(ValueError, match="threshold"):
         similarity_graph(_features(), bad)

@@ -182,6 +182,11 @@ def make_dataset(
             fit_ids, val_ids = train_test_ids(train.ids, test_fraction, split_seed)
             dataset = train.subset(fit_ids if split == "fit" else val_ids,
                                    name=f"{base_name}[{split}]")
+        if not len(dataset):
+            # An empty part would only fail later, in the env, far from its cause.
+            raise ValueError(f"split {split!r} of {base_name} is empty: {len(train) + len(test)} "
+                             f"samples with test_fraction={test_fraction} (and split_seed="
+                             f"{split_seed}) leave it none")
     if limit is not None and limit < len(dataset):
         dataset = dataset.subset(list(range(limit)), name=f"{dataset.name}[:{limit}]")
     return dataset
