@@ -1,4 +1,5 @@
-"""Stable-Baselines3 baselines (PPO, A2C, DQN) on BetterWorseSeg, through SB3's extension points.
+"""Stable-Baselines3 baselines (PPO, A2C, DQN, and sb3-contrib's MaskablePPO) on BetterWorseSeg,
+through SB3's extension points.
 
 Reads top to bottom like :mod:`agents.reinforce`: the arguments, the features extractor, the
 evaluation policy (a :class:`~agents.ClickPolicy`, so benchmarks treat it like every other
@@ -18,6 +19,9 @@ Nothing of SB3 is forked; the project plugs in where SB3 expects it:
   (label x patch). Every pixel of a patch selects the same patches (one feature per patch), so
   the 64 pixels of a cell are the same action; a ``Discrete(32768)`` head would have to learn
   that 64 times over from a few thousand answers.
+* ``algo="maskable_ppo"``: sb3-contrib's ``MaskablePPO`` with the env's ``action_masks()``
+  (:class:`~bow_gym.wrappers.ClickMasks`): clicks that would change nothing, and clicks the expert
+  rejected earlier in the episode, are never sampled, in training or evaluation.
 * a :class:`~stable_baselines3.common.callbacks.BaseCallback` for the learning curve and a
   renaming :class:`~stable_baselines3.common.logger.KVWriter` so TensorBoard tags follow the
   project's ``charts/...`` and ``losses/...`` convention.
@@ -69,13 +73,18 @@ from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import atomic_path
 from bow_gym.wrappers import (
     ClickHistory,
+    ClickMasks,
     belief_observation,
+    changing_clicks,
     patch_policy_inputs,
+    patch_shares,
     patch_to_pixel_action,
     split_belief_observation,
 )
 
-ALGOS = ("ppo", "a2c", "dqn")
+ALGOS = ("ppo", "a2c", "dqn", "maskable_ppo")
+#: The algorithms built on PPO (rollouts of n_steps, minibatches, epochs).
+PPO_LIKE = ("ppo", "maskable_ppo")
 
 
 @dataclass
@@ -96,14 +105,15 @@ class SB3Args(TrainDataArgs):
         "target_update_interval": COUNT, "exploration_fraction": SHARE,
         "exploration_final_eps": SHARE, "channels": Bound(2, integer=True), "log_every": COUNT}
 
-    algo: Literal["ppo", "a2c", "dqn"] = "ppo"
-    """SB3 algorithm"""
+    algo: Literal["ppo", "a2c", "dqn", "maskable_ppo"] = "ppo"
+    """SB3 algorithm; maskable_ppo is sb3-contrib's MaskablePPO, which never samples a click that
+    would change nothing or that the expert rejected earlier in the episode"""
     total_clicks: int = 2000
     """clicks (env steps) to train for, over all envs (PPO/A2C round up to whole rollouts)"""
     num_envs: int = 8
     """envs in SB3's DummyVecEnv; one vectorised step is num_envs clicks"""
     lr: float | None = None
-    """learning rate (unset: ppo 1e-3, a2c 1e-3, dqn 5e-4)"""
+    """learning rate (unset: ppo and maskable_ppo 1e-3, a2c 1e-3, dqn 5e-4)"""
     gamma: float = 0.0
     """discount of later answers; 0 because the expert judges each click on its own"""
     ent_coef: float = 0.01
@@ -181,18 +191,19 @@ class SB3Args(TrainDataArgs):
                 raise ArgumentValueError(name, f"must be one of {allowed}, got "
                                                f"{getattr(self, name)!r}")
         if self.obs == "belief" and self.algo == "dqn":
-            raise ArgumentValueError("obs", "'belief' needs algo 'ppo' or 'a2c': its click scores "
-                                            "are policy logits (alpha x Dice gain), not Q-values")
+            raise ArgumentValueError("obs", "'belief' needs algo 'ppo', 'maskable_ppo' or 'a2c': "
+                                            "its click scores are policy logits (alpha x Dice "
+                                            "gain), not Q-values")
         if self.obs == "belief" and self.head != "patch":
             raise ArgumentValueError("obs", "'belief' needs head='patch': the extractor's outputs "
                                             "are the logits")
         if self.aux_coef and self.obs != "belief":
             raise ArgumentValueError("aux_coef", "needs obs='belief' (the belief predicts the "
                                                  f"answers), got obs={self.obs!r}")
-        if self.algo == "ppo":
+        if self.algo in PPO_LIKE:
             # PPO normalises advantages per minibatch and per rollout, and SB3 asserts both
             # hold more than one click.
-            defaults = ALGO_DEFAULTS["ppo"]
+            defaults = ALGO_DEFAULTS[self.algo]
             batch = defaults["batch_size"] if self.batch_size is None else self.batch_size
             n_steps = defaults["n_steps"] if self.n_steps is None else self.n_steps
             if batch < 2:
@@ -210,6 +221,8 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     # 8 envs x 16 steps = 128 clicks per rollout, 4 epochs of 2 minibatches of 64. lr 2e-3
     # (0.57) and 8 epochs (0.65, twice the time) were no better than these (0.63).
     "ppo": {"lr": 1e-3, "n_steps": 16, "batch_size": 64},
+    # PPO's settings: the two differ only in which clicks they may sample.
+    "maskable_ppo": {"lr": 1e-3, "n_steps": 16, "batch_size": 64},
     # A2C has no epochs or minibatches, so the number of updates is what matters: one per
     # vectorised step (0.60) against one per two (0.38).
     "a2c": {"lr": 1e-3, "n_steps": 1, "batch_size": None},
@@ -527,7 +540,8 @@ class SB3ClickPolicy(ClickPolicy):
 
     Args:
         policy: The SB3 policy (``model.policy``).
-        algo: ``"ppo"``, ``"a2c"`` or ``"dqn"``; also the policy's :attr:`name`.
+        algo: One of :data:`ALGOS`; also the policy's :attr:`name`. ``"maskable_ppo"`` also
+            masks the clicks that would change nothing, as in its training.
         spec: What :meth:`load` needs to rebuild ``policy`` (written into checkpoints).
         avoid_rejected: Mask clicks rejected earlier in the episode.
         greedy: Argmax; otherwise sample from ``softmax(scores / temperature)``.
@@ -584,6 +598,11 @@ class SB3ClickPolicy(ClickPolicy):
         elif self.spec.get("obs") == "belief":
             obs = belief_observation(obs, env, self._history)
         s = self.scores(obs)
+        if self.algo == "maskable_ppo":  # trained never to take them: they have no learnt score
+            valid = changing_clicks(patch_shares(env.current_mask(), env.grid),
+                                    env.propagation_graph())
+            if valid.any():
+                s[~torch.as_tensor(valid)] = -torch.inf
         if self.avoid_rejected and self._rejected and len(self._rejected) < self.n_actions:
             s[list(self._rejected)] = -torch.inf
         if self.greedy:
@@ -652,7 +671,12 @@ def build_policy(algo: str, spec: dict[str, Any], device: str = "cpu") -> BasePo
     act_space = spaces.Discrete(int(spec["n_actions"]))
     kwargs = policy_kwargs(algo, tuple(spec["grid"]), spec["width"], spec["channels"], spec["head"],
                            obs, spec.get("clicks", 5), spec.get("posterior_steps", 20))
-    cls = DQNPolicy if algo == "dqn" else ActorCriticPolicy
+    if algo == "maskable_ppo":
+        from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+
+        cls: type[BasePolicy] = MaskableActorCriticPolicy
+    else:
+        cls = DQNPolicy if algo == "dqn" else ActorCriticPolicy
     policy = cls(obs_space, act_space, lambda _: 0.0, **kwargs)
     if spec["head"] == "patch":
         tie_patch_head(policy)
@@ -818,6 +842,8 @@ def make_vec_env(args: SB3Args, n: int):
     from bow_gym.wrappers import BeliefObservation, PatchActions, PatchFeatureObservation
 
     envs = [PatchActions(e) for e in make_envs(args, n)]  # type: ignore[arg-type]
+    if args.algo == "maskable_ppo":
+        envs = [ClickMasks(e, avoid_rejected=args.avoid_rejected) for e in envs]
     if args.obs == "features":
         envs = [PatchFeatureObservation(e) for e in envs]
     elif args.obs == "belief":
@@ -837,8 +863,16 @@ def build_model(args: SB3Args, vec_env: Any, out: Path):
     policy = "CnnPolicy" if args.obs == "pixels" else "MlpPolicy"  # the extractor is ours either way
     common = dict(learning_rate=hp["lr"], gamma=args.gamma, seed=args.seed, device=args.device,
                   policy_kwargs=kwargs, verbose=0)
-    if args.algo == "ppo":
-        model = PPO(policy, vec_env, n_steps=hp["n_steps"], batch_size=hp["batch_size"],
+    if args.algo in PPO_LIKE:
+        cls: Any = PPO
+        if args.algo == "maskable_ppo":
+            try:
+                from sb3_contrib import MaskablePPO
+            except ImportError as e:
+                raise ImportError("algo='maskable_ppo' needs sb3-contrib: pip install "
+                                  "sb3-contrib") from e
+            cls = MaskablePPO
+        model = cls(policy, vec_env, n_steps=hp["n_steps"], batch_size=hp["batch_size"],
                     n_epochs=args.n_epochs, ent_coef=args.ent_coef, vf_coef=args.vf_coef, **common)
     elif args.algo == "a2c":
         model = A2C(policy, vec_env, n_steps=hp["n_steps"], ent_coef=args.ent_coef,

@@ -249,10 +249,80 @@ def mask_from_obs(obs: np.ndarray) -> np.ndarray:
 
 def mask_shares(obs: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """``(P,)`` float32 share of foreground pixels of each patch in the observation's mask."""
-    m = obs[3] > 127
+    return patch_shares(obs[3] > 127, grid)
+
+
+def patch_shares(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """``(P,)`` float32 share of foreground pixels of each patch of an ``(H, W)`` bool mask."""
     gh, gw = grid
-    h, w = m.shape
-    return m.reshape(gh, h // gh, gw, w // gw).mean(axis=(1, 3), dtype=np.float32).ravel()
+    h, w = mask.shape
+    return mask.reshape(gh, h // gh, gw, w // gw).mean(axis=(1, 3), dtype=np.float32).ravel()
+
+
+def changing_clicks(shares: np.ndarray, graph: np.ndarray) -> np.ndarray:
+    """``(2P,)`` bool: which patch actions ``label * P + p`` would change the mask.
+
+    A background click on ``p`` clears the patches it reaches (row ``p`` of the propagation
+    graph), so it changes the mask iff one of them holds foreground; a foreground click iff one
+    of them is not all foreground. Such a no-op click is always answered "worse" and teaches
+    nothing, so masking it is part of the task's structure, not a hint: it reads only the mask
+    and the graph, which the agent may see.
+
+    Args:
+        shares: ``(P,)`` foreground share of each patch (:func:`patch_shares`).
+        graph: ``(P, P)`` bool propagation graph
+            (:meth:`~bow_gym.envs.BetterWorseSegEnv.propagation_graph`).
+    """
+    reach = np.asarray(graph, dtype=bool)
+    shares = np.asarray(shares)
+    clears = (reach & (shares > 0)[None, :]).any(axis=1)
+    fills = (reach & (shares < 1)[None, :]).any(axis=1)
+    return np.concatenate([clears, fills])
+
+
+class ClickMasks(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """``action_masks()`` over :class:`PatchActions`' ``Discrete(2P)``, for sb3-contrib's
+    ``MaskablePPO`` (which asks the env for it; no fork of SB3 needed).
+
+    Valid are the clicks that would change the mask (:func:`changing_clicks`) and, with
+    ``avoid_rejected``, that the expert has not rejected earlier in the episode (with
+    ``on_worse="revert"`` a rejected click leaves the state as it was, so repeating it cannot
+    help). Should nothing be valid, every click is (a mask must allow one action). Wrap it
+    around :class:`PatchActions`; observation wrappers may go outside it.
+
+    Args:
+        env: A :class:`PatchActions`-wrapped BetterWorseSeg env.
+        avoid_rejected: Also mask the clicks answered "worse" earlier in the episode.
+    """
+
+    def __init__(self, env: gym.Env, avoid_rejected: bool = True):
+        gym.utils.RecordConstructorArgs.__init__(self, avoid_rejected=avoid_rejected)
+        gym.Wrapper.__init__(self, env)
+        if not (isinstance(env.action_space, spaces.Discrete)
+                and env.action_space.n == 2 * env.unwrapped.n_patches):
+            raise TypeError("ClickMasks needs PatchActions' Discrete(2P) action space inside it, "
+                            f"got {env.action_space}")
+        self.avoid_rejected = bool(avoid_rejected)
+        self._rejected: list[int] = []
+
+    def reset(self, **kwargs):
+        self._rejected = []
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        out = self.env.step(action)
+        if out[1] < 0:
+            self._rejected.append(int(action))
+        return out
+
+    def action_masks(self) -> np.ndarray:
+        """``(2P,)`` bool: the clicks that may be taken now."""
+        base: BetterWorseSegEnv = self.env.unwrapped
+        valid = changing_clicks(patch_shares(base.current_mask(), base.grid),
+                                base.propagation_graph())
+        if self.avoid_rejected and self._rejected:
+            valid[self._rejected] = False
+        return valid if valid.any() else np.ones_like(valid)
 
 
 def patch_inputs(env: BetterWorseSegEnv) -> np.ndarray:

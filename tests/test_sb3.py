@@ -31,10 +31,13 @@ from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY, BetterWorseSegEnv
 from bow_gym.wrappers import (
     BeliefObservation,
     ClickHistory,
+    ClickMasks,
     PatchActions,
     StripEvalInfo,
     belief_observation,
+    changing_clicks,
     patch_policy_inputs,
+    patch_shares,
     split_belief_observation,
 )
 
@@ -43,6 +46,7 @@ TINY = {"dataset_kwargs": {"n_images": 8, "size": 96}}
 # Small networks and a few hundred clicks: the tests check the plumbing, not the learning.
 _PER_ALGO = {
     "ppo": {"n_steps": 16, "batch_size": 32, "n_epochs": 2},
+    "maskable_ppo": {"n_steps": 16, "batch_size": 32, "n_epochs": 2},
     "a2c": {"n_steps": 2},
     "dqn": {"learning_starts": 48, "batch_size": 16, "gradient_steps": 1},
 }
@@ -141,10 +145,12 @@ def test_checkpoint_round_trip_gives_identical_actions(trained):
 
 
 def test_sb3_zip_loads_with_sb3(trained):
+    from sb3_contrib import MaskablePPO
     from stable_baselines3 import A2C, DQN, PPO
 
     args, policy, _, out = trained
-    model = {"ppo": PPO, "a2c": A2C, "dqn": DQN}[args.algo].load(out / "model.zip", device="cpu")
+    model = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "maskable_ppo": MaskablePPO}[args.algo].load(
+        out / "model.zip", device="cpu")
     obs = _first_obs(policy, _tiny_env(), 1)
     action, _ = model.predict(obs, deterministic=True)
     assert int(action) == int(torch.argmax(policy.scores(obs)))
@@ -397,3 +403,72 @@ def test_cli(tmp_path, capsys):
     assert "a2c: trained 8 clicks" in capsys.readouterr().out
     policy = SB3ClickPolicy.load(tmp_path / "agent.safetensors")
     assert policy.name == "a2c" and not (tmp_path / "tb").exists()
+
+
+def test_changing_clicks_known_answer():
+    # Three patches; a click on 0 reaches 0 and 1, on 1 only 1, on 2 only 2.
+    graph = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1]], dtype=bool)
+    shares = np.array([1.0, 0.0, 0.5])
+    #          background: 0 (clears 0), 1 (nothing to clear), 2 (clears half)
+    #          foreground: 0 (fills 1), 1 (fills 1), 2 (fills the other half)
+    np.testing.assert_array_equal(changing_clicks(shares, graph),
+                                  [True, False, True, True, True, True])
+    np.testing.assert_array_equal(changing_clicks(np.ones(3), graph),
+                                  [True, True, True, False, False, False])
+
+
+def test_click_masks_drop_no_op_and_rejected_clicks():
+    env = ClickMasks(PatchActions(_tiny_env(oracle=ConstantOracle(-1), on_worse="keep")))
+    base: BetterWorseSegEnv = env.unwrapped
+    env.reset(seed=0)
+    p = base.n_patches
+    masks = env.action_masks()
+    assert masks.shape == (2 * p,) and not masks[:p].any() and masks[p:].all()  # empty mask
+    env.step(p + 5)  # foreground on patch 5: answered "worse", kept (on_worse="keep")
+    masks = env.action_masks()
+    assert not masks[p + 5]  # rejected, and would change nothing now
+    assert masks[5]  # clearing it again would change the mask
+    expected = changing_clicks(patch_shares(base.current_mask(), base.grid),
+                               base.propagation_graph())
+    expected[p + 5] = False
+    np.testing.assert_array_equal(masks, expected)
+    env.reset(seed=0)
+    assert env.action_masks()[p + 5]  # a new episode forgets the rejections
+    with pytest.raises(TypeError, match="Discrete"):
+        ClickMasks(_tiny_env())
+
+
+def test_maskable_ppo_never_takes_a_masked_click(tmp_path):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from agents.sb3 import build_model
+
+    class Check(BaseCallback):
+        taken = 0
+
+        def _on_step(self) -> bool:
+            masks, actions = self.locals["action_masks"], self.locals["actions"]
+            assert masks[np.arange(len(actions)), actions].all()
+            Check.taken += len(actions)
+            return True
+
+    args = _args("maskable_ppo", tmp_path, total_clicks=128, tensorboard=False)
+    vec = make_vec_env(args, args.num_envs)
+    build_model(args, vec, tmp_path).learn(total_timesteps=128, callback=Check())
+    assert Check.taken >= 128
+    # Evaluation masks the same clicks: every click of a long episode changes the mask.
+    policy, _ = train_sb3(_args("maskable_ppo", tmp_path / "run", total_clicks=64))
+    env = _tiny_env(clicks_per_episode=30, on_worse="keep")
+    base: BetterWorseSegEnv = env.unwrapped
+    for seed in range(2):
+        obs, info = env.reset(seed=seed)
+        policy.reset(seed)
+        for _ in range(30):
+            valid = changing_clicks(patch_shares(base.current_mask(), base.grid),
+                                    base.propagation_graph())
+            action = policy.act(obs, info, base)
+            label, y, x = base.decode_action(action)
+            patch = (y // base.cell[0]) * base.grid[1] + x // base.cell[1]
+            assert valid[label * base.n_patches + patch] or not valid.any()
+            obs, reward, _, _, info = env.step(action)
+            policy.observe(action, reward, False, info)
