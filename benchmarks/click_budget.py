@@ -64,8 +64,6 @@ def main(argv: list[str] | None = None) -> None:
     import bow_gym  # noqa: F401
     from agents import GroundTruthClicker, RandomClicker
     from benchmarks._common import (
-        data_folder,
-        dataset_names,
         machine,
         out_dir,
         save_figure,
@@ -73,12 +71,9 @@ def main(argv: list[str] | None = None) -> None:
         write_csv,
         write_json,
     )
-    from benchmarks.compare_policies import data_configs, evaluate, run_name, train_learner
+    from benchmarks.compare_policies import checked_data, evaluate, run_name, train_learner
 
-    cfgs = data_configs(dataset_names(p, args.datasets), data_folder(p, args.data),
-                        transductive=False)
-    if not cfgs:
-        p.error(f"--datasets: nothing to evaluate among {args.datasets!r}")
+    cfgs, _, _ = checked_data(p, args.datasets, args.data)
     out = out_dir("click_budget", args.out)
     runs: list[dict[str, Any]] = []
     for ds_name, cfg in cfgs.items():

@@ -179,6 +179,20 @@ def gaps_closed_per_split(per_seed: list[dict[str, Any]], best: dict[str, str],
     return out
 
 
+def checked_data(parser: argparse.ArgumentParser, datasets: str, data: str | None
+                 ) -> tuple[dict[str, dict], list[str], Path | None]:
+    """A benchmark CLI's ``--datasets`` and ``--data``: the held-out :func:`data_configs` of split
+    0, the data set names and the real-data folder; unknown names, a named but missing folder
+    and nothing left to evaluate are usage errors (before anything is written)."""
+    from benchmarks._common import data_folder, dataset_names
+
+    names, folder = dataset_names(parser, datasets), data_folder(parser, data)
+    cfgs = data_configs(names, folder, transductive=False)
+    if not cfgs:
+        parser.error(f"--datasets: nothing to evaluate among {datasets!r}")
+    return cfgs, names, folder
+
+
 def data_configs(names: list[str], data: Path | None, transductive: bool,
                  split_seed: int = 0, validation: bool = False) -> dict[str, dict]:
     """Per data set: ``train``/``test`` env kwargs and ``reinforce`` (trainer data arguments).
@@ -428,15 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
 
-    from benchmarks._common import (
-        data_folder,
-        dataset_names,
-        machine,
-        out_dir,
-        save_figure,
-        write_csv,
-        write_json,
-    )
+    from benchmarks._common import machine, out_dir, save_figure, write_csv, write_json
 
     if args.replot:
         _replot(Path(args.replot), save_figure)
@@ -445,9 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     learners = list(dict.fromkeys(a for a in args.agents.split(",") if a))
     for spec in learners:
         learner_spec(spec)
-    names, data = dataset_names(p, args.datasets), data_folder(p, args.data)
-    if not data_configs(names, data, args.transductive):
-        p.error(f"--datasets: nothing to evaluate among {args.datasets!r}")
+    _, names, data = checked_data(p, args.datasets, args.data)
     out = out_dir("compare_policies", args.out)
     units = []
     datasets: list[str] = []

@@ -147,21 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
-    from benchmarks._common import (
-        data_folder,
-        dataset_names,
-        machine,
-        out_dir,
-        save_figure,
-        write_csv,
-        write_json,
-    )
-    from benchmarks.compare_policies import data_configs
+    from benchmarks._common import machine, out_dir, save_figure, write_csv, write_json
+    from benchmarks.compare_policies import checked_data
 
-    cfgs = data_configs(dataset_names(p, args.datasets), data_folder(p, args.data),
-                        transductive=False)
-    if not cfgs:
-        p.error(f"--datasets: nothing to evaluate among {args.datasets!r}")
+    cfgs, _, _ = checked_data(p, args.datasets, args.data)
     out = out_dir("first_click", args.out)
     rows, pooled = [], {}
     for name, cfg in cfgs.items():
