@@ -103,6 +103,12 @@ def learner_spec(spec: str) -> tuple[str, dict[str, Any]]:
     if unknown:
         raise SystemExit(f"--agents: {spec!r} sets {unknown}, not arguments of the {trainer} "
                          f"trainer; its arguments: {', '.join(sorted(fields))}")
+    from agents.common import ArgumentValueError
+
+    try:  # a value the trainer would refuse, refused now rather than inside a worker, mid-run
+        _args_class(trainer)(**kwargs).validate()
+    except ArgumentValueError as e:
+        raise SystemExit(f"--agents: {spec!r}: {e}") from None
     return trainer, kwargs
 
 

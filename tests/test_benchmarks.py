@@ -182,6 +182,10 @@ def test_replot_redraws_figures(tmp_path):
     (["--agents", "nope"], "--agents: unknown learner 'nope'"),
     (["--agents", "dqn:depth=3"], "--agents: 'dqn:depth=3' sets ['depth']"),
     (["--agents", "dqn:lr"], "--agents: 'lr' in 'dqn:lr' is not field=value"),
+    (["--agents", "answer_model:epsilon=2"],
+     "--agents: 'answer_model:epsilon=2': epsilon must be in [0, 1], got 2"),
+    (["--agents", "maskable_ppo_belief_aux:aux_coef=-1"],
+     "--agents: 'maskable_ppo_belief_aux:aux_coef=-1': aux_coef must be >= 0, got -1"),
 ])
 def test_click_budget_refuses_bad_arguments(argv, message):
     from benchmarks.click_budget import main as click_budget
