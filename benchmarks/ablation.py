@@ -73,6 +73,8 @@ CPU_VARIANTS = {
     "answer_model_lab": ("answer-model agent, lab_texture (learns to predict the answers)",
                          {"agent": "answer_model"}),
 }
+#: Every row --variants may name.
+VARIANT_NAMES = [*DINO_VARIANTS, *CPU_VARIANTS, "supervised"]
 
 
 def _summary(rows: list[dict[str, Any]], r: int, target: str, key: str) -> float:
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variants", default="full,no_lora,random,reinforce_lab,random_lab,gt_lab,"
                    "answer_model_lab,supervised",
                    help="comma-separated rows to run, among: " + ", ".join(
-                       [*DINO_VARIANTS, *CPU_VARIANTS, "supervised"]))
+                       VARIANT_NAMES))
     p.add_argument("--dinov2", default="dinov2_vits14", help="DINOv2 backbone of the DINOv2 rows")
     p.add_argument("--dinov2-checkpoint", help="local weights file: runs the DINOv2 rows")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -126,9 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:
         p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
-    known = [*DINO_VARIANTS, *CPU_VARIANTS, "supervised"]
-    if not wanted or any(v not in known for v in wanted):
-        p.error(f"--variants: expected a comma-separated subset of {', '.join(known)}, "
+    if not wanted or any(v not in VARIANT_NAMES for v in wanted):
+        p.error(f"--variants: expected a comma-separated subset of {', '.join(VARIANT_NAMES)}, "
                 f"got {args.variants!r}")
     if args.rounds < 1:
         p.error(f"--rounds must be >= 1, got {args.rounds}")

@@ -85,15 +85,13 @@ def belief_ceiling(train_set: tuple[np.ndarray, np.ndarray], test_env, steps: in
     """
     import torch
 
-    from agents.answer_model import UNET_BELIEFS, AnswerModelAgent, flip_augment
-
-    if augment and belief not in UNET_BELIEFS:
-        raise ValueError(f"augment flips images: it needs belief in {UNET_BELIEFS}, got {belief!r}")
+    from agents.answer_model import AnswerModelAgent, flip_augment
     from benchmarks.compare_policies import evaluate
 
     torch.manual_seed(seed)
+    # The agent refuses augment with a belief that reads no image.
     agent = AnswerModelAgent(test_env.unwrapped.grid, belief=belief, global_offset=global_offset,
-                             online_batch=0, greedy=True, seed=seed)
+                             augment=augment, online_batch=0, greedy=True, seed=seed)
     x, y = train_set
     agent.net.train()
     agent.belief_logits(x[:32])  # sizes a lazy input layer before the optimiser sees it
@@ -102,7 +100,7 @@ def belief_ceiling(train_set: tuple[np.ndarray, np.ndarray], test_env, steps: in
     for _ in range(steps):
         idx = rng.integers(len(x), size=32)
         xb, yb = x[idx], y[idx]
-        if augment:  # flip_augment mirrors two patch masks; the target stands in for both
+        if agent.augment:  # flip_augment mirrors two patch masks; the target stands in for both
             xb, yb, _ = flip_augment(xb, yb, yb, agent.grid, rng)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
             agent.belief_logits(xb), torch.as_tensor(yb))
@@ -140,7 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.seeds < 1 or args.steps < 1:
         p.error(f"--seeds and --steps must be >= 1, got {args.seeds} and {args.steps}")
-    if args.augment and args.belief in ("features", "context"):
+    from agents.answer_model import UNET_BELIEFS
+
+    if args.augment and args.belief not in UNET_BELIEFS:
         p.error(f"--augment flips images: it needs --belief image, hybrid or residual, "
                 f"got {args.belief}")
 

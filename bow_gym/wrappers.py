@@ -280,6 +280,11 @@ def changing_clicks(shares: np.ndarray, graph: np.ndarray) -> np.ndarray:
     return np.concatenate([clears, fills])
 
 
+def current_changing_clicks(env: BetterWorseSegEnv) -> np.ndarray:
+    """:func:`changing_clicks` for the env's current mask and image."""
+    return changing_clicks(patch_shares(env.current_mask(), env.grid), env.propagation_graph())
+
+
 class ClickMasks(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """``action_masks()`` over :class:`PatchActions`' ``Discrete(2P)``, for sb3-contrib's
     ``MaskablePPO`` (which asks the env for it; no fork of SB3 needed).
@@ -317,9 +322,7 @@ class ClickMasks(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def action_masks(self) -> np.ndarray:
         """``(2P,)`` bool: the clicks that may be taken now."""
-        base: BetterWorseSegEnv = self.env.unwrapped
-        valid = changing_clicks(patch_shares(base.current_mask(), base.grid),
-                                base.propagation_graph())
+        valid = current_changing_clicks(self.env.unwrapped)
         if self.avoid_rejected and self._rejected:
             valid[self._rejected] = False
         return valid if valid.any() else np.ones_like(valid)
