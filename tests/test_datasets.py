@@ -153,32 +153,92 @@ def test_mask_1bit_png(tmp_path):
     np.testing.assert_array_equal(out, mask)
 
 
+def _mostly_binary(values, dtype=np.uint8, full=255) -> tuple[np.ndarray, np.ndarray]:
+    """A 16x16 mask (left half foreground at ``full``) whose first pixels hold ``values``."""
+    array = np.zeros((16, 16), dtype)
+    array[:, 8:] = full
+    flat = array.ravel()
+    flat[: len(values)] = values
+    return array, array > (full // 2)
+
+
 def test_mask_grey_thresholds_stray_values(tmp_path):
-    grey = np.array([[0, 5, 100, 127, 128, 255]], np.uint8)
-    np.testing.assert_array_equal(
-        read_mask(_png(tmp_path / "g.png", grey)), [[False, False, False, False, True, True]]
-    )
+    # CVC-ClinicDB style: 0/255 with a few stray values below and above the threshold.
+    grey, truth = _mostly_binary([5, 100, 127, 128, 200])
+    out = read_mask(_png(tmp_path / "g.png", grey))
+    np.testing.assert_array_equal(out, truth)
+    assert not out.ravel()[2] and out.ravel()[3]  # 127 is background, 128 foreground
 
 
-def test_mask_01_label_image(tmp_path):
-    labels = np.array([[0, 1, 1, 0]], np.uint8)
-    np.testing.assert_array_equal(
-        read_mask(_png(tmp_path / "labels.png", labels)), [[False, True, True, False]]
-    )
+@pytest.mark.parametrize(
+    "values, foreground",
+    [([0, 1], 1), ([0, 1, 2], "nonzero"), ([0, 100], "nonzero"), ([0, 1, 2], [2])],
+    ids=["0-1-label", "0-1-2-label", "0-100-grey", "0-1-2-label-class-2"],
+)
+def test_mask_low_values_are_refused_and_read_when_told(tmp_path, values, foreground):
+    labels = np.resize(np.array(values, np.uint8), (8, 9))
+    path = _png(tmp_path / "labels.png", labels)
+    # Before: every case here silently became an all-background (or all-label-1) mask.
+    with pytest.raises(DatasetError, match=r"labels\.png.*ambiguous.*mask_foreground=") as info:
+        read_mask(path)
+    assert f"{max(values)} (" in str(info.value)  # the values found are named
+    expected = labels > 0 if foreground == "nonzero" else np.isin(labels, np.ravel(foreground))
+    np.testing.assert_array_equal(read_mask(path, foreground=foreground), expected)
+
+
+def test_mask_black_with_stray_ones_is_refused_not_foreground(tmp_path):
+    # Before: the "0/1 label image" rule made the three stray pixels foreground.
+    black = np.zeros((32, 32), np.uint8)
+    black[[3, 17, 30], [5, 9, 28]] = 1
+    path = _png(tmp_path / "stray.png", black)
+    with pytest.raises(DatasetError, match=r"stray\.png.*0 \(1021 px\), 1 \(3 px\).*'>127'"):
+        read_mask(path)
+    assert not read_mask(path, foreground=">127").any()
 
 
 def test_mask_16bit(tmp_path):
-    cv2.imwrite(str(tmp_path / "m16.png"), np.array([[0, 1000, 32767, 32768, 65535]], np.uint16))
-    np.testing.assert_array_equal(
-        read_mask(tmp_path / "m16.png"), [[False, False, False, True, True]]
-    )
+    full, truth = _mostly_binary([1000, 32767, 32768, 65000], np.uint16, 65535)
+    cv2.imwrite(str(tmp_path / "m16.png"), full)
+    np.testing.assert_array_equal(read_mask(tmp_path / "m16.png"), truth)
+    # An 8-bit 0/255 mask written in 16 bits. Before: all background (the > 32767 rule).
+    eight, truth8 = _mostly_binary([], np.uint16, 255)
+    cv2.imwrite(str(tmp_path / "m16_255.png"), eight)
+    np.testing.assert_array_equal(read_mask(tmp_path / "m16_255.png"), truth8)
+    # 0/1000 fits neither scale: refused, naming the file and the values.
+    cv2.imwrite(str(tmp_path / "m16_1000.png"), (truth8 * 1000).astype(np.uint16))
+    with pytest.raises(DatasetError, match=r"m16_1000\.png.*1000 \(128 px\).*16-bit"):
+        read_mask(tmp_path / "m16_1000.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "m16_1000.png", ">500"), truth8)
 
 
 def test_mask_rgb_uses_max_over_channels(tmp_path):
-    rgb = np.array([[[200, 0, 0], [0, 0, 100], [0, 130, 0], [255, 255, 255], [0, 0, 0]]], np.uint8)
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:, 8:] = [200, 0, 0]  # one colour: a red mask
+    rgb[0, 0] = [0, 0, 40]  # stray dark pixels stay background
+    np.testing.assert_array_equal(read_mask(_png(tmp_path / "red.png", rgb)), rgb[..., 0] > 127)
+
+
+def test_picture_and_multicolour_masks_are_refused(tmp_path):
+    picture = _rng_image(16, 16)
+    with pytest.raises(DatasetError, match=r"photo\.png.*not a binary mask.*%"):
+        read_mask(_png(tmp_path / "photo.png", picture))
+    two = np.zeros((16, 16, 3), np.uint8)
+    two[:, 4:8] = [255, 0, 0]
+    two[:, 8:12] = [0, 255, 0]
+    with pytest.raises(DatasetError, match=r"classes\.png.*several colours.*red.*green"):
+        read_mask(_png(tmp_path / "classes.png", two))
     np.testing.assert_array_equal(
-        read_mask(_png(tmp_path / "rgb.png", rgb)), [[True, False, True, True, False]]
+        read_mask(tmp_path / "classes.png", ">127"), two.max(axis=2) > 127
     )
+
+
+@pytest.mark.parametrize("bad", ["yes", ">x", 1.5, True, [], [-1], [70000], None])
+def test_mask_foreground_setting_is_checked(tmp_path, bad):
+    path = _png(tmp_path / "m.png", _square_mask().astype(np.uint8) * 255)
+    with pytest.raises(ValueError, match="mask_foreground="):
+        read_mask(path, foreground=bad)
+    with pytest.raises(ValueError, match="mask_foreground="):
+        ImageMaskFolder(tmp_path, tmp_path, mask_foreground=bad)
 
 
 def test_mask_rgba_colour_or_alpha(tmp_path):
@@ -189,24 +249,25 @@ def test_mask_rgba_colour_or_alpha(tmp_path):
     np.testing.assert_array_equal(
         read_mask(_png(tmp_path / "colour.png", rgba)), [[False, True, False, False]]
     )
-    # Colour all zero, alpha varies: alpha carries the mask.
-    rgba = np.zeros((1, 4, 4), np.uint8)
-    rgba[0, :, 3] = [0, 255, 100, 200]
-    np.testing.assert_array_equal(
-        read_mask(_png(tmp_path / "alpha.png", rgba)), [[False, True, False, True]]
-    )
-    rgba[0, :, :3] = 255  # all white, shape in alpha only
-    np.testing.assert_array_equal(
-        read_mask(_png(tmp_path / "white_alpha.png", rgba)), [[False, True, False, True]]
-    )
+    # Colour all zero, alpha varies: alpha carries the mask (with a few stray alpha values).
+    alpha, truth = _mostly_binary([10, 200])
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 3] = alpha
+    np.testing.assert_array_equal(read_mask(_png(tmp_path / "alpha.png", rgba)), truth)
+    rgba[..., :3] = 255  # all white, shape in alpha only
+    np.testing.assert_array_equal(read_mask(_png(tmp_path / "white_alpha.png", rgba)), truth)
 
 
 def test_mask_palette_goes_through_the_palette(tmp_path):
-    pal = Image.fromarray(np.array([[0, 1, 2, 3]], np.uint8), mode="P")
-    pal.putpalette([0, 0, 0, 255, 255, 255, 50, 50, 50, 200, 0, 0])
+    pal = Image.fromarray(np.array([[0, 1, 2, 1]], np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 255, 255, 255, 50, 50, 50])
     pal.save(tmp_path / "pal.png")
-    # The indices (max 3) would give all-background by value; the palette colours decide.
+    # The indices (max 2) would be an ambiguous label image; the palette colours decide.
     np.testing.assert_array_equal(read_mask(tmp_path / "pal.png"), [[False, True, False, True]])
+    voc = Image.fromarray(np.array([[0, 1, 1, 0]], np.uint8), mode="P")
+    voc.putpalette([0, 0, 0, 128, 0, 0])  # a VOC-style palette: class 1 is dark red
+    voc.save(tmp_path / "voc.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "voc.png"), [[False, True, True, False]])
 
 
 def test_mask_noisy_jpeg(tmp_path):
@@ -642,3 +703,22 @@ def test_real_busi(shared_data):
         second = np.asarray(Image.open(folder / f"{sample_id}_mask_1.png").convert("L")) > 127
         np.testing.assert_array_equal(sample.mask, first | second)
         assert sample.mask.sum() > first.sum()
+
+
+@pytest.mark.real_data
+def test_real_masks_all_fit_the_automatic_policy(shared_data):
+    """Every sample mask and every 25th Kvasir-SEG mask decodes to the documented threshold.
+
+    The reference is an independent reading (OpenCV, maximum over colour channels > 127): the
+    automatic policy must neither refuse a real data set's encoding nor read it differently.
+    """
+    samples = shared_data / "samples"
+    files = sorted(p for p in samples.rglob("*") if p.is_file() and (
+        "_mask" in p.name or p.parent.name in ("Ground Truth", "ISIC2018_Task1_Training_GroundTruth")
+    ))
+    files += sorted((shared_data / "kvasir-seg" / "masks").glob("*.jpg"))[::25]
+    assert len(files) == 17 + 40
+    for path in files:
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        value = raw if raw.ndim == 2 else raw[:, :, :3].max(axis=2)
+        np.testing.assert_array_equal(read_mask(path), value > 127, err_msg=str(path))

@@ -22,6 +22,7 @@ from bow_gym.datasets.base import (
 )
 from bow_gym.datasets.io import (
     DatasetError,
+    MaskForeground,
     read_file_list,
     read_image,
     read_mask,
@@ -47,6 +48,7 @@ __all__ = [
     "FileDataset",
     "ImageMaskFolder",
     "KvasirSEG",
+    "MaskForeground",
     "Sample",
     "SegmentationDataset",
     "Subset",
@@ -77,10 +79,12 @@ def _folder(
     images_dir: str | os.PathLike = "images",
     masks_dir: str | os.PathLike = "masks",
     mask_pattern: str = "{stem}{suffix}",
+    mask_foreground: MaskForeground = "auto",
 ) -> SegmentationDataset:
     # Relative folders are taken under root; absolute ones are used as they are.
     root = Path(root)
-    return ImageMaskFolder(root / images_dir, root / masks_dir, mask_pattern=mask_pattern)
+    return ImageMaskFolder(root / images_dir, root / masks_dir, mask_pattern=mask_pattern,
+                           mask_foreground=mask_foreground)
 
 
 #: Data set name -> factory. File-based factories take the root folder as first argument.
@@ -144,7 +148,9 @@ def make_dataset(
         split_seed: Seed of the split.
         limit: Keep only the first ``limit`` samples (after splitting), in index order.
         **kwargs: Passed to the factory (e.g. ``part="Validation"`` for ``"isic2018"``,
-            ``n_images=16`` for ``"synthetic"``, ``mask_pattern=...`` for ``"folder"``).
+            ``n_images=16`` for ``"synthetic"``, ``mask_pattern=...`` for ``"folder"``,
+            ``mask_foreground=1`` for a file-based set whose masks are 0/1 label images: see
+            :func:`~bow_gym.datasets.io.read_mask` for the mask decoding policy).
 
     Returns:
         The data set (a :class:`Subset` when split or limited).

@@ -15,7 +15,13 @@ from typing import NamedTuple
 import numpy as np
 
 from bow_gym.datasets.base import Sample, SegmentationDataset
-from bow_gym.datasets.io import DatasetError, read_image, read_masks_union
+from bow_gym.datasets.io import (
+    DatasetError,
+    MaskForeground,
+    check_mask_foreground,
+    read_image,
+    read_masks_union,
+)
 
 __all__ = [
     "BUSI",
@@ -61,8 +67,12 @@ class FileDataset(SegmentationDataset):
         name: Data set name used in messages and by :meth:`split`.
         root: Folder the entries come from (only for error messages).
         layout: Human-readable description of the expected layout (only for error messages).
+        mask_foreground: How mask values map to foreground: ``"auto"`` (default, the documented
+            policy of :func:`~bow_gym.datasets.io.read_mask`, which refuses ambiguous masks),
+            ``"nonzero"``, ``">N"``, or the foreground value(s) (e.g. ``1`` for 0/1 label images).
 
     Raises:
+        ValueError: on a ``mask_foreground`` that is none of the accepted forms.
         DatasetError: if ``entries`` is empty (naming ``root`` and ``layout``) or ids repeat.
     """
 
@@ -76,7 +86,9 @@ class FileDataset(SegmentationDataset):
         name: str | None = None,
         root: PathLike | None = None,
         layout: str | None = None,
+        mask_foreground: MaskForeground = "auto",
     ):
+        self.mask_foreground = check_mask_foreground(mask_foreground)
         if name is not None:
             self.name = name
         self.root = Path(root) if root is not None else None
@@ -115,7 +127,7 @@ class FileDataset(SegmentationDataset):
         height, width = image.shape[:2]
         if not entry.mask_paths:
             return Sample(image=image, mask=np.zeros((height, width), dtype=bool), id=entry.id)
-        mask = read_masks_union(entry.mask_paths)
+        mask = read_masks_union(entry.mask_paths, self.mask_foreground)
         if mask.shape != (height, width):
             raise DatasetError(
                 f"{self.name}: image {entry.image_path} is {height}x{width} (HxW) but its mask "
@@ -136,7 +148,8 @@ class KvasirSEG(FileDataset):
         root/images/<id>.jpg
         root/masks/<id>.jpg      (same file name; 3-channel JPEGs with compression noise)
 
-    Masks are binarised at > 127 (see :func:`~bow_gym.datasets.io.read_mask`). Image sizes vary
+    Masks are read by the automatic policy of :func:`~bow_gym.datasets.io.read_mask`, which
+    thresholds these noisy masks at > 127. Image sizes vary
     from 332x352 to 1920x1072.
 
     Citation and terms: D. Jha, P. H. Smedsrud, M. A. Riegler, P. Halvorsen, T. de Lange,
@@ -145,6 +158,7 @@ class KvasirSEG(FileDataset):
 
     Args:
         root: The Kvasir-SEG folder (holding ``images/`` and ``masks/``).
+        mask_foreground: How mask values map to foreground (see :class:`FileDataset`).
 
     Raises:
         FileNotFoundError: if ``root`` or its sub-folders are missing.
@@ -154,7 +168,7 @@ class KvasirSEG(FileDataset):
     name = "kvasir-seg"
     layout = "root/images/<id>.jpg with root/masks/<id>.jpg (same file name)"
 
-    def __init__(self, root: PathLike):
+    def __init__(self, root: PathLike, *, mask_foreground: MaskForeground = "auto"):
         root = _require_dir(Path(root), self.name, self.layout)
         images_dir = _require_dir(root / "images", self.name, self.layout)
         masks_dir = _require_dir(root / "masks", self.name, self.layout)
@@ -167,7 +181,9 @@ class KvasirSEG(FileDataset):
                     f"{masks_dir / image_path.name} ({self.layout})"
                 )
             entries.append((image_path.stem, image_path, (mask_path,)))
-        super().__init__(entries, root=root, layout=self.layout)
+        super().__init__(
+            entries, root=root, layout=self.layout, mask_foreground=mask_foreground
+        )
 
 
 class CVCClinicDB(FileDataset):
@@ -190,6 +206,7 @@ class CVCClinicDB(FileDataset):
 
     Args:
         root: The CVC-ClinicDB folder (holding ``Original/`` and ``Ground Truth/``).
+        mask_foreground: How mask values map to foreground (see :class:`FileDataset`).
 
     Raises:
         FileNotFoundError: if ``root`` or its sub-folders are missing.
@@ -200,7 +217,7 @@ class CVCClinicDB(FileDataset):
     layout = "root/Original/<N>.tif with root/Ground Truth/<N>.tif (or .png/.bmp)"
     _suffixes = (".tif", ".tiff", ".png", ".bmp")
 
-    def __init__(self, root: PathLike):
+    def __init__(self, root: PathLike, *, mask_foreground: MaskForeground = "auto"):
         root = _require_dir(Path(root), self.name, self.layout)
         images_dir = _require_dir(root / "Original", self.name, self.layout)
         masks_dir = _require_dir(root / "Ground Truth", self.name, self.layout)
@@ -222,7 +239,9 @@ class CVCClinicDB(FileDataset):
                     f"{masks_dir / image_path.name} ({self.layout})"
                 )
             entries.append((stem, image_path, (mask_path,)))
-        super().__init__(entries, root=root, layout=self.layout)
+        super().__init__(
+            entries, root=root, layout=self.layout, mask_foreground=mask_foreground
+        )
 
 
 class ISIC2018(FileDataset):
@@ -242,6 +261,7 @@ class ISIC2018(FileDataset):
     Args:
         root: Folder holding the ``ISIC2018_Task1...`` folders.
         part: ``"Training"``, ``"Validation"`` or ``"Test"``.
+        mask_foreground: How mask values map to foreground (see :class:`FileDataset`).
 
     Raises:
         ValueError: on an unknown ``part``.
@@ -252,7 +272,9 @@ class ISIC2018(FileDataset):
     name = "isic2018"
     parts = ("Training", "Validation", "Test")
 
-    def __init__(self, root: PathLike, part: str = "Training"):
+    def __init__(
+        self, root: PathLike, part: str = "Training", *, mask_foreground: MaskForeground = "auto"
+    ):
         if part not in self.parts:
             raise ValueError(f"{self.name}: unknown part {part!r}; expected one of {self.parts}")
         self.part = part
@@ -276,7 +298,9 @@ class ISIC2018(FileDataset):
                     f"{self.name}: image {image_path} has no mask; expected {mask_path}"
                 )
             entries.append((image_path.stem, image_path, (mask_path,)))
-        super().__init__(entries, root=root, layout=self.layout)
+        super().__init__(
+            entries, root=root, layout=self.layout, mask_foreground=mask_foreground
+        )
 
 
 class BUSI(FileDataset):
@@ -298,6 +322,7 @@ class BUSI(FileDataset):
     Args:
         root: The ``Dataset_BUSI_with_GT`` folder.
         classes: Class sub-folders to include.
+        mask_foreground: How mask values map to foreground (see :class:`FileDataset`).
 
     Raises:
         FileNotFoundError: if ``root`` or a class folder is missing.
@@ -308,7 +333,13 @@ class BUSI(FileDataset):
     layout = "root/<class>/<class> (N).png with root/<class>/<class> (N)_mask*.png"
     _mask_re = re.compile(r"^(?P<stem>.+?)_mask(?:_\d+)?$")
 
-    def __init__(self, root: PathLike, classes: Sequence[str] = ("benign", "malignant", "normal")):
+    def __init__(
+        self,
+        root: PathLike,
+        classes: Sequence[str] = ("benign", "malignant", "normal"),
+        *,
+        mask_foreground: MaskForeground = "auto",
+    ):
         if isinstance(classes, str):  # a bare "benign" would otherwise iterate letters
             classes = (classes,)
         self.classes = tuple(classes)
@@ -333,7 +364,9 @@ class BUSI(FileDataset):
                     )
                 entries.append((image_path.stem, image_path, tuple(mask_paths)))
         entries.sort(key=lambda e: natural_key(e[0]))
-        super().__init__(entries, root=root, layout=self.layout)
+        super().__init__(
+            entries, root=root, layout=self.layout, mask_foreground=mask_foreground
+        )
 
 
 class ImageMaskFolder(FileDataset):
@@ -352,6 +385,8 @@ class ImageMaskFolder(FileDataset):
         images_dir: Folder of images.
         masks_dir: Folder of masks.
         mask_pattern: Format string giving a mask's file name from its image's stem and suffix.
+        mask_foreground: How mask values map to foreground (see :class:`FileDataset`); e.g. ``1``
+            for 0/1 label images, which the automatic policy refuses as ambiguous.
 
     Raises:
         ValueError: if ``mask_pattern`` uses fields other than ``stem`` and ``suffix``.
@@ -362,7 +397,12 @@ class ImageMaskFolder(FileDataset):
     name = "folder"
 
     def __init__(
-        self, images_dir: PathLike, masks_dir: PathLike, mask_pattern: str = "{stem}{suffix}"
+        self,
+        images_dir: PathLike,
+        masks_dir: PathLike,
+        mask_pattern: str = "{stem}{suffix}",
+        *,
+        mask_foreground: MaskForeground = "auto",
     ):
         images_dir, masks_dir = Path(images_dir), Path(masks_dir)
         self.layout = f"{images_dir}/<stem><suffix> with {masks_dir}/{mask_pattern}"
@@ -394,7 +434,9 @@ class ImageMaskFolder(FileDataset):
                     f"{self.name}: image {image_path} has no mask; expected {mask_path}"
                 )
             entries.append((image_path.stem, image_path, (mask_path,)))
-        super().__init__(entries, root=images_dir, layout=self.layout)
+        super().__init__(
+            entries, root=images_dir, layout=self.layout, mask_foreground=mask_foreground
+        )
 
 
 # --------------------------------------------------------------------------------------------
