@@ -391,7 +391,7 @@ def test_dinov2_backbone_in_env_random_init():
 def test_feature_cache_on_disk_is_reused(tmp_path):
     env = _make(feature_cache=tmp_path)
     env.reset(seed=0, options={"index": 1})
-    files = list(tmp_path.rglob("*.npy"))
+    files = list(tmp_path.rglob("*.npz"))
     assert len(files) == 1 and "lab_texture" in str(files[0])
     env2 = _make(feature_cache=tmp_path)
     env2.reset(seed=0, options={"index": 1})
