@@ -18,6 +18,7 @@ from PIL import Image
 from bow_gym.datasets import (
     BUSI,
     ISIC2018,
+    ConcatDataset,
     CVCClinicDB,
     DatasetError,
     FileDataset,
@@ -722,3 +723,124 @@ def test_real_masks_all_fit_the_automatic_policy(shared_data):
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         value = raw if raw.ndim == 2 else raw[:, :, :3].max(axis=2)
         np.testing.assert_array_equal(read_mask(path), value > 127, err_msg=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Group-aware splits
+
+
+def _video_frames(n_sequences: int, n_frames: int, seed: int = 0):
+    """Frames of ``n_sequences`` synthetic videos (a drifting, flickering scene each), numbered
+    1..n_frames in order, with the planted first frame of each frame's sequence."""
+    rng = np.random.default_rng(seed)
+    cuts = np.sort(rng.choice(np.arange(2, n_frames + 1), n_sequences - 1, replace=False))
+    starts = np.concatenate([[1], cuts])
+    frames, first = [], []
+    for k, start in enumerate(starts):
+        stop = starts[k + 1] if k + 1 < len(starts) else n_frames + 1
+        scene = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (96, 72),
+                           interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        y, x = rng.integers(0, 12), rng.integers(0, 16)
+        for _ in range(stop - start):
+            # The camera drifts through the scene a pixel or two per frame.
+            y, x = np.clip(y + rng.integers(-2, 3), 0, 24), np.clip(x + rng.integers(-2, 3), 0, 32)
+            frame = scene[y: y + 48, x: x + 64] * rng.uniform(0.95, 1.05)
+            frame += rng.normal(0, 6, frame.shape)
+            frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+            first.append(int(start))
+    return frames, first
+
+
+def _write_cvc(root: Path, frames, numbers=None) -> Path:
+    (root / "Original").mkdir(parents=True)
+    (root / "Ground Truth").mkdir(parents=True)
+    numbers = numbers or list(range(1, len(frames) + 1))
+    for n, frame in zip(numbers, frames, strict=True):
+        _png(root / "Original" / f"{n}.png", frame)
+        _png(root / "Ground Truth" / f"{n}.png", np.zeros(frame.shape[:2], np.uint8))
+    return root
+
+
+def test_cvc_sequences_recovered_from_a_complete_set(tmp_path):
+    frames, first = _video_frames(29, 612)
+    ds = CVCClinicDB(_write_cvc(tmp_path / "cvc", frames))
+    assert ds.groups == [f"seq-{f}" for f in first]
+    train, test = ds.split(0.2, seed=0)
+    train_groups = {ds.groups[ds.index_of(i)] for i in train.ids}
+    test_groups = {ds.groups[ds.index_of(i)] for i in test.ids}
+    assert not train_groups & test_groups and abs(len(test) - 122) <= 30
+
+    def with_neighbour_in_training(train_ids, test_ids) -> int:
+        training = set(train_ids)
+        return sum(str(int(i) - 1) in training or str(int(i) + 1) in training for i in test_ids)
+
+    # By sequence, only frames at a sequence's ends can have a training neighbour (the next
+    # sequence's first frame); per frame (the split before), almost every test frame has one.
+    assert with_neighbour_in_training(train.ids, test.ids) <= 2 * len(test_groups)
+    assert with_neighbour_in_training(*(p.ids for p in ds.split(0.2, 0, by_group=False))) > 100
+
+
+def test_cvc_sequences_of_a_partial_copy_by_threshold(tmp_path):
+    frames, first = _video_frames(4, 40, seed=3)
+    keep = [0, 1, 2, 5, 9, 10, 20, 33, 34, 39]  # gaps in the numbering, as in the samples
+    ds = CVCClinicDB(_write_cvc(tmp_path / "cvc", [frames[k] for k in keep],
+                                [k + 1 for k in keep]))
+    assert ds.groups == [f"seq-{min(k + 1 for k in keep if first[k] == first[j])}"
+                         for j in keep]
+
+
+def test_split_ids_without_groups_are_exactly_the_per_id_ones():
+    ids = [f"img{i}" for i in range(37)]
+    for seed in range(5):
+        for fraction in (0.0, 0.1, 0.2, 0.5, 1.0):
+            assert (train_test_ids(ids, fraction, seed, groups=ids)
+                    == train_test_ids(ids, fraction, seed))
+
+
+def test_groups_stay_whole_through_subsets_concat_and_make_dataset(tmp_path):
+    frames, first = _video_frames(6, 60, seed=5)
+    cvc_root = _write_cvc(tmp_path / "cvc", frames)
+    kv_root = _make_kvasir(tmp_path / "kv", [str(i) for i in range(10)])
+    assert KvasirSEG(kv_root).groups is None
+    both = ConcatDataset([("kv", KvasirSEG(kv_root)), ("cvc", CVCClinicDB(cvc_root))])
+    groups = dict(zip(both.ids, both.groups, strict=True))
+    assert groups["kv/3"] == "kv/3" and groups["cvc/1"] == "cvc/seq-1"
+    for seed in range(4):
+        train, test = both.split(0.3, seed=seed)
+        assert not {groups[i] for i in train.ids} & {groups[i] for i in test.ids}
+        assert train.groups == [groups[i] for i in train.ids]
+        parts = {s: make_dataset("cvc-clinicdb", cvc_root, split=s, test_fraction=0.3,
+                                 split_seed=seed) for s in ("test", "fit", "val")}
+        seq = {s: {f"seq-{first[int(i) - 1]}" for i in d.ids} for s, d in parts.items()}
+        assert not seq["test"] & seq["fit"] and not seq["fit"] & seq["val"]
+        assert not seq["test"] & seq["val"]
+
+
+@pytest.mark.real_data
+def test_real_cvc_samples_split_by_sequence(shared_data):
+    root = shared_data / "samples" / "CVC-ClinicDB"
+    ds = CVCClinicDB(root)
+    # Frames 1-3 are one sequence (consecutive and alike); 250 and 612 are two others.
+    assert ds.groups == ["seq-1", "seq-1", "seq-1", "seq-250", "seq-612"]
+    for seed in range(10):
+        for split in ("train", "test"):
+            ids = set(make_dataset("cvc-clinicdb", root, split=split, test_fraction=0.4,
+                                   split_seed=seed).ids)
+            assert {"1", "2", "3"} <= ids or not {"1", "2", "3"} & ids, (seed, split, ids)
+
+
+@pytest.mark.real_data
+def test_real_kvasir_split_ids_unchanged(shared_data):
+    """Kvasir-SEG has no groups: its splits are the per-image ones that earlier results used."""
+    import hashlib
+
+    root = shared_data / "kvasir-seg"
+    assert KvasirSEG(root).groups is None
+    expected = {0: ("1ab05bbc6b39c347", "2f7fcd9c08704a78"), 1: ("97f29709d67f3f7b",
+                "68f58f4b831a8902"), 2: ("22c2ed435b7220e2", "332d3cbbdde43765")}
+    for seed, (test_digest, val_digest) in expected.items():
+        test = make_dataset("kvasir-seg", root, split="test", split_seed=seed).ids
+        val = make_dataset("kvasir-seg", root, split="val", split_seed=seed).ids
+        assert (len(test), len(val)) == (200, 160)
+        assert hashlib.sha256("\n".join(test).encode()).hexdigest()[:16] == test_digest
+        assert hashlib.sha256("\n".join(val).encode()).hexdigest()[:16] == val_digest

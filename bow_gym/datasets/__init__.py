@@ -132,6 +132,7 @@ def make_dataset(
     split: str = "all",
     test_fraction: float = 0.2,
     split_seed: int = 0,
+    split_by_group: bool = True,
     limit: int | None = None,
     **kwargs: Any,
 ) -> SegmentationDataset:
@@ -141,11 +142,15 @@ def make_dataset(
         name: One of :func:`list_datasets` (case-insensitive; ``_`` and ``-`` are equivalent).
         root: Data folder, required by the file-based data sets, refused by ``"synthetic"``.
         split: ``"all"``, or ``"train"`` / ``"test"`` part of the seeded split
-            (:meth:`SegmentationDataset.split`), or ``"fit"`` / ``"val"``: the train part split
+            (:meth:`SegmentationDataset.split`, group-aware), or ``"fit"`` / ``"val"``: the train
+            part split
             again the same way (``val`` gets ``test_fraction`` of it), for model selection that
             never looks at the test part.
         test_fraction: Share of samples in the test part (and of the train part in ``val``).
         split_seed: Seed of the split.
+        split_by_group: Keep the data set's groups (video sequences, patients; see
+            :attr:`SegmentationDataset.groups`) whole on one side of every split (default).
+            Data sets without groups split per sample either way.
         limit: Keep only the first ``limit`` samples (after splitting), in index order.
         **kwargs: Passed to the factory (e.g. ``part="Validation"`` for ``"isic2018"``,
             ``n_images=16`` for ``"synthetic"``, ``mask_pattern=...`` for ``"folder"``,
@@ -182,10 +187,12 @@ def make_dataset(
 
     if split != "all":
         base_name = dataset.name
-        train, test = dataset.split(test_fraction=test_fraction, seed=split_seed)
+        train, test = dataset.split(test_fraction=test_fraction, seed=split_seed,
+                                    by_group=split_by_group)
         dataset = test if split == "test" else train
         if split in ("fit", "val"):
-            fit_ids, val_ids = train_test_ids(train.ids, test_fraction, split_seed)
+            fit_ids, val_ids = train_test_ids(train.ids, test_fraction, split_seed,
+                                              groups=train.groups if split_by_group else None)
             dataset = train.subset(fit_ids if split == "fit" else val_ids,
                                    name=f"{base_name}[{split}]")
         if not len(dataset):

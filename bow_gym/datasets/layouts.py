@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -15,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bow_gym.datasets.base import Sample, SegmentationDataset
+from bow_gym.datasets.groups import recover_sequences
 from bow_gym.datasets.io import (
     DatasetError,
     MaskForeground,
@@ -199,6 +201,10 @@ class CVCClinicDB(FileDataset):
     as the true RGB frame (see :mod:`bow_gym.datasets.io`). Masks carry stray low values and are
     binarised at > 127.
 
+    The frames come from 29 colonoscopy videos; :attr:`groups` recovers each frame's sequence so
+    that splits keep sequences whole (a per-frame split puts a test frame's neighbours, near
+    duplicates, in the training part).
+
     Citation and terms: J. Bernal, F. J. Sánchez, G. Fernández-Esparrach, D. Gil, C. Rodríguez,
     F. Vilariño, "WM-DOVA maps for accurate polyp highlighting in colonoscopy: Validation vs.
     saliency maps from physicians", Computerized Medical Imaging and Graphics 43, 2015.
@@ -216,6 +222,8 @@ class CVCClinicDB(FileDataset):
     name = "cvc-clinicdb"
     layout = "root/Original/<N>.tif with root/Ground Truth/<N>.tif (or .png/.bmp)"
     _suffixes = (".tif", ".tiff", ".png", ".bmp")
+    #: The published size of the data set: 612 frames from 29 video sequences.
+    n_frames, n_sequences = 612, 29
 
     def __init__(self, root: PathLike, *, mask_foreground: MaskForeground = "auto"):
         root = _require_dir(Path(root), self.name, self.layout)
@@ -242,6 +250,36 @@ class CVCClinicDB(FileDataset):
         super().__init__(
             entries, root=root, layout=self.layout, mask_foreground=mask_foreground
         )
+        self._groups: list[str] | None = None
+        self.frame_jumps: np.ndarray | None = None
+
+    @property
+    def groups(self) -> list[str] | None:
+        """The video sequence of each frame, as ``"seq-<first frame number>"``.
+
+        Recovered from the frames (computed on first use, a few seconds for the full set) by
+        :func:`~bow_gym.datasets.groups.recover_sequences`: frames in number order, a cut between
+        two successive frames that are unlike each other (thumbnail and colour distance). With
+        the complete set (frames 1 to 612), the 28 largest jumps are the cuts (29 sequences, as
+        the data set is documented); with a partial copy every jump above
+        :data:`~bow_gym.datasets.groups.CUT_DISTANCE`. No ground truth is read. Frames whose ids
+        are not numbers have no sequence: then ``None`` (with a warning), and splits are per
+        frame.
+        """
+        if self._groups is None:
+            if not all(i.isdigit() for i in self.ids):
+                warnings.warn(f"{self.name} under {self.root}: frame ids are not all frame "
+                              "numbers, so video sequences cannot be recovered; splits are per "
+                              "frame and neighbouring frames can leak into the test part",
+                              stacklevel=2)
+                return None
+            numbers = [int(i) for i in self.ids]
+            complete = sorted(numbers) == list(range(1, self.n_frames + 1))
+            first, self.frame_jumps = recover_sequences(
+                numbers, lambda i: read_image(self._entries[i].image_path),
+                n_sequences=self.n_sequences if complete else None)
+            self._groups = [f"seq-{f}" for f in first]
+        return list(self._groups)
 
 
 class ISIC2018(FileDataset):
