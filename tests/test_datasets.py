@@ -844,3 +844,41 @@ def test_real_kvasir_split_ids_unchanged(shared_data):
         assert (len(test), len(val)) == (200, 160)
         assert hashlib.sha256("\n".join(test).encode()).hexdigest()[:16] == test_digest
         assert hashlib.sha256("\n".join(val).encode()).hexdigest()[:16] == val_digest
+
+
+# --------------------------------------------------------------------------------------------
+# Empty ground truth
+
+
+def test_empty_masks_keep_drop_only(tmp_path, monkeypatch):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    for k in range(6):
+        _write_pair(images, masks, f"img{k}")
+        if k % 3 == 0:  # two "normal" images
+            _png(masks / f"img{k}.png", np.zeros((12, 16), np.uint8))
+    kept = make_dataset("folder", tmp_path)
+    assert [kept.mask_is_empty(i) for i in range(6)] == [True, False, False, True, False, False]
+    dropped = make_dataset("folder", tmp_path, empty_masks="drop")
+    only = make_dataset("folder", tmp_path, empty_masks="only")
+    assert dropped.ids == ["img1", "img2", "img4", "img5"] and only.ids == ["img0", "img3"]
+    assert all(s.mask.any() for s in dropped) and not any(s.mask.any() for s in only)
+    # The split does not depend on the choice: dropping happens inside each part.
+    test = make_dataset("folder", tmp_path, split="test", test_fraction=0.5)
+    test_dropped = make_dataset("folder", tmp_path, split="test", test_fraction=0.5,
+                                empty_masks="drop")
+    assert test_dropped.ids == [i for i in test.ids if i not in ("img0", "img3")]
+    with pytest.raises(ValueError, match="empty_masks"):
+        make_dataset("folder", tmp_path, empty_masks="skip")
+    # Deciding reads masks only.
+    import bow_gym.datasets.layouts as layouts
+
+    monkeypatch.setattr(layouts, "read_image", lambda p: pytest.fail(f"image {p} decoded"))
+    assert kept.mask_is_empty(0) and not kept.mask_is_empty(1)
+
+
+@pytest.mark.real_data
+def test_real_busi_without_and_with_only_normal_images(shared_data):
+    root = shared_data / "samples" / "Dataset_BUSI_with_GT"
+    assert make_dataset("busi", root, empty_masks="only").ids == ["normal (1)", "normal (2)"]
+    lesions = make_dataset("busi", root, empty_masks="drop")
+    assert lesions.ids == make_dataset("busi", root, classes=("benign", "malignant")).ids

@@ -361,3 +361,25 @@ def test_non_numeric_input_names_the_argument():
         hd95(np.zeros((2, 2), dtype=bool), np.zeros((2, 2), dtype=object))
     with pytest.raises(ValueError, match="mask must be a 2-D array"):
         fill_holes(np.zeros((2, 2, 2), dtype=bool))
+
+
+def test_summarize_by_ground_truth_reports_empty_images_apart():
+    from bow_gym.metrics import summarize_by_ground_truth
+
+    dice_values = [0.5, 0.7, 1.0, 1.0, np.nan]
+    empty = np.array([False, False, True, True, False])
+    out = summarize_by_ground_truth(dice_values, empty, n_boot=200)
+    assert out["non_empty"]["n"] == 3 and out["non_empty"]["mean"] == pytest.approx(0.6)
+    assert out["empty"]["n"] == 2 and out["empty"]["mean"] == 1.0
+    assert out["all"]["n"] == 5 and out["all"]["mean"] == pytest.approx(0.8)  # NaN dropped
+    assert out["non_empty"]["ci_low"] <= 0.6 <= out["non_empty"]["ci_high"]
+    assert out["empty"]["median"] == 1.0
+    nested = summarize_by_ground_truth({"dice": dice_values, "noc": [3, 4, 0, 0, 5]}, empty)
+    assert nested["noc"]["empty"]["mean"] == 0 and nested["noc"]["non_empty"]["mean"] == 4
+    assert nested["dice"]["all"]["mean"] == out["all"]["mean"]
+    none_empty = summarize_by_ground_truth([0.2, 0.4], np.array([False, False]))
+    assert none_empty["empty"]["n"] == 0 and np.isnan(none_empty["empty"]["mean"])
+    with pytest.raises(ValueError, match="gt_empty"):
+        summarize_by_ground_truth([0.2, 0.4], [0, 1])
+    with pytest.raises(ValueError, match="gt_empty"):
+        summarize_by_ground_truth([0.2, 0.4], np.array([True]))

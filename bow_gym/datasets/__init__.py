@@ -99,6 +99,7 @@ DATASETS: dict[str, DatasetFactory] = {
 _NEEDS_ROOT: set[str] = {"kvasir-seg", "cvc-clinicdb", "isic2018", "busi", "folder"}
 
 _SPLITS = ("all", "train", "test", "fit", "val")
+_EMPTY_MASKS = ("keep", "drop", "only")
 
 
 def register_dataset(name: str, factory: DatasetFactory, *, needs_root: bool = True) -> None:
@@ -133,6 +134,7 @@ def make_dataset(
     test_fraction: float = 0.2,
     split_seed: int = 0,
     split_by_group: bool = True,
+    empty_masks: str = "keep",
     limit: int | None = None,
     **kwargs: Any,
 ) -> SegmentationDataset:
@@ -151,6 +153,12 @@ def make_dataset(
         split_by_group: Keep the data set's groups (video sequences, patients; see
             :attr:`SegmentationDataset.groups`) whole on one side of every split (default).
             Data sets without groups split per sample either way.
+        empty_masks: Images whose ground truth is empty (BUSI's ``normal`` images):
+            ``"keep"`` (default: the data set as published), ``"drop"`` or ``"only"``. Applied
+            after splitting, so the split is the same either way. Deciding this reads each mask
+            once, like a class label; it is a choice of data, not information for an agent.
+            Evaluations should keep them and report them apart
+            (:func:`bow_gym.metrics.summarize_by_ground_truth`).
         limit: Keep only the first ``limit`` samples (after splitting), in index order.
         **kwargs: Passed to the factory (e.g. ``part="Validation"`` for ``"isic2018"``,
             ``n_images=16`` for ``"synthetic"``, ``mask_pattern=...`` for ``"folder"``,
@@ -173,6 +181,9 @@ def make_dataset(
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(_SPLITS)}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of samples or None, got {limit}")
+    if empty_masks not in _EMPTY_MASKS:
+        raise ValueError(f"empty_masks must be one of {', '.join(_EMPTY_MASKS)}, got "
+                         f"{empty_masks!r}")
     factory = DATASETS[key]
     if key in _NEEDS_ROOT:
         if root is None:
@@ -200,6 +211,13 @@ def make_dataset(
             raise ValueError(f"split {split!r} of {base_name} is empty: {len(train) + len(test)} "
                              f"samples with test_fraction={test_fraction} (and split_seed="
                              f"{split_seed}) leave it none")
+    if empty_masks != "keep":
+        keep = [i for i in range(len(dataset))
+                if dataset.mask_is_empty(i) == (empty_masks == "only")]
+        if not keep:
+            raise ValueError(f"{dataset.name} has no images left with empty_masks="
+                             f"{empty_masks!r} ({len(dataset)} images before)")
+        dataset = dataset.subset(keep, name=f"{dataset.name}[{empty_masks}-empty]")
     if limit is not None and limit < len(dataset):
         dataset = dataset.subset(list(range(limit)), name=f"{dataset.name}[:{limit}]")
     return dataset

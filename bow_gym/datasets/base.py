@@ -66,6 +66,14 @@ class SegmentationDataset(abc.ABC):
         for i in range(len(self)):
             yield self[i]
 
+    def mask_is_empty(self, index: int) -> bool:
+        """Whether sample ``index`` has an all-background ground truth (e.g. BUSI ``normal``).
+
+        Reads the ground truth: for choosing which images a data set holds (like a class label)
+        and for reporting results apart, never for an agent.
+        """
+        return not self[index].mask.any()
+
     def index_of(self, sample_id: str) -> int:
         """Index of the sample called ``sample_id``.
 
@@ -130,6 +138,9 @@ class Subset(SegmentationDataset):
     def _load(self, index: int) -> Sample:
         return self.parent[self.indices[index]]
 
+    def mask_is_empty(self, index: int) -> bool:
+        return self.parent.mask_is_empty(self.indices[index])
+
 
 class ConcatDataset(SegmentationDataset):
     """Several data sets as one (e.g. Kvasir-SEG + CVC-ClinicDB, the polyp training set of the
@@ -165,6 +176,10 @@ class ConcatDataset(SegmentationDataset):
         return [f"{p}/{g}" for p, d, gs in zip(self._prefixes, self.parts, part_groups,
                                                strict=True)
                 for g in (gs if gs is not None else d.ids)]
+
+    def mask_is_empty(self, index: int) -> bool:
+        k, j = self._where[index]
+        return self.parts[k].mask_is_empty(j)
 
     def _load(self, index: int) -> Sample:
         k, j = self._where[index]

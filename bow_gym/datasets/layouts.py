@@ -138,6 +138,11 @@ class FileDataset(SegmentationDataset):
             )
         return Sample(image=image, mask=mask, id=entry.id)
 
+    def mask_is_empty(self, index: int) -> bool:
+        entry = self._entries[index]  # the masks only: no image is decoded
+        return not entry.mask_paths or not read_masks_union(
+            entry.mask_paths, self.mask_foreground).any()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, root={self.root}, n={len(self)})"
 
