@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -249,8 +251,22 @@ def test_distance_to_background_known_values_and_brute_force(shape):
     assert not distance_to_background(np.zeros(shape)).any()
 
 
+def test_reference_libraries_are_dev_dependencies():
+    """The SciPy reference tests below must run wherever the README's install runs the tests
+    (``.[dev]``): a skipped reference checks nothing. Hypothesis drives tests/test_properties.py."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+        dev = tomllib.load(f)["project"]["optional-dependencies"]["dev"]
+    names = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() for d in dev}
+    assert {"scipy", "hypothesis", "pytest"} <= names
+
+
 def test_hd95_matches_medpy_recipe_with_scipy():
-    ndimage = pytest.importorskip("scipy.ndimage")
+    from scipy import ndimage  # a dev dependency: never skipped
 
     def medpy_hd95(result, reference, spacing):
         # MedPy's __surface_distances, both directions, then percentile 95.
@@ -331,7 +347,7 @@ def test_fill_holes_diagonal_gaps_enclose():
 
 
 def test_fill_holes_matches_scipy():
-    ndimage = pytest.importorskip("scipy.ndimage")
+    from scipy import ndimage  # a dev dependency: never skipped
     for seed in range(8):
         mask = _random_blobs(np.random.default_rng(200 + seed), (40, 36))
         np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
