@@ -264,9 +264,13 @@ ENCODINGS = {
 }
 
 
-@PROPERTY
-@given(masks(), st.sampled_from(sorted(ENCODINGS)))
-def test_documented_mask_encodings_round_trip(m, encoding):
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+@settings(PROPERTY, max_examples=15)
+@given(m=masks())
+def test_documented_mask_encodings_round_trip(encoding, m):
+    # All-opaque black is an empty mask drawn in colour, the same file as a full alpha mask: the
+    # colour decides (documented), so alpha masks round-trip when some pixel is transparent.
+    assume(encoding != "rgba alpha" or not m.all())
     np.testing.assert_array_equal(read_mask(ENCODINGS[encoding](m)), m)
 
 

@@ -117,7 +117,8 @@ def read_mask(path: PathLike, foreground: MaskForeground = _AUTO) -> np.ndarray:
        the colours, not the indices, are the mask.
     3. The value of a pixel is its grey level, or the maximum over R, G, B for colour files.
        If a file has an alpha channel, its colour is constant (typically all zero) and its alpha
-       varies, the alpha channel is the value instead (masks painted as transparency).
+       varies, the alpha channel is the value instead (masks painted as transparency); a file of
+       one colour and one alpha reads by its colour (all-opaque black is an empty mask).
 
     With ``foreground="auto"`` (the default) the values must then fit one of these encodings,
     where ``M`` is the full scale (255 for 8-bit files, 65535 for 16-bit files; a 16-bit file whose
