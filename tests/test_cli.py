@@ -77,5 +77,5 @@ def test_env_on_real_kvasir(shared_data):
 def test_featurize_fills_the_cache(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BOW_GYM_CACHE", str(tmp_path))
     assert main(["featurize", "--limit", "3"]) == 0
-    assert len(list(tmp_path.rglob("*.npy"))) == 3
+    assert len(list(tmp_path.rglob("*.npz"))) == 3
     assert "3 images" in capsys.readouterr().out
