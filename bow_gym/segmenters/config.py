@@ -223,8 +223,9 @@ class SegmenterConfig:
 #:   package has trained HSNet from the start: the same network, sizes, rates, optimiser and lr
 #:   5e-5, but 100 epochs, batch 16, a constant learning rate, the global gradient norm bounded
 #:   by 0.5, flips/rotations/zoom/colour augmentation and the boundary-weighted BCE. Its
-#:   constant lr matched the released script of December 2022 (commits 0f5c596/a16f66f, whose
-#:   step decay started at epoch 200), superseded by the halving above in July 2023.
+#:   constant lr is what the script did only from December 2022 (0f5c596: decay "every 200
+#:   epochs"; a16f66f: also lr 1e-4) to July 2023; the first release (f1743d2, September 2022)
+#:   and HEAD halve it at epochs 15 and 30.
 #: Both HSNet presets are meant for a GPU: on two CPU cores one 352 px image takes ~1.5 s
 #: forward and backward.
 _HSNET_COMMON: dict[str, Any] = dict(
