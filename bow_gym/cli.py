@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--backbone", help="backbone name (lab_texture, dinov2_vits14, ...)")
     p.add_argument("--checkpoint", help="local DINOv2 weights file")
-    p.add_argument("--segmenter", choices=["light", "hsnet"], help="segmenter preset")
+    p.add_argument("--segmenter", choices=["light", "hsnet", "hsnet_released"],
+                   help="segmenter preset")
     p.add_argument("--top-k", dest="top_k", type=float, help="share of pseudo-masks kept")
     p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
                    help="adapt the backbone with LoRA each round")

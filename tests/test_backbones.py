@@ -158,7 +158,8 @@ def test_dinov2_checkpoint_that_does_not_fit_names_the_file(
 
 
 def test_dinov2_checkpoint_pos_embed_resampled_to_input_size(big: DinoV2Backbone) -> None:
-    # The checkpoint was saved at 56 px (4 x 4 position embeddings); timm resamples them.
+    # The checkpoint was saved at 56 px (4 x 4 position embeddings); they are resized from there
+    # by the official rule (tests/test_dinov2_fidelity.py checks the values).
     assert big.grid == (8, 8)
     assert big.model.pos_embed.shape[1] == 1 + 8 * 8
     assert big.extract(_images(1)[0]).shape == (8, 8, 384)
@@ -184,9 +185,11 @@ def test_dinov2_cache_key_tracks_weights_size_and_adapter(
 ) -> None:
     keys = {vit.cache_key, vit_seed1.cache_key, loaded.cache_key, big.cache_key}
     assert len(keys) == 4
-    assert vit.cache_key == "dinov2_vits14_56px_random-seed0"
-    assert loaded.cache_key == f"dinov2_vits14_56px_{loaded.weights}"
-    assert big.cache_key == f"dinov2_vits14_112px_{loaded.weights}"  # same file, same hash
+    # "officialpos": features from before position embeddings followed the official DINOv2
+    # rule are never reused.
+    assert vit.cache_key == "dinov2_vits14_56px_random-seed0_officialpos"
+    assert loaded.cache_key == f"dinov2_vits14_56px_{loaded.weights}_officialpos"
+    assert big.cache_key == f"dinov2_vits14_112px_{loaded.weights}_officialpos"  # same file
     try:
         vit.adapter_id = "lora r8/epoch 3"  # unsafe characters on purpose
         adapted = vit.cache_key
@@ -195,7 +198,7 @@ def test_dinov2_cache_key_tracks_weights_size_and_adapter(
         assert os.sep not in adapted and " " not in adapted
     finally:
         vit.adapter_id = None
-    assert vit.cache_key == "dinov2_vits14_56px_random-seed0"
+    assert vit.cache_key == "dinov2_vits14_56px_random-seed0_officialpos"
 
 
 def test_registry_and_timm_names() -> None:
@@ -209,7 +212,7 @@ def test_registry_and_timm_names() -> None:
     assert isinstance(reg, DinoV2Backbone) and reg.name == "dinov2_vits14_reg"
     assert reg.num_prefix_tokens == 5  # cls + 4 registers, all dropped
     assert reg.extract(_images(2)).shape == (2, 4, 4, 384)
-    assert reg.cache_key == "dinov2_vits14_reg_56px_random-seed0"
+    assert reg.cache_key == "dinov2_vits14_reg_56px_random-seed0_officialpos"
 
 
 def test_registry_lab_texture() -> None:

@@ -29,7 +29,8 @@ def structure_weight(mask: torch.Tensor) -> torch.Tensor:
     return 1.0 + 5.0 * torch.abs(_box_mean(mask, BOUNDARY_KERNEL) - mask)
 
 
-def structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def structure_loss(logits: torch.Tensor, mask: torch.Tensor, *, weighted_bce: bool = True
+                   ) -> torch.Tensor:
     """Weighted BCE + weighted IoU loss (PraNet, Fan et al. 2020; used by HSNet), batch mean.
 
     Per image, with ``w = structure_weight(mask)`` and ``p = sigmoid(logits)``::
@@ -37,13 +38,14 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         wbce = sum(w * bce(logits, mask)) / sum(w)
         wiou = 1 - (sum(w * p * mask) + 1) / (sum(w * (p + mask)) - sum(w * p * mask) + 1)
 
-    The published code passes ``reduce='none'`` to ``binary_cross_entropy_with_logits``, a truthy
-    legacy flag that makes its BCE term the plain unweighted mean; this is the weighted BCE the
-    papers describe.
+    The released code passes ``reduce='none'`` to ``binary_cross_entropy_with_logits``, a truthy
+    legacy flag that makes its BCE term the plain unweighted mean (``weighted_bce=False``
+    reproduces it); by default this is the weighted BCE the papers describe.
 
     Args:
         logits: ``(B, 1, H, W)`` raw network outputs.
         mask: ``(B, 1, H, W)`` target in ``[0, 1]`` (soft values allowed, e.g. after resizing).
+        weighted_bce: Weight the BCE term by ``w``; ``False`` gives the plain mean BCE.
 
     Returns:
         Scalar tensor: mean over the batch of ``wbce + wiou``.
@@ -58,7 +60,10 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(logits.dtype)
     weight = structure_weight(mask)
     bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
-    wbce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
+    if weighted_bce:
+        wbce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
+    else:
+        wbce = bce.mean(dim=(2, 3))
     prob = torch.sigmoid(logits)
     inter = (prob * mask * weight).sum(dim=(2, 3))
     union = ((prob + mask) * weight).sum(dim=(2, 3))
