@@ -60,7 +60,7 @@ class _ImageStore:
             "members": ((p, p), member_dtype),
             "gt_count": ((p,), np.float32),
             "selection_size": ((p,), np.int64),
-            "selection_gt": ((p,), np.float32),
+            "selection_gt": ((p,), np.int64),
             "gt_sum": ((), np.int64),
             "index": ((), np.int64),
             "sample_id": ((), object),
@@ -270,8 +270,10 @@ class BetterWorseSegVectorEnv(VectorEnv):
         h = w = self.obs_size
         p, k = self.n_patches, self.clicks_per_episode
         self._obs = np.zeros((n, self.n_channels, h, w), np.uint8)
-        self._count = np.zeros((n, p), np.float32)  # foreground pixels per patch
-        self._tp = np.zeros((n, p), np.float32)  # true-positive pixels per patch
+        # Per patch: foreground pixels (column 0) and true-positive pixels (column 1), side by
+        # side so a click gathers, sums and writes both at once.
+        self._counts = np.zeros((n, p, 2), np.float32)
+        self._count, self._tp = self._counts[..., 0], self._counts[..., 1]  # views
         self._pred_sum = np.zeros(n, np.int64)
         self._tp_sum = np.zeros(n, np.int64)
         self._gt_sum = np.zeros(n, np.int64)
@@ -292,6 +294,9 @@ class BetterWorseSegVectorEnv(VectorEnv):
         self._figure = None
         self._cells = self._cell_view()
         self._cell_values = np.array([0, np.iinfo(self._cells.dtype).max], self._cells.dtype)
+        yy, xx = np.divmod(np.arange(h * w), w)
+        self._patch_of_pixel = (yy // self.cell[0]) * self.grid[1] + xx // self.cell[1]
+        self._element_offsets = np.arange(n * p)  # 0, 1, 2, ... for the flat element lists
         self._oracle_draws = _draws(self.oracle)
 
     # ------------------------------------------------------------------ seeding
@@ -474,34 +479,32 @@ class BetterWorseSegVectorEnv(VectorEnv):
         n = len(ids)
         if n == 0:
             return None
-        store, area = self._store, self.patch_area
-        s, p_all = self.obs_size, self.n_patches
-        gw = self.grid[1]
-        ch, cw = self.cell
-        label, rest = np.divmod(actions[e], s * s)
-        y, x = np.divmod(rest, s)
-        patch = (y // ch) * gw + x // cw
+        store, area, p_all = self._store, self.patch_area, self.n_patches
+        label, rest = np.divmod(actions[e], self.obs_size * self.obs_size)
+        y, x = np.divmod(rest, self.obs_size)
+        patch = self._patch_of_pixel[rest]
         slot_base = self._slot[e] * p_all
         slot_patch = slot_base + patch  # row of the store's (slots * P, ...) arrays
         lengths = store.selection_size.reshape(-1)[slot_patch]  # >= 1: a click selects its patch
         ends = np.cumsum(lengths)
         starts = ends - lengths
-        pos = np.arange(ends[-1]) + np.repeat(slot_patch * p_all - starts, lengths)
-        members = store.members.reshape(-1)[pos].astype(np.int64)
+        pos = np.repeat(slot_patch * p_all - starts, lengths)
+        pos += self._element_offsets[: ends[-1]]
+        members = store.members.reshape(-1)[pos]  # the selected patches, click after click
         owner = np.repeat(self._ids[:n], lengths)  # which click each element belongs to
         env_of = owner if n == self.num_envs else ids[owner]
-        flat = env_of * p_all + members  # into the (num_envs * P) count arrays
-        count_flat, tp_flat = self._count.reshape(-1), self._tp.reshape(-1)
-        count, tp = count_flat[flat], tp_flat[flat]
+        flat = env_of * p_all + members  # into the (num_envs * P) count rows
+        counts_flat = self._counts.reshape(-1, 2)
+        counts = counts_flat[flat]
 
         # float32 sums of integer counts < 2**24 are exact, as in the single env.
-        old_count = np.add.reduceat(count, starts).astype(np.int64)
-        old_tp = np.add.reduceat(tp, starts).astype(np.int64)
+        old = np.add.reduceat(counts, starts).astype(np.int64)
         new_count = label * lengths * area
-        new_tp = label * store.selection_gt.reshape(-1)[slot_patch].astype(np.int64)
+        new_tp = label * store.selection_gt.reshape(-1)[slot_patch]
         pred_sum, tp_sum, gt_sum = self._pred_sum[e], self._tp_sum[e], self._gt_sum[e]
-        pred_after = pred_sum + new_count - old_count
-        tp_after = tp_sum + new_tp - old_tp
+        delta = new_count - old[:, 0]
+        pred_after = pred_sum + delta
+        tp_after = tp_sum + new_tp - old[:, 1]
         rngs = [self._rngs[i] for i in ids.tolist()] if self._oracle_draws else [None] * n
         answers = self.oracle.judge_batch(Overlap(tp_sum, pred_sum, gt_sum),
                                           Overlap(tp_after, pred_after, gt_sum), rngs)
@@ -509,14 +512,12 @@ class BetterWorseSegVectorEnv(VectorEnv):
 
         # Only the patches whose pixels change are written (a selected patch already all
         # foreground, or all background, keeps its counts and its cell).
-        target = label * area
-        changes = (count != target[owner]) & accepted[owner]
+        changes = (counts[:, 0] != (label * area)[owner]) & accepted[owner]
         changed, member, changed_owner = flat[changes], members[changes], owner[changes]
         fg = label[changed_owner]
-        count_flat[changed] = fg * area
         # Where a patch becomes all foreground its true positives are its ground-truth pixels.
-        gt_flat = store.gt_count.reshape(-1)
-        tp_flat[changed] = gt_flat[slot_base[changed_owner] + member] * fg
+        counts_flat[changed, 0] = fg * area
+        counts_flat[changed, 1] = store.gt_count.reshape(-1)[slot_base[changed_owner] + member] * fg
         self._pred_sum[e] = np.where(accepted, pred_after, pred_sum)
         self._tp_sum[e] = np.where(accepted, tp_after, tp_sum)
         dice_before = self._dice[e].copy()  # e may be a slice: a view would change below
@@ -525,7 +526,7 @@ class BetterWorseSegVectorEnv(VectorEnv):
                                      dice_before)
         self._set_cells(env_of[changes], member, fg)
         if self.include_clicks:
-            d = np.arange(-1, 2)
+            d, s = np.arange(-1, 2), self.obs_size
             yy = np.clip(y[:, None] + d, 0, s - 1)
             xx = np.clip(x[:, None] + d, 0, s - 1)
             dot = np.where(label > 0, 255, 128).astype(np.uint8)
@@ -539,7 +540,7 @@ class BetterWorseSegVectorEnv(VectorEnv):
             "click": {"y": y, "x": x, "label": label},
             "patch": patch,
             "patches_selected": lengths,
-            "pixels_changed": np.abs(new_count - old_count),
+            "pixels_changed": np.abs(delta),
             "answer": answers,
             "accepted": accepted,
             EVAL_ONLY_KEY: {"dice_before": dice_before},
@@ -714,12 +715,14 @@ class BetterWorseSegVectorEnv(VectorEnv):
         state["_slot"] = np.where(self._slot >= 0, remap[np.maximum(self._slot, 0)], -1)
         state["_store"] = store
         state["_figure"] = None
-        del state["_cells"]
+        for view in ("_cells", "_count", "_tp"):  # views, rebuilt by __setstate__
+            del state[view]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._cells = self._cell_view()
+        self._count, self._tp = self._counts[..., 0], self._counts[..., 1]
 
     def _cell_view(self) -> np.ndarray:
         """The mask channel as a view in which one element row of a patch's cell is one element.
