@@ -304,22 +304,29 @@ def _git(*cmd: str) -> str | None:
         return None
 
 
-def write_run_record(out: Path, run: str, argv: list[str], seeds: list[int], protocol: str,
-                     datasets: list[str]) -> None:
-    """``run.json``: what made this run.
+def code_state() -> dict[str, Any]:
+    """The checkout's commit and whether tracked files differ from it, read when a run starts
+    (so results written during the run do not count)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": _git("rev-parse", "HEAD"),
+            "git_dirty": None if status is None else bool(status),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_run_record(out: Path, run: str, argv: list[str], state: dict[str, Any],
+                     seeds: list[int], protocol: str, datasets: list[str]) -> None:
+    """``run.json``: what made this run (``state`` from :func:`code_state` at its start).
 
     LOCAL STAND-IN: a shared writer of this record for every benchmark is being built in
     ``benchmarks/_common``; switch to it when it lands (same fields).
     """
     from benchmarks._common import machine, write_json
 
-    status = _git("status", "--porcelain")
     write_json(out / "run.json", {
         "script": "benchmarks/env_throughput.py", "run": run,
         "command": " ".join(["python -m benchmarks.env_throughput", *argv]),
-        "git_commit": _git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(), "seeds": seeds, "protocol": protocol, "datasets": datasets})
+        **state, "machine": machine(), "seeds": seeds, "protocol": protocol,
+        "datasets": datasets})
 
 
 # ---------------------------------------------------------------------------- command line
@@ -370,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks._common import machine, out_dir, save_figure, write_csv, write_json
     from bow_gym.datasets.synthetic import generate
 
+    state = code_state()
     run = args.run or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = out_dir("env_throughput", args.out) / run
     out.mkdir(parents=True, exist_ok=True)
@@ -459,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     write_csv(out / "steps.csv", [{"repeat": i, "betterworseseg": b, "cartpole": c, "ratio": r}
                                   for i, (b, c, r) in enumerate(zip(bw_sps, cp_sps, ratios,
                                                                     strict=True))])
-    write_run_record(out, run, list(sys.argv[1:] if argv is None else argv), seeds=[0],
+    write_run_record(out, run, list(sys.argv[1:] if argv is None else argv), state, seeds=[0],
                      protocol="steady state (features and per-image state prepared before "
                               "timing); action_space.sample() actions; alternating repeats; "
                               "medians over repeats; env-steps/s = sub-envs x batched steps",
