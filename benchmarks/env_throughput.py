@@ -237,8 +237,38 @@ def ppo_wall_times(clicks: int, seed: int = 0) -> dict[str, Any]:
     function reads ``vec_env.envs``, which a batched env has not); the envs get the same
     arguments and shared data set as ``agents.common.make_envs`` gives the DummyVecEnv ones.
     Before timing, the features go into the on-disk cache and torch runs one short PPO
-    rollout, so neither run pays a first-use cost the other does not.
+    rollout, so neither run pays a first-use cost the other does not. Besides the wall time,
+    the seconds spent inside the vec env's ``step_wait`` and ``reset`` (``env_s``) are summed:
+    the share of the run that the env path can change at all.
     """
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from bow_gym.sb3_vec import SB3VecEnv
+
+    env_s = {"current": 0.0, "adapter": 0.0}
+    patched = {(DummyVecEnv, "current"), (SB3VecEnv, "adapter")}
+    originals = {(cls, m): getattr(cls, m) for cls, _ in patched for m in ("step_wait", "reset")}
+
+    def timed(method, key):
+        def wrapper(self, *args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                env_s[key] += time.perf_counter() - t
+        return wrapper
+
+    for cls, key in patched:
+        for m in ("step_wait", "reset"):
+            setattr(cls, m, timed(originals[(cls, m)], key))
+    try:
+        return _ppo_runs(clicks, seed, env_s)
+    finally:
+        for (cls, m), method in originals.items():
+            setattr(cls, m, method)
+
+
+def _ppo_runs(clicks: int, seed: int, env_s: dict[str, float]) -> dict[str, Any]:
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.utils import set_random_seed
@@ -260,10 +290,11 @@ def ppo_wall_times(clicks: int, seed: int = 0) -> dict[str, Any]:
                        tensorboard=False, progress=False, device="cpu")
         make_envs(args, 1)[0].unwrapped.precompute_features(progress=False)
         train_sb3(dataclasses.replace(args, total_clicks=16, out=str(Path(tmp) / "warm")))
+        env_s["current"] = 0.0
         t0 = time.perf_counter()
         agent, history = train_sb3(args)
         current = {"wall_s": time.perf_counter() - t0,
-                   "learn_s": float(agent.metadata["train_seconds"])}
+                   "learn_s": float(agent.metadata["train_seconds"]), "env_s": env_s["current"]}
 
         t0 = time.perf_counter()
         hp = resolved(args)
@@ -284,13 +315,15 @@ def ppo_wall_times(clicks: int, seed: int = 0) -> dict[str, Any]:
         t1 = time.perf_counter()
         model.learn(total_timesteps=clicks, callback=callback,
                     log_interval=max(1, round(args.log_every / (hp["n_steps"] * args.num_envs))))
-        adapter = {"learn_s": time.perf_counter() - t1, "wall_s": time.perf_counter() - t0}
+        adapter = {"learn_s": time.perf_counter() - t1, "wall_s": time.perf_counter() - t0,
+                   "env_s": env_s["adapter"]}
         same_params = all(torch.equal(a, b) for a, b in zip(
             agent.policy.state_dict().values(), model.policy.state_dict().values(), strict=True))
     return {"clicks": clicks, "seed": seed, "num_envs": args.num_envs,
             "current_dummy_vec_env": current, "native_vector_adapter": adapter,
             "speedup_wall": current["wall_s"] / adapter["wall_s"],
             "speedup_learn": current["learn_s"] / adapter["learn_s"],
+            "speedup_env": current["env_s"] / adapter["env_s"],
             "same_rewards": history["reward"] == callback.history["reward"],
             "same_parameters": same_params}
 
@@ -428,9 +461,11 @@ def main(argv: list[str] | None = None) -> None:
         ppo = ppo_wall_times(args.ppo_clicks)
         print(f"\nSB3 PPO, {ppo['clicks']} answers, {ppo['num_envs']} envs: DummyVecEnv "
               f"{ppo['current_dummy_vec_env']['wall_s']:.1f} s (learn "
-              f"{ppo['current_dummy_vec_env']['learn_s']:.1f} s), native vector env "
+              f"{ppo['current_dummy_vec_env']['learn_s']:.1f} s, in the env "
+              f"{ppo['current_dummy_vec_env']['env_s']:.2f} s), native vector env "
               f"{ppo['native_vector_adapter']['wall_s']:.1f} s (learn "
-              f"{ppo['native_vector_adapter']['learn_s']:.1f} s); same rewards "
+              f"{ppo['native_vector_adapter']['learn_s']:.1f} s, in the env "
+              f"{ppo['native_vector_adapter']['env_s']:.2f} s); same rewards "
               f"{ppo['same_rewards']}, same parameters {ppo['same_parameters']}")
 
     # -- feature extraction
