@@ -203,7 +203,10 @@ def vector_memory(num_envs: int, steps: int = 60) -> dict[str, float]:
     current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     visited = int((env.unwrapped._store.slot_of >= 0).sum())
+    box = env.observation_space  # Gymnasium's batched Box keeps four arrays of the batch's shape
+    bounds = sum(a.nbytes for a in (box.low, box.high, box.bounded_below, box.bounded_above))
     result = {"num_envs": num_envs, "traced_current_mib": current / 2**20,
+              "observation_space_bounds_mib": bounds / 2**20,
               "traced_peak_mib": peak / 2**20, "rss_growth_mib": _rss_mib() - rss0,
               "images_prepared": visited, "images_in_data_set": len(dataset)}
     env.close()
