@@ -2,13 +2,12 @@
 predicted Dice gain is largest.
 
 Why another agent: a +1/-1 answer says *whether* a click helped, not *how much*. From an empty mask
-every foreground click whose reach touches the lesion is "better" (on held-out Kvasir-SEG with the
-``lab_texture`` backbone about half of all patches are; the mean Dice of such a click is 0.20,
-the best one's 0.67: ``python -m benchmarks.first_click``), so a policy rewarded per "better"
-answer (REINFORCE, PPO, DQN) is not pushed towards the click that makes the best mask; and on
-Kvasir-SEG REINFORCE does no better when rewarded by the Dice gain itself
-(``benchmarks/results/reward_signal``): a model-free policy does not find that click. This agent
-uses the answers as data, and the task's structure as its model:
+every foreground click whose reach touches the lesion is "better", and most such clicks make a mask
+far worse than the best one does (``python -m benchmarks.first_click`` measures both), so a policy
+rewarded per "better" answer (REINFORCE, PPO, DQN) is not pushed towards the click that makes the
+best mask; nor, on Kvasir-SEG, does REINFORCE find that click when rewarded by the Dice gain
+itself (``reward=dice_gain``). The numbers are in docs/agents.md. This agent uses the answers as
+data, and the task's structure as its model:
 
 1. **Belief.** A per-patch foreground probability ``q``. By default (``belief="features"``) a
    small MLP reads each patch's backbone features (the ones propagation compares,
@@ -110,8 +109,8 @@ class AnswerModelArgs(TrainDataArgs):
     """answered clicks per gradient step, drawn from the replay buffer"""
     updates_per_step: int = 8
     """gradient steps per lockstep of ``num_envs`` clicks; 8 (one per click) was chosen on
-    Kvasir-SEG validation images, away from the test part (2: 0.545, 4: 0.582, 8: 0.591,
-    16: 0.571, unstable; ``benchmarks.compare_policies --validation``)"""
+    Kvasir-SEG validation images, away from the test part (``benchmarks.compare_policies
+    --validation``; see docs/agents.md)"""
     buffer_size: int = 50000
     """answered clicks kept for replay (oldest dropped first)"""
     epsilon: float = 0.2
@@ -132,12 +131,8 @@ class AnswerModelArgs(TrainDataArgs):
     """within an episode, also fit one image-wide logit offset (prior weight 0.01)"""
     augment: bool = False
     """random flips of replayed clicks (image and masks together; U-Net beliefs only); off by
-    default: it did not help the image belief on Kvasir-SEG in a two-seed check; with 8,000
-    answers it lifts the hybrid belief from 0.558 to 0.629 and the residual one from 0.549 to
-    0.604 on validation; hybrid with flips gives 0.616 on the test splits against the default
-    belief's 0.608 (better after 1 to 3 clicks, not shown after 5; likewise with 6,000
-    answers), but is worse than the default with 2,000 or 4,000 answers
-    (benchmarks/RESULTS.md)"""
+    default: on Kvasir-SEG they help the hybrid and residual beliefs only with large budgets
+    of answers and hurt with small ones (see docs/agents.md)"""
     seed: int = 0
     """seed of torch, numpy, the envs and the exploration"""
     device: str = "auto"

@@ -215,15 +215,15 @@ class SB3Args(TrainDataArgs):
 
 
 #: Per-algorithm defaults of the ``None`` fields of :class:`SB3Args`, tuned briefly on 2,000
-#: clicks of the synthetic data (held-out Dice after 5 clicks in brackets, one seed).
+#: answers of the synthetic data, one seed (see docs/agents.md).
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
-    # 8 envs x 16 steps = 128 clicks per rollout, 4 epochs of 2 minibatches of 64. lr 2e-3
-    # (0.57) and 8 epochs (0.65, twice the time) were no better than these (0.63).
+    # 8 envs x 16 steps = 128 clicks per rollout, 4 epochs of 2 minibatches of 64; a larger lr
+    # and 8 epochs (twice the time) were no better.
     "ppo": {"lr": 1e-3, "n_steps": 16, "batch_size": 64},
     # A2C has no epochs or minibatches, so the number of updates is what matters: one per
-    # vectorised step (0.60) against one per two (0.38).
+    # vectorised step did much better than one per two.
     "a2c": {"lr": 1e-3, "n_steps": 1, "batch_size": None},
-    # Two gradient steps of 32 per 8 clicks: as good as 64 (0.70) at half the time.
+    # Two gradient steps of 32 per 8 clicks: as good as 64 at half the time.
     "dqn": {"lr": 5e-4, "n_steps": None, "batch_size": 32},
 }
 # PPO's settings: the two differ only in which clicks they may sample.

@@ -164,15 +164,14 @@ class SegmenterConfig:
 #: Named starting points; :func:`preset` copies one with overrides.
 #:
 #: * ``"light"``: the CPU default. A 16-channel U-Net (1.0 M parameters) at 128 px trained from
-#:   scratch: 6 epochs, batch 8, AdamW 1e-3 with cosine decay, one scale. Measured on two CPU
-#:   cores: 21 s for 200 images (150 steps), i.e. about 1 min 50 s for 1000 images; Dice 0.92 on
-#:   those 200 synthetic polyp images (0.93 on 50 unseen ones).
+#:   scratch: 6 epochs, batch 8, AdamW 1e-3 with cosine decay, one scale; a couple of minutes
+#:   for 1000 images on two CPU cores (timings and Dice: see docs/multi-round.md).
 #: * ``"hsnet"``: the published HSNet recipe (Zhang et al. 2022, github.com/baiboat/HSNet
 #:   ``Train.py``): ImageNet PVTv2-B2, 352 px, rates 0.75/1/1.25, AdamW lr 5e-5 and weight decay
 #:   1e-4 at a constant rate (its step decay only starts at epoch 200), 100 epochs (the script's
 #:   default; its loop runs epochs 1..99), gradient clip 0.5, batch 16 (the script's default is 8).
 #:   The released code clamps each gradient *element* to +-0.5; here 0.5 bounds the global norm.
-#:   Meant for a GPU: on two CPU cores one 352 px image takes ~1.5 s forward and backward.
+#:   Meant for a GPU: on two CPU cores every 352 px image takes seconds forward and backward.
 SEGMENTER_PRESETS: dict[str, SegmenterConfig] = {
     "light": SegmenterConfig(),
     "hsnet": SegmenterConfig(
