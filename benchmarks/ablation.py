@@ -119,9 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="output folder (default benchmarks/results/ablation_rounds)")
     args = p.parse_args(argv)
 
-    from bow_gym.cli import _parse_value
     from bow_gym.figures import make_figures
-    from bow_gym.rounds import load_config, run_rounds, train_supervised
+    from bow_gym.rounds import load_config, parse_set, run_rounds, train_supervised
 
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -135,8 +134,11 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--rounds must be >= 1, got {args.rounds}")
     extra: dict[str, Any] = {}
     for item in args.set:
-        key, _, value = item.partition("=")
-        extra[key.strip()] = _parse_value(value.strip())
+        try:
+            key, value = parse_set(item)
+        except ValueError as e:
+            p.error(str(e))
+        extra[key] = value
     base: dict[str, Any] = {k: v for k, v in {"rounds": args.rounds, "limit": args.limit,
                                               "protocol": args.protocol}.items() if v is not None}
     base.update(extra)

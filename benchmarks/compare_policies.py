@@ -232,7 +232,7 @@ def data_configs(names: list[str], data: Path | None, transductive: bool,
 def train_learner(name: str, cfg: dict, seed: int, clicks: int, out: Path, progress: bool):
     """A trained :class:`~agents.ClickPolicy` and its learning curve."""
     trainer, kwargs = learner_spec(name)
-    common = dict(total_clicks=clicks, seed=seed, out=str(out), progress=progress,
+    common = dict(total_answers=clicks, seed=seed, out=str(out), progress=progress,
                   **cfg["reinforce"], **kwargs)
     if trainer == "reinforce":
         from agents.reinforce import ReinforceArgs, train

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         for seed in range(args.seeds):
             t0 = time.time()
-            ra = ReinforceArgs(total_clicks=args.clicks, seed=seed, progress=False,
+            ra = ReinforceArgs(total_answers=args.clicks, seed=seed, progress=False,
                                out=str(out / "runs" / f"{name}-seed{seed}"),
                                env_kwargs={"dataset_kwargs": {"n_images": args.images}},
                                policy=args.policy, **VARIANTS[name])
