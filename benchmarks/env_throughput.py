@@ -6,8 +6,8 @@ per-image state already cached (every image visited once before timing): the ste
 training. Timing alternates between the two envs over several repeats, and the reported figures
 are medians, so a busy machine slows both alike.
 
-Run: ``python -m benchmarks.env_throughput`` (``--help`` for options). Last line:
-``ratio_vs_cartpole: <median ratio>``.
+Run: ``python -m benchmarks.env_throughput`` (``--help`` for options); writes to
+``benchmarks/results/env_throughput/<run>/``. Last line: ``ratio_vs_cartpole: <median ratio>``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import statistics
 import time
 
 import numpy as np
+
+from benchmarks import lib
 
 
 def steps_per_second(env, n_steps: int) -> float:
@@ -48,16 +50,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=16, help="images for extraction speed")
     p.add_argument("--backbones", default="lab_texture,dinov2_vits14,dinov2_vitb14",
                    help="comma-separated backbones to time")
-    p.add_argument("--out", help="output folder (default benchmarks/results/env_throughput)")
+    lib.add_output_arguments(p, "env_throughput")
     args = p.parse_args(argv)
 
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
-    from benchmarks._common import machine, out_dir, save_figure, write_csv, write_json
     from bow_gym.datasets.synthetic import generate
 
-    out = out_dir("env_throughput", args.out)
+    run = lib.start_run("env_throughput", argv, args.out, args.run)
+    out = run.out
     bw = gym.make("BetterWorseSeg-v0", feature_cache=None)
     n_images = len(bw.unwrapped.dataset)
     bw.reset(seed=0)
@@ -89,13 +91,13 @@ def main(argv: list[str] | None = None) -> None:
         "cartpole_steps_per_s": statistics.median(cp_sps),
         "ratio_vs_cartpole": statistics.median(ratios),
         "per_repeat": {"betterworseseg": bw_sps, "cartpole": cp_sps, "ratio": ratios},
-        "extraction": speeds, "machine": machine(),
+        "extraction": speeds, "machine": lib.machine(),
         "settings": {"steps": args.steps, "repeats": args.repeats, "obs_size": 128,
                      "grid": list(bw.unwrapped.grid), "images_in_rotation": n_images},
     }
-    write_json(out / "env_throughput.json", result)
-    write_csv(out / "extraction.csv", speeds)
-    write_csv(out / "steps.csv", [{"repeat": i, "betterworseseg": b, "cartpole": c, "ratio": r}
+    lib.write_json(out / "env_throughput.json", result)
+    lib.write_csv(out / "extraction.csv", speeds)
+    lib.write_csv(out / "steps.csv", [{"repeat": i, "betterworseseg": b, "cartpole": c, "ratio": r}
                                   for i, (b, c, r) in enumerate(zip(bw_sps, cp_sps, ratios,
                                                                     strict=True))])
     import matplotlib
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     axes[1].set_xscale("log")
     axes[1].set_xlabel("images/s (log)")
     axes[1].set_title("feature extraction on this machine")
-    save_figure(fig, out / "env_throughput.png")
+    lib.save_figure(fig, out / "env_throughput.png")
+    run.record(seeds=[0], protocol=None, datasets=["synthetic"])
     print(f"wrote {out}/env_throughput.json, steps.csv, extraction.csv, env_throughput.png")
     print(f"ratio_vs_cartpole: {result['ratio_vs_cartpole']:.3f}")
 
