@@ -116,8 +116,8 @@ def test_named_data_folders_must_exist(tmp_path, monkeypatch):
     (["--datasets", ","], "--datasets: expected comma-separated data set names"),
     (["--data", "/no/such/dir"], "--data /no/such/dir: no such folder"),
     (["--dataset", "kvasir-seg", "--root", "/no/such/dir"], "--root /no/such/dir: no such folder"),
-    (["--root", "/tmp", "--dataset", "kvasir-seg"], "--root PATH must follow the --dataset NAME"),
-    (["--dataset", "synthetic", "--root", "/tmp"], "--dataset synthetic: data set 'synthetic' is "
+    (["--root", ".", "--dataset", "kvasir-seg"], "--root PATH must follow the --dataset NAME"),
+    (["--dataset", "synthetic", "--root", "."], "--dataset synthetic: data set 'synthetic' is "
                                                    "generated, not read from files"),
 ])
 @pytest.mark.parametrize("module", ["compare_policies", "first_click", "click_budget"])
@@ -329,7 +329,7 @@ def test_run_names_derive_from_the_arguments_as_typed():
     assert derive_run_name([]) == "default"
     assert derive_run_name(["--agents", "answer_model,ppo", "--answers", "6000", "--jobs", "2",
                             "--dataset", "kvasir-seg", "--root", "/data/kvasir-seg",
-                            "--out", "/tmp/x"]) == "agents-answer_model,ppo_answers-6000_dataset-kvasir-seg"
+                            "--out", "out/x"]) == "agents-answer_model,ppo_answers-6000_dataset-kvasir-seg"
     assert derive_run_name(["runs/a", "runs/b/", "--top-k=0.5"]) == "a_b_top-k-0.5"
     long = derive_run_name(["--agents", ",".join(["answer_model_hybrid"] * 9)])
     assert len(long) == 80 and long != derive_run_name(["--agents", ",".join(["x"] * 60)])
