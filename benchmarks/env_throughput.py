@@ -36,14 +36,14 @@ import datetime as dt
 import math
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks import lib
 
 #: Sub-env counts of the headline ratios.
 HEADLINE_N = 64
@@ -331,40 +331,6 @@ def _ppo_runs(clicks: int, seed: int, env_s: dict[str, float]) -> dict[str, Any]
             "same_parameters": same_params}
 
 
-# ---------------------------------------------------------------------------- run record
-def _git(*cmd: str) -> str | None:
-    try:
-        return subprocess.run(["git", *cmd], capture_output=True, text=True, check=True,
-                               cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def code_state() -> dict[str, Any]:
-    """The checkout's commit and whether tracked files differ from it, read when a run starts
-    (so results written during the run do not count)."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": _git("rev-parse", "HEAD"),
-            "git_dirty": None if status is None else bool(status),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-
-
-def write_run_record(out: Path, run: str, argv: list[str], state: dict[str, Any],
-                     seeds: list[int], protocol: str, datasets: list[str]) -> None:
-    """``run.json``: what made this run (``state`` from :func:`code_state` at its start).
-
-    LOCAL STAND-IN: a shared writer of this record for every benchmark is being built in
-    ``benchmarks/_common``; switch to it when it lands (same fields).
-    """
-    from benchmarks._common import machine, write_json
-
-    write_json(out / "run.json", {
-        "script": "env_throughput", "run": run,
-        "command": " ".join(["python -m benchmarks.env_throughput", *argv]),
-        **state, "machine": machine(), "seeds": seeds, "protocol": protocol,
-        "datasets": datasets})
-
-
 # ---------------------------------------------------------------------------- command line
 def _counts(parser: argparse.ArgumentParser, text: str) -> list[int]:
     try:
@@ -394,8 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=16, help="images for extraction speed")
     p.add_argument("--backbones", default="lab_texture,dinov2_vits14,dinov2_vitb14",
                    help="comma-separated backbones to time")
-    p.add_argument("--out", help="results folder (default benchmarks/results/env_throughput)")
-    p.add_argument("--run", help="run name, the sub-folder written (default: UTC date and time)")
+    lib.add_output_arguments(p, "env_throughput")
     args = p.parse_args(argv)
     for name in ("steps", "repeats", "images"):
         if getattr(args, name) < 1:
@@ -410,13 +375,11 @@ def main(argv: list[str] | None = None) -> None:
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
-    from benchmarks._common import machine, out_dir, save_figure, write_csv, write_json
     from bow_gym.datasets.synthetic import generate
 
-    state = code_state()
-    run = args.run or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out = out_dir("env_throughput", args.out) / run
-    out.mkdir(parents=True, exist_ok=True)
+    run = lib.start_run("env_throughput", argv, args.out,
+                        args.run or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    out = run.out
 
     # -- single envs
     bw = gym.make("BetterWorseSeg-v0", feature_cache=None)
@@ -493,24 +456,23 @@ def main(argv: list[str] | None = None) -> None:
         "vector_speedup_vs_sync_64": headline.get("vs_sync copy=False wall", math.nan),
         "vector_ratio_vs_cartpole_64_copy": headline.get("vs_cartpole copy=True wall", math.nan),
         "vector_speedup_vs_sync_64_copy": headline.get("vs_sync copy=True wall", math.nan),
-        "memory": memory, "ppo": ppo, "extraction": speeds, "machine": machine(),
+        "memory": memory, "ppo": ppo, "extraction": speeds, "machine": lib.machine(),
         "settings": {"steps": args.steps, "repeats": args.repeats, "num_envs": ns,
                      "seconds_per_timing": args.seconds, "obs_size": 128,
                      "grid": list(bw.unwrapped.grid), "images_in_rotation": n_images,
                      "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
     }
-    write_json(out / "env_throughput.json", result)
-    write_csv(out / "vector.csv", rows)
-    write_csv(out / "extraction.csv", speeds)
-    write_csv(out / "steps.csv", [{"repeat": i, "betterworseseg": b, "cartpole": c, "ratio": r}
+    lib.write_json(out / "env_throughput.json", result)
+    lib.write_csv(out / "vector.csv", rows)
+    lib.write_csv(out / "extraction.csv", speeds)
+    lib.write_csv(out / "steps.csv", [{"repeat": i, "betterworseseg": b, "cartpole": c, "ratio": r}
                                   for i, (b, c, r) in enumerate(zip(bw_sps, cp_sps, ratios,
                                                                     strict=True))])
-    write_run_record(out, run, list(sys.argv[1:] if argv is None else argv), state, seeds=[0],
-                     protocol="steady state (features and per-image state prepared before "
+    run.record(seeds=[0], protocol="steady state (features and per-image state prepared before "
                               "timing); action_space.sample() actions; alternating repeats; "
                               "medians over repeats; env-steps/s = sub-envs x batched steps",
-                     datasets=[f"synthetic (BetterWorseSeg-v0 default, {n_images} images)"])
-    _figure(result, ns, kinds, speeds, out / "env_throughput.png", save_figure)
+               datasets=[f"synthetic (BetterWorseSeg-v0 default, {n_images} images)"])
+    _figure(result, ns, kinds, speeds, out / "env_throughput.png", lib.save_figure)
     print(f"wrote {out}/: run.json, env_throughput.json, vector.csv, steps.csv, extraction.csv, "
           "env_throughput.png")
     print(f"ratio_vs_cartpole: {result['ratio_vs_cartpole']:.3f}")
