@@ -11,7 +11,7 @@ def test_env_throughput_writes_a_run_and_ends_with_the_vector_lines(tmp_path, ca
     env_throughput.main(["--steps", "50", "--repeats", "1", "--num-envs", "2", "--seconds",
                          "0.02", "--memory-envs", "3", "--backbones", "lab_texture", "--images",
                          "2", "--out", str(tmp_path), "--run", "tiny"])
-    run = tmp_path / "tiny"
+    run = tmp_path  # --out is the run's folder itself; --run names the run
     for name in ("run.json", "env_throughput.json", "vector.csv", "steps.csv", "extraction.csv",
                  "env_throughput.png"):
         assert (run / name).is_file(), name
