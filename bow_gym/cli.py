@@ -265,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError, GymError) as e:
-        # Bad input and unavailable weights (RuntimeError, e.g. DINOv2 offline) are the user's to
-        # fix: one line naming what is wrong, not a traceback.
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError,
+            GymError) as e:
+        # Bad input, unavailable weights (RuntimeError, e.g. DINOv2 offline) and a run folder
+        # that --no-resume refuses are the user's to fix: one line naming what is wrong, not a
+        # traceback.
         print(f"bow-gym {args.command}: error: {e}", file=sys.stderr)
         return 2
 

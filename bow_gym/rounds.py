@@ -387,9 +387,61 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+class StageFileError(ValueError):
+    """A file a resumed run reads back (a stage's output) that cannot be used: truncated by a
+    killed run or a full disk, or altered. The message names the file and what to do."""
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Re-raises any error of reading a run's own file ``path`` as a :class:`StageFileError`
+    that names it and says how to go on (numpy's ``BadZipFile`` names no file)."""
+    try:
+        yield
+    except StageFileError:
+        raise
+    except Exception as e:
+        raise StageFileError(
+            f"{path} cannot be read back ({type(e).__name__}: {e}); it was left incomplete or "
+            "altered. Delete it to redo its stage when the run resumes, or start afresh in "
+            "another folder (--out NEW --no-resume)") from e
+
+
+def _load_npz(path: Path, keys: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays of a stage's ``.npz``; ``keys`` must be among them.
+
+    Raises:
+        StageFileError: Unreadable (e.g. truncated) or an array missing.
+    """
+    with _reading(path):
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise KeyError(f"arrays {missing} are missing")
+        return arrays
+
+
+def _load_json(path: Path) -> Any:
+    """A run's JSON file (``config.json``, a round's ``metrics.json``), its name in errors."""
+    with _reading(path):
+        return json.loads(path.read_text())
+
+
+def _load_kept(path: Path, ids: Sequence[str]) -> np.ndarray:
+    """Which of ``ids`` the filter stage's ``quality.csv`` kept, one bool each.
+
+    Raises:
+        StageFileError: Unreadable, or a row of ``ids`` missing or without a 0/1 ``kept``
+            (a truncated table would otherwise keep fewer images without a word).
+    """
+    with _reading(path):
+        kept = {row.get("image_id"): row.get("kept") for row in _read_csv(path)}
+        bad = [i for i in ids if kept.get(i) not in ("0", "1")]
+        if bad:
+            raise ValueError(f"{len(bad)} of its {len(ids)} images have no 0/1 'kept' value "
+                             f"(first: {bad[0]!r})")
+        return np.array([kept[i] == "1" for i in ids])
 
 
 def _seed(config: RoundsConfig, round_: int, stage: int) -> int:
@@ -415,7 +467,17 @@ class Labels:
 
     @classmethod
     def load(cls, path: Path) -> Labels:
-        z = _load_npz(path)
+        """The labels a round saved.
+
+        Raises:
+            StageFileError: Unreadable, an array missing, or arrays of different lengths.
+        """
+        names = ("ids", "pseudo", "initial", "rewards", "labels", "confidence")
+        z = _load_npz(path, names)
+        lengths = {k: len(z[k]) for k in names}
+        if len(set(lengths.values())) != 1:
+            with _reading(path):
+                raise ValueError(f"its arrays have different lengths: {lengths}")
         return cls([str(i) for i in z["ids"]], z["pseudo"], z["initial"], z["rewards"],
                    z["labels"], z["confidence"])
 
@@ -473,10 +535,12 @@ def load_agent(config: RoundsConfig, round_dir: Path, env: Any, device: str) -> 
     if not spec.learns_online():
         return make_agent(config, env, device)
     kwargs = {"online_batch": 8, **spec.kwargs, **config.agent_kwargs}
-    agent = spec.load().load(round_dir / "agent.safetensors", device=device, **kwargs)
+    with _reading(round_dir / "agent.safetensors"):
+        agent = spec.load().load(round_dir / "agent.safetensors", device=device, **kwargs)
     opt = round_dir / "agent_optimizer.pt"
     if opt.is_file():
-        agent.opt.load_state_dict(torch.load(opt, map_location=device, weights_only=True))
+        with _reading(opt):
+            agent.opt.load_state_dict(torch.load(opt, map_location=device, weights_only=True))
     return agent
 
 
@@ -643,9 +707,10 @@ class RoundsRun:
         stored = self.out / "config.json"
         if stored.is_file():
             if not resume:
-                raise FileExistsError(f"{self.out} already holds a run; pass resume=True "
-                                      "(CLI: drop --no-resume) or choose another --out")
-            old = json.loads(stored.read_text())
+                raise FileExistsError(f"{self.out} already holds a run ({stored.name}); to "
+                                      "resume it drop --no-resume (resume=True), to start "
+                                      "afresh pass another --out")
+            old = _load_json(stored)
             for before, after in RENAMED_KEYS.items():  # a run started before the renaming
                 if before in old and after not in old:
                     old[after] = old.pop(before)
@@ -716,7 +781,8 @@ class RoundsRun:
             env = self._make_env(datasets[0], None)
         names = ("agent", "agent_kwargs") + (("agent_checkpoint",) if cfg.agent_checkpoint else ())
         with _config_error(_fields(cfg, *names)):
-            make_agent(cfg, env, self.device)
+            # check_env: a checkpoint sized for other observations fails here, not in round 1.
+            make_agent(cfg, env, self.device).check_env(env)
         return datasets
 
     # ------------------------------------------------------------------ helpers
@@ -767,7 +833,7 @@ class RoundsRun:
     def _initial_masks(self, r: int) -> dict[str, np.ndarray] | None:
         if r == 1:
             return None
-        pred = _load_npz(self.round_dir(r - 1) / "predictions.npz")
+        pred = _load_npz(self.round_dir(r - 1) / "predictions.npz", ("label_ids", "label_prob"))
         return {str(i): p >= 128 for i, p in zip(pred["label_ids"], pred["label_prob"],
                                                  strict=True)}
 
@@ -789,7 +855,8 @@ class RoundsRun:
         for k in range(r - 1, 0, -1):
             path = self.round_dir(k) / "adapter.safetensors"
             if path.is_file():
-                load_lora(self.backbone, path)
+                with _reading(path):
+                    load_lora(self.backbone, path)
                 return
 
     def run_round(self, r: int, label_ds: MemoryDataset, eval_ds: MemoryDataset,
@@ -843,8 +910,7 @@ class RoundsRun:
         t = time.time()
         quality_path = rd / "quality.csv"
         if quality_path.is_file():
-            kept_ids = {row["image_id"] for row in _read_csv(quality_path) if row["kept"] == "1"}
-            keep = np.array([i in kept_ids for i in labels.ids])
+            keep = _load_kept(quality_path, labels.ids)
         else:
             from bow_gym.pseudo_labels import combined_score, quality_signals, select_top_k
 
@@ -880,7 +946,7 @@ class RoundsRun:
         t = time.time()
         pred_path = rd / "predictions.npz"
         if pred_path.is_file():
-            pred = _load_npz(pred_path)
+            pred = _load_npz(pred_path, ("label_ids", "label_prob", "eval_ids", "eval_prob"))
         else:
             seg_cfg = self._segmenter_config(r)
             model = self._train_segmenter(rd, seg_cfg, [label_images[i] for i in kept_idx],
@@ -935,7 +1001,8 @@ class RoundsRun:
 
         path = rd / "segmenter.safetensors"
         if path.is_file():
-            model, _ = load_segmenter(path, device=seg_cfg.device)
+            with _reading(path):
+                model, _ = load_segmenter(path, device=seg_cfg.device)
             return model
         if not images:
             raise ValueError("no pseudo-masks left to train the segmenter on")
@@ -1015,7 +1082,7 @@ class RoundsRun:
         for r in self.finished_rounds():
             path = self.round_dir(r) / "metrics.json"
             if path.is_file():
-                rows.extend(json.loads(path.read_text())["rows"])
+                rows.extend(_load_json(path)["rows"])
         return rows
 
     def _write_metrics(self) -> None:
