@@ -24,7 +24,9 @@ part, predictions are evaluated on the held-out part).
 A run directory holds::
 
     config.json                resolved configuration (a resumed run must match it)
-    metrics.csv, metrics.json  one row per (round, target, fill_holes), with wall times
+    metrics.csv, metrics.json  one row per (round, target, fill_holes), with wall times; with
+                               empty ground truth among the images also target[non-empty-gt]
+                               and target[empty-gt] rows (those images reported apart)
     tb/                        TensorBoard logs (charts/, losses/, eval/)
     round_01/ ...
         labels.npz             ids, pseudo-masks, starting masks, answers, confidences
@@ -34,12 +36,14 @@ A run directory holds::
         adapter.safetensors    the LoRA adapter after this round (lora = true)
         segmenter.safetensors  the segmenter trained this round
         predictions.npz        probabilities (uint8) on labelling and evaluation images
-        per_image.csv          per-image metrics
+        per_image.csv          per-image metrics; empty_gt = 1 for an empty ground truth
         examples.npz           a few images with every mask, for the qualitative figure
         times.json, done.json  wall time per stage; done.json is written last
 
 Every file is written atomically, and each stage's output marks it done: a killed run resumes
-from the last finished stage, without redoing it. All randomness derives from ``seed``, the round
+from the last finished stage, without redoing it. A stage file that cannot be read back (cut
+short by a full disk or a copy, altered) is a :class:`StageFileError` naming it: delete it to
+redo its stage, or start afresh in another folder. All randomness derives from ``seed``, the round
 and the stage, so a resumed run gives the same numbers as an uninterrupted one.
 
 Configs are TOML files (:func:`load_config`); named ones ship in ``bow_gym/configs``.
@@ -66,7 +70,7 @@ from bow_gym.io_utils import atomic_path
 from bow_gym.io_utils import read_csv as _read_csv
 from bow_gym.io_utils import write_csv as _write_csv
 from bow_gym.io_utils import write_json as _write_json
-from bow_gym.metrics import resize_mask
+from bow_gym.metrics import ground_truth_groups, ground_truth_label, resize_mask
 from bow_gym.policy import BatchedLearner, ClickPolicy, OnlineLearner, choose_click, public_info
 
 if sys.version_info >= (3, 11):
@@ -1046,10 +1050,17 @@ class RoundsRun:
         for fill in ([False, True] if cfg.fill_holes else [False]):
             for target, split, ids, masks, gts, is_prob in jobs:
                 res = evaluate_masks(masks, gts, probabilities=is_prob, fill=fill)
+                empty = [not gt.any() for gt in gts]
                 per_image += [{"round": r, "target": target, "fill_holes": int(fill),
-                               "image_id": iid, **m} for iid, m in zip(ids, res, strict=True)]
-                rows.append({"round": r, "target": target, "split": split,
-                             "fill_holes": int(fill), **summarise(res, seed=r)})
+                               "image_id": iid, "empty_gt": int(e), **m}
+                              for iid, m, e in zip(ids, res, empty, strict=True)]
+                # Empty ground truth (BUSI normal) scores by other rules: with some, the target
+                # is also summarised without and with only them ("prediction[empty-gt]").
+                for group, keep in ground_truth_groups(empty).items():
+                    rows.append({"round": r, "target": ground_truth_label(target, group),
+                                 "split": split, "fill_holes": int(fill),
+                                 **summarise([m for m, k in zip(res, keep, strict=True) if k],
+                                             seed=r)})
                 if target == "pseudo" and not fill and cfg.top_k < 1:
                     kept = [m for m, k in zip(res, keep, strict=True) if k]
                     rows.append({"round": r, "target": "pseudo_kept", "split": split,

@@ -110,3 +110,16 @@ def test_an_agent_checkpoint_for_other_observations_is_refused_up_front(tmp_path
     assert not (tmp_path / "r").exists()
     ok = RoundsConfig(**{**cfg.__dict__, "env_kwargs": {"include_clicks": True}, "rounds": 1})
     assert run_rounds(ok, tmp_path / "r5")
+
+
+def test_a_run_without_empty_ground_truth_has_no_ground_truth_groups(run):
+    """The synthetic images all have a lesion: no [non-empty-gt]/[empty-gt] rows, empty_gt 0
+    (tests/test_empty_ground_truth.py checks a data set with empty masks)."""
+    from benchmarks import lib
+    from bow_gym.figures import load_run
+
+    data = load_run(run)
+    assert not any("gt]" in row["target"] for row in data.metrics)
+    assert lib.rounds_targets(data.metrics) == [("all", "prediction")]
+    assert {row["empty_gt"] for row in data.per_image} == {"0"}
+
