@@ -431,14 +431,16 @@ def load_checkpoint(path: str | os.PathLike, what: str, device: str = "cpu", *,
 
         raise ValueError(f"{path} is not a bow-gym {what}: it is {describe_checkpoint(meta)}")
     state, meta = load_tensors(path, what, device)
-    try:
-        missing = [key for key in keys if key not in meta]
-        if missing:
-            raise KeyError(", ".join(missing))
-        decoded = {key: json.loads(meta[key]) for key in json_keys}
-    except Exception as e:
-        raise ValueError(f"{path} is not a bow-gym {what}: metadata field {e} is missing or "
-                         "not JSON") from e
+    missing = [key for key in (*keys, *json_keys) if key not in meta]
+    if missing:
+        raise ValueError(f"{path} is not a bow-gym {what}: its metadata lacks {missing}")
+    decoded = {}
+    for key in json_keys:
+        try:
+            decoded[key] = json.loads(meta[key])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not a bow-gym {what}: its metadata field {key!r} is "
+                             f"not JSON ({e})") from e
     return state, meta, decoded
 
 
