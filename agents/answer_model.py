@@ -72,7 +72,10 @@ from agents.common import (
     PatchMLP,
     TrainArgs,
     TrainingLog,
+    agent_from_checkpoint,
+    check_env_fits,
     load_checkpoint,
+    load_state_checked,
     make_envs,
     parse_cli,
     save_checkpoint,
@@ -245,6 +248,7 @@ class AnswerModelAgent(OnlineLearner):
     """
 
     name: ClassVar[str] = "answer_model"
+    checkpoint_kind: ClassVar[str] = "answer_model"
 
     def __init__(self, grid: tuple[int, int] | list[int] = (16, 16), *, belief: str = "features",
                  width: int = 16, lr: float = 1e-3, batch_size: int = 32, buffer_size: int = 50000,
@@ -294,12 +298,31 @@ class AnswerModelAgent(OnlineLearner):
         self.replay = ReplayBuffer(buffer_size)
         self._episode: _Episode | None = None
         self.last_confidence: float | None = None
+        self.checkpoint: str | None = None  # the file it was loaded from, for errors
 
     @classmethod
     def for_env(cls, env: BetterWorseSegEnv, *, seed: int | None = None, device: str = "cpu",
                 **kwargs: Any) -> AnswerModelAgent:
         """An agent for ``env``'s patch grid."""
         return cls(tuple(env.grid), device=device, seed=0 if seed is None else seed, **kwargs)
+
+    def check_env(self, env: BetterWorseSegEnv) -> None:
+        """Refuse an env of another patch grid, or whose patch features differ in size from
+        what the belief network was sized for (once sized)."""
+        dim = env.backbone.dim
+        backbone = f"backbone {env.backbone.name!r}, {dim}-dim features"
+        checks: dict[str, tuple[Any, Any, str]] = {
+            "patch grid": (self.grid, tuple(env.grid), backbone)}
+        net = self.net.patches if isinstance(self.net, ResidualBeliefNet) else self.net
+        if isinstance(net, PatchMLP):
+            # patch_inputs: features and two coordinates; patch_context_inputs: 4 x features.
+            size = (4 if self.belief == "context" else 1) * dim + 2
+            checks["patch inputs of size"] = (net.input_size, size, backbone)
+        unet = self.net.unet if isinstance(self.net, ResidualBeliefNet) else self.net
+        if isinstance(unet, ClickUNet) and self.belief in ("hybrid", "residual"):
+            # image_feature_inputs: RGB and the patch features on one grid.
+            checks["input channels"] = (unet.input_channels, 3 + dim, backbone)
+        check_env_fits(self, checks)
 
     def evaluation_mode(self) -> AnswerModelAgent:
         """Greedy clicks (no exploration) and no online updates."""
@@ -355,8 +378,7 @@ class AnswerModelAgent(OnlineLearner):
 
     def _start(self, obs: np.ndarray, info: dict[str, Any], env: BetterWorseSegEnv,
                inputs: np.ndarray | None = None, logits: torch.Tensor | None = None) -> _Episode:
-        if tuple(env.grid) != self.grid:
-            raise ValueError(f"agent was built for a {self.grid} patch grid, the env has {env.grid}")
+        self.check_env(env)
         if inputs is None:
             inputs = self.belief_inputs(obs, env)
         if logits is None:
@@ -485,14 +507,20 @@ class AnswerModelAgent(OnlineLearner):
     def load(cls, path: str | os.PathLike, device: str = "cpu",
              **overrides: Any) -> AnswerModelAgent:
         """An agent from a :meth:`save` checkpoint (``overrides`` change acting options)."""
-        state, meta, decoded = load_checkpoint(path, "answer-model checkpoint", device,
-                                               agent=cls.name, json_keys=("hparams",))
+        what = "answer-model checkpoint"
+        state, meta, decoded = load_checkpoint(path, what, device, agent=cls.checkpoint_kind,
+                                               json_keys=("hparams",))
         hparams = decoded["hparams"]
         # Checkpoints from before the feature belief used the U-Net and no image-wide offset.
         hparams.setdefault("belief", "image")
         hparams.setdefault("global_offset", False)
-        agent = cls(**{**hparams, **overrides}, device=device)
-        agent.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+        agent = agent_from_checkpoint(cls, path, hparams, overrides, device=device)
+        missing = [k for k in ("log_kappa", "beta") if k not in state]
+        if missing:
+            raise ValueError(f"{path} is not a bow-gym {what}: tensors {missing} are missing")
+        load_state_checked(agent.net, {k[4:]: v for k, v in state.items() if k.startswith("net.")},
+                           path, what, hparams=hparams, overrides=overrides)
+        agent.checkpoint = str(path)
         with torch.no_grad():
             agent.log_kappa.copy_(state["log_kappa"][0])
             agent.beta.copy_(state["beta"][0])

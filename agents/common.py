@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bow_gym.io_utils import load_tensors, save_tensors, write_json
+from bow_gym.io_utils import (
+    load_tensors,
+    read_tensor_metadata,
+    save_tensors,
+    state_mismatches,
+    write_json,
+)
 
 
 class ArgumentValueError(ValueError):
@@ -227,6 +233,7 @@ class TrainArgs(TrainDataArgs):
 
 
 ArgsT = TypeVar("ArgsT", bound=TrainDataArgs)
+T = TypeVar("T")
 
 
 def parse_cli(cls: type[ArgsT], argv: Sequence[str] | None, prog: str,
@@ -407,25 +414,129 @@ def load_checkpoint(path: str | os.PathLike, what: str, device: str = "cpu", *,
         path: The file.
         what: What it should be, for the errors (``"REINFORCE checkpoint"``).
         device: Where the tensors are loaded.
-        agent: The ``agent`` metadata it must name (``None``: not checked).
+        agent: The ``agent`` metadata it must name, i.e. which agent class wrote it (``None``:
+            not checked).
         keys: Metadata fields it must have.
         json_keys: Metadata fields decoded as JSON into the third value.
 
     Raises:
         FileNotFoundError: No file at ``path``.
-        ValueError: Not such a checkpoint (unreadable, another agent's, a field missing).
+        ValueError: Not such a checkpoint (unreadable, truncated, another agent's or a
+            segmenter's, a field missing); the message names the file and, for another kind of
+            checkpoint, what wrote it and what loads it.
     """
+    meta = read_tensor_metadata(path, what)
+    if agent is not None and meta.get("agent") != agent:
+        from bow_gym.agent_registry import describe_checkpoint
+
+        raise ValueError(f"{path} is not a bow-gym {what}: it is {describe_checkpoint(meta)}")
     state, meta = load_tensors(path, what, device)
-    try:
-        if agent is not None and meta.get("agent") != agent:
-            raise ValueError(f"it holds a {meta.get('agent')!r} agent")
-        missing = [key for key in keys if key not in meta]
-        if missing:
-            raise KeyError(", ".join(missing))
-        decoded = {key: json.loads(meta[key]) for key in json_keys}
-    except Exception as e:
-        raise ValueError(f"{path} is not a bow-gym {what}: {e}") from e
+    missing = [key for key in (*keys, *json_keys) if key not in meta]
+    if missing:
+        raise ValueError(f"{path} is not a bow-gym {what}: its metadata lacks {missing}")
+    decoded = {}
+    for key in json_keys:
+        try:
+            decoded[key] = json.loads(meta[key])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not a bow-gym {what}: its metadata field {key!r} is "
+                             f"not JSON ({e})") from e
     return state, meta, decoded
+
+
+def agent_from_checkpoint(cls: type[T], path: str | os.PathLike, hparams: Mapping[str, Any],
+                          overrides: Mapping[str, Any], **extra: Any) -> T:
+    """``cls(**hparams, **overrides, **extra)``, the hyper-parameters read from ``path``.
+
+    Args:
+        cls: The agent class whose checkpoint ``path`` is (its kind already checked).
+        path: The file, for the errors.
+        hparams: The file's hyper-parameters (its ``hparams`` metadata).
+        overrides: The caller's changes (acting options such as ``greedy``, or the multi-round
+            loop's ``online_batch``); :func:`load_state_checked` tells which of them changed
+            the network if the weights then do not fit.
+        extra: Further constructor arguments (``device``).
+
+    Raises:
+        TypeError: An override that is not an argument of ``cls`` (naming it and the arguments).
+        ValueError: A stored hyper-parameter that is not an argument of ``cls`` (a file of
+            another version), naming the file and the field.
+    """
+    import inspect
+
+    names = {n for n, p in inspect.signature(cls).parameters.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"{cls.__name__}.load({str(path)!r}): {unknown} are not arguments of "
+                        f"{cls.__name__}; its arguments: {', '.join(sorted(names))}")
+    foreign = sorted(set(hparams) - names)
+    if foreign:
+        raise ValueError(f"{path}: its hparams {foreign} are not arguments of {cls.__name__} "
+                         "(a file written by another version of the agent)")
+    return cls(**{**hparams, **overrides}, **extra)
+
+
+def load_state_checked(module: nn.Module, state: Mapping[str, torch.Tensor],
+                       path: str | os.PathLike, what: str, *,
+                       hparams: Mapping[str, Any] | None = None,
+                       overrides: Mapping[str, Any] | None = None) -> None:
+    """``module.load_state_dict(state)``, once every tensor's name and shape is checked to fit.
+
+    torch's own error lists every mismatch without the file's name or its cause; this one names
+    the file, the first tensors that do not fit (shape in the file, shape the network expects)
+    and why: overrides that changed the network (``width=32`` where the file has 16), or else a
+    file whose tensors do not match its own hyper-parameters (damaged, or another version).
+    Lazy parameters (input size not known yet) take any shape.
+
+    Args:
+        module: The network built from the file's hyper-parameters and ``overrides``.
+        state: The file's tensors for ``module``.
+        path: The file, for the error.
+        what: What it is (``"REINFORCE checkpoint"``).
+        hparams: The file's hyper-parameters.
+        overrides: The caller's changes to them.
+
+    Raises:
+        ValueError: A tensor missing, unexpected or of another shape.
+    """
+    problems = state_mismatches(module.state_dict(), state)
+    if not problems:
+        module.load_state_dict(state)
+        return
+    stored = dict(hparams or {})
+    changed = {k: v for k, v in (overrides or {}).items() if k in stored and stored[k] != v}
+    if changed:
+        cause = ("the overrides " + ", ".join(f"{k}={v!r} (the file has {stored[k]!r})"
+                                             for k, v in changed.items())
+                 + " change the network: drop them to load the weights as they were saved")
+    else:
+        cause = ("the tensors do not match the network the file's own hyper-parameters "
+                 "describe (a damaged file, or one written by another version)")
+    shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3
+                                        else "")
+    raise ValueError(f"{path} does not fit the {what}'s network: {shown}. Cause: {cause}")
+
+
+def check_env_fits(agent: Any, checks: Mapping[str, tuple[Any, Any, str]]) -> None:
+    """Refuse an env whose observation does not fit an agent's network (``check_env``).
+
+    Args:
+        agent: The agent; its ``checkpoint`` attribute, when set, names the file it came from.
+        checks: ``what -> (the agent's value, the env's value, where the env's comes from)``;
+            an agent value of ``None`` (a lazy layer not sized yet) fits anything.
+
+    Raises:
+        ValueError: The first mismatch, naming the agent (and its file), what differs, both
+            values and the env setting behind the env's.
+    """
+    for what, (mine, env_value, source) in checks.items():
+        if mine is not None and mine != env_value:
+            name = getattr(agent, "name", type(agent).__name__)
+            where = getattr(agent, "checkpoint", None)
+            src = f"the {name} agent" + (f" loaded from {where}" if where else "")
+            raise ValueError(f"{src} does not fit the env: it was built for {what} {mine!r}, "
+                             f"the env gives {env_value!r} ({source})")
 
 
 class PatchMLP(nn.Module):
@@ -445,6 +556,12 @@ class PatchMLP(nn.Module):
         self.head = nn.Linear(hidden, outputs)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+
+    @property
+    def input_size(self) -> int | None:
+        """``D``, the size of each patch's input row (``None`` before the first input)."""
+        first = self.body[0]
+        return None if nn.parameter.is_lazy(first.weight) else int(first.weight.shape[1])
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, P, hidden)`` per-patch features of ``(B, P, D)`` inputs."""

@@ -53,7 +53,10 @@ from agents.common import (
     PatchMLP,
     TrainArgs,
     TrainingLog,
+    agent_from_checkpoint,
+    check_env_fits,
     load_checkpoint,
+    load_state_checked,
     make_envs,
     parse_cli,
     save_checkpoint,
@@ -207,6 +210,7 @@ class ReinforceAgent(BatchedLearner):
     """
 
     name: ClassVar[str] = "reinforce"
+    checkpoint_kind: ClassVar[str] = "reinforce"
 
     def __init__(self, in_channels: int = 4, *, policy: str = "unet", temperature: float = 1.0,
                  lr: float = 1e-3, baseline: str = "ema", ema_decay: float = 0.95,
@@ -257,12 +261,32 @@ class ReinforceAgent(BatchedLearner):
         self._last_obs: np.ndarray | None = None
         self._last_choice: tuple[np.ndarray, int] | None = None
         self.last_confidence: float | None = None
+        self.checkpoint: str | None = None  # the file it was loaded from, for errors
 
     @classmethod
     def for_env(cls, env: BetterWorseSegEnv, *, seed: int | None = None, device: str = "cpu",
                 **kwargs: Any) -> ReinforceAgent:
         """An agent for ``env``'s observation channels."""
         return cls(env.n_channels, device=device, seed=0 if seed is None else seed, **kwargs)
+
+    def check_env(self, env: BetterWorseSegEnv) -> None:
+        """Refuse an env whose observation channels (U-Net) or patch features (patch and belief
+        policies, once sized) differ from what the network was built for."""
+        from bow_gym.wrappers import PatchFeatureObservation
+
+        backbone = f"backbone {env.backbone.name!r}, {env.backbone.dim}-dim features"
+        if self.policy == "unet":
+            assert isinstance(self.net, ClickUNet)
+            check_env_fits(self, {"observation channels (in_channels)": (
+                self.net.input_channels, env.n_channels,
+                f"include_clicks={env.include_clicks}: 4 = image and mask, 5 = with clicks")})
+        else:
+            assert isinstance(self.net, PatchMLP)
+            # The patch policy reads patch_policy_inputs (the feature observation's rows); the
+            # belief reads patch_inputs, the features and two coordinates.
+            size = (PatchFeatureObservation(env).observation_space.shape[-1]
+                    if self.policy == "patches" else env.backbone.dim + 2)
+            check_env_fits(self, {"patch inputs of size": (self.net.input_size, size, backbone)})
 
     def evaluation_mode(self) -> ReinforceAgent:
         """Greedy clicks and no online updates."""
@@ -591,10 +615,13 @@ class ReinforceAgent(BatchedLearner):
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", **overrides: Any) -> ReinforceAgent:
         """An agent from a :meth:`save` checkpoint (``overrides`` change acting options)."""
-        state, meta, decoded = load_checkpoint(path, "REINFORCE checkpoint", device,
+        what = "REINFORCE checkpoint"
+        state, meta, decoded = load_checkpoint(path, what, device, agent=cls.checkpoint_kind,
                                                json_keys=("hparams",))
-        agent = cls(**{**decoded["hparams"], **overrides}, device=device)
-        agent.net.load_state_dict(state)
+        hparams = decoded["hparams"]
+        agent = agent_from_checkpoint(cls, path, hparams, overrides, device=device)
+        load_state_checked(agent.net, state, path, what, hparams=hparams, overrides=overrides)
+        agent.checkpoint = str(path)
         agent.ema = float(meta.get("ema", 0.0))
         agent.updates = int(meta.get("updates", 0))
         return agent

@@ -67,7 +67,10 @@ from agents.common import (
     ArgumentValueError,
     Bound,
     TrainArgs,
+    agent_from_checkpoint,
+    check_env_fits,
     load_checkpoint,
+    load_state_checked,
     make_envs,
     parse_cli,
 )
@@ -542,6 +545,7 @@ class SB3ClickPolicy(ClickPolicy):
     """
 
     reads_ground_truth: ClassVar[bool] = False
+    checkpoint_kind: ClassVar[str] = "sb3"
 
     def __init__(self, policy: BasePolicy, algo: str, spec: dict[str, Any], *,
                  avoid_rejected: bool = True, greedy: bool = True, temperature: float = 1.0,
@@ -561,6 +565,29 @@ class SB3ClickPolicy(ClickPolicy):
         # obs=belief: the episode's answered clicks, and the click waiting for its answer
         self._history = ClickHistory(int(spec.get("clicks", 5)))
         self._pending: tuple[np.ndarray, np.ndarray, int] | None = None
+        self.checkpoint: str | None = None  # the file it was loaded from, for errors
+
+    def check_env(self, env: BetterWorseSegEnv) -> None:
+        """Refuse an env whose patch actions or observation shape (pixels, patch features or
+        belief rows, as in training) differ from the policy's."""
+        from bow_gym.wrappers import PatchFeatureObservation
+
+        obs = self.spec.get("obs", "pixels")
+        if obs == "pixels":
+            shape = env.observation_space.shape
+        elif obs == "features":
+            shape = PatchFeatureObservation(env).observation_space.shape
+        else:  # BeliefObservation's rows, with the policy's own click history (spec["clicks"])
+            p = env.n_patches
+            shape = (p, env.backbone.dim + 4 + p + 2 * self._history.clicks)
+        check_env_fits(self, {
+            "patch actions": (self.n_actions, 2 * env.n_patches,
+                              f"2 labels x the {env.grid} patch grid of backbone "
+                              f"{env.backbone.name!r}"),
+            f"{obs} observations of shape": (tuple(self.policy.observation_space.shape),
+                                             tuple(shape),
+                                             f"backbone {env.backbone.name!r}, "
+                                             f"include_clicks={env.include_clicks}")})
 
     @torch.no_grad()
     def scores(self, obs: np.ndarray) -> torch.Tensor:
@@ -583,8 +610,7 @@ class SB3ClickPolicy(ClickPolicy):
     def act(self, obs: np.ndarray, info: dict[str, Any], env: BetterWorseSegEnv,
             ground_truth: np.ndarray | None = None) -> int:
         if 2 * env.n_patches != self.n_actions:
-            raise ValueError(f"policy has {self.n_actions} patch actions, env has "
-                             f"2 x {env.n_patches} patches")
+            self.check_env(env)
         if self.spec.get("obs") == "features":
             obs = patch_policy_inputs(obs, env)
         elif self.spec.get("obs") == "belief":
@@ -632,12 +658,19 @@ class SB3ClickPolicy(ClickPolicy):
         """A policy from a :meth:`save` checkpoint (``overrides``: acting options such as
         ``greedy``, ``avoid_rejected``, ``temperature``, ``seed``)."""
         # On the CPU: load_state_dict copies the weights to wherever the policy lives.
-        state, meta, decoded = load_checkpoint(path, "SB3 checkpoint", "cpu", keys=("algo",),
-                                               json_keys=("spec",))
-        policy = build_policy(meta["algo"], decoded["spec"], device=device)
-        policy.load_state_dict(state)
+        what = "SB3 checkpoint"
+        state, meta, decoded = load_checkpoint(path, what, "cpu", agent=cls.checkpoint_kind,
+                                               keys=("algo",), json_keys=("spec",))
+        try:
+            policy = build_policy(meta["algo"], decoded["spec"], device=device)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: its spec metadata does not describe an SB3 policy "
+                             f"({type(e).__name__}: {e})") from e
+        load_state_checked(policy, state, path, what)
         acting = {"avoid_rejected": json.loads(meta.get("avoid_rejected", "true"))}
-        agent = cls(policy, meta["algo"], decoded["spec"], **{**acting, **overrides})
+        agent = agent_from_checkpoint(cls, path, acting, overrides, policy=policy,
+                                      algo=meta["algo"], spec=decoded["spec"])
+        agent.checkpoint = str(path)
         agent.metadata = {k: v for k, v in meta.items() if k not in ("agent", "algo", "spec")}
         return agent
 

@@ -60,6 +60,12 @@ class ClickUNet(nn.Module):
         self.value = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(chans[-1], 1))
         self.in_channels = in_channels
 
+    @property
+    def input_channels(self) -> int | None:
+        """Channels of the input it reads (``None`` while a lazy first convolution is unsized)."""
+        weight = self.down[0][0].weight
+        return None if nn.parameter.is_lazy(weight) else int(weight.shape[1]) - 2
+
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = obs.float() / self.input_scale
         if self.downsample > 1:

@@ -9,6 +9,9 @@ the ground-truth-guided clicker give the floor and the ceiling. Reported per dat
 budget: Dice after 5 clicks (mean over seeds, 95% t-interval), share of "better" answers, the gap
 closed between random and the ground-truth clicker, and training time.
 
+A data set with empty ground truth (BUSI's ``normal`` images) is also reported as
+``<name>[non-empty-gt]`` and ``<name>[empty-gt]`` (:mod:`benchmarks.lib.groundtruth`).
+
 Run: ``python -m benchmarks.click_budget`` (``--help``); a quick look:
 ``python -m benchmarks.click_budget --dataset synthetic --budgets 100,200 --seeds 1``.
 Writes ``click_budget.csv``/``.json`` (per run and summary), ``click_budget.png`` and ``run.json``
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import lib
+from bow_gym.metrics import ground_truth_label
 
 
 def _positive_ints(text: str, flag: str) -> list[int]:
@@ -65,20 +69,20 @@ def main(argv: list[str] | None = None) -> None:
     run = lib.start_run("click_budget", argv, args.out, args.run)
     out = run.out
     runs: list[dict[str, Any]] = []
-    labels: list[str] = []
     for ds_name, cfg in cfgs.items():
         envs = [(label, gym.make("BetterWorseSeg-v0", **kw))
                 for label, kw in lib.evaluation_sets(ds_name, cfg)]
-        labels += [label for label, _ in envs]
         print(f"== {ds_name}: {len(envs[0][1].unwrapped.dataset)} held-out images, "
               f"budgets {budgets}, {args.seeds} seeds")
         for seed in range(args.seeds):
             for label, env in envs:
                 for name in ("random", "gt"):
-                    res = lib.evaluate(make_agent(name), env, seed)
-                    runs.append({"dataset": label, "policy": name, "budget": 0, "seed": seed,
-                                 "dice@5": res["dice"][-1], "better_share": res["better_share"],
-                                 "train_s": 0.0})
+                    for group, res in lib.evaluate_by_ground_truth(make_agent(name), env,
+                                                                   seed).items():
+                        runs.append({"dataset": ground_truth_label(label, group),
+                                     "policy": name, "budget": 0, "seed": seed,
+                                     "dice@5": res["dice"][-1],
+                                     "better_share": res["better_share"], "train_s": 0.0})
             for name in learners:
                 for budget in budgets:
                     folder = out / "runs" / ds_name / f"{lib.run_name(name)}-{budget}-seed{seed}"
@@ -87,14 +91,20 @@ def main(argv: list[str] | None = None) -> None:
                                               not args.no_progress)
                     train_s = time.time() - t0
                     for label, env in envs:
-                        res = lib.evaluate(policy, env, seed)
-                        runs.append({"dataset": label, "policy": name, "budget": budget,
-                                     "seed": seed, "dice@5": res["dice"][-1],
-                                     "better_share": res["better_share"], "train_s": train_s})
-                        print(f"  seed {seed} {label:<12} {name:<22} {budget:>6} answers  "
-                              f"dice@5 {res['dice'][-1]:.3f}  better "
-                              f"{res['better_share']:.2f}  train {train_s:5.0f}s")
+                        groups = lib.evaluate_by_ground_truth(policy, env, seed)
+                        for group, res in groups.items():
+                            runs.append({"dataset": ground_truth_label(label, group),
+                                         "policy": name, "budget": budget, "seed": seed,
+                                         "dice@5": res["dice"][-1],
+                                         "better_share": res["better_share"],
+                                         "train_s": train_s})
+                            print(f"  seed {seed} {ground_truth_label(label, group):<12} "
+                                  f"{name:<22} {budget:>6} answers  dice@5 "
+                                  f"{res['dice'][-1]:.3f}  better {res['better_share']:.2f}  "
+                                  f"train {train_s:5.0f}s")
 
+    # With the ground-truth groups of data sets that have empty ground truth (lib.groundtruth).
+    labels = list(dict.fromkeys(r["dataset"] for r in runs))
     summary: list[dict[str, Any]] = []
     for ds_name in labels:
         ref = {}
@@ -115,10 +125,11 @@ def main(argv: list[str] | None = None) -> None:
                                 "train_s_median": float(np.median([r["train_s"] for r in rows]))})
 
     w = max(10, *(len(n) for n in learners))
-    print(f"\n{'dataset':<11} {'policy':<{w}} {'answers':>7} {'dice@5 [95% CI]':>22} "
+    dw = max(11, *(len(d) for d in labels))
+    print(f"\n{'dataset':<{dw}} {'policy':<{w}} {'answers':>7} {'dice@5 [95% CI]':>22} "
           f"{'gap':>6} {'better':>7} {'train s':>8}")
     for s in summary:
-        print(f"{s['dataset']:<11} {s['policy']:<{w}} {s['budget'] or '-':>7} {s['dice@5']:>7.3f} "
+        print(f"{s['dataset']:<{dw}} {s['policy']:<{w}} {s['budget'] or '-':>7} {s['dice@5']:>7.3f} "
               f"[{s['dice@5_ci_low']:.3f},{s['dice@5_ci_high']:.3f}] {s['gap_closed']:>6.2f} "
               f"{s['better_share']:>7.2f} {s['train_s_median']:>8.0f}")
 

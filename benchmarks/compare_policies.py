@@ -26,6 +26,10 @@ Reported per data set and policy (mean over seeds, 95% t-interval over seeds):
   which the smoothed training reward has covered 90% of the way from its first to its final level
   (final = mean of the last 10% of training).
 
+Images with empty ground truth (BUSI's ``normal`` images) are reported apart: such a data set
+also gets rows and figure panels ``<name>[non-empty-gt]`` and ``<name>[empty-gt]``
+(:mod:`benchmarks.lib.groundtruth`).
+
 Last line: ``gap_closed: <value>``: the share of the gap in Dice after 5 clicks between random
 clicking and the ground-truth-guided clicker that the best learned agent closes on held-out
 Kvasir-SEG images (on the first other data set when Kvasir-SEG is absent, and the line says so).
@@ -50,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import lib
+from bow_gym.metrics import ground_truth_label
 
 
 def gaps_closed(summary: list[dict[str, Any]], learners: list[str]) -> dict[str, tuple[str, float]]:
@@ -123,14 +128,16 @@ def run_unit(unit: Unit, learners: list[str], answers: int, out: Path, progress:
     for label, env_kwargs in lib.evaluation_sets(unit.dataset, unit.cfg):
         env = gym.make("BetterWorseSeg-v0", **env_kwargs)
         for name, policy, train_s in policies:
-            res = lib.evaluate(policy, env, unit.seed)
-            row = {"dataset": label, "policy": name, "split": unit.split, "seed": unit.seed,
-                   "train_s": train_s,
-                   **{f"dice@{k + 1}": v for k, v in enumerate(res.pop("dice"))}, **res}
-            if name in learners:
-                row["clicks_to_90"] = lib.clicks_to_90(histories[name]["clicks"],
-                                                   histories[name]["reward"])
-            rows.append(row)
+            # A data set with empty ground truth also gets rows without and with only those
+            # images (lib.groundtruth): labels busi, busi[non-empty-gt], busi[empty-gt].
+            for group, res in lib.evaluate_by_ground_truth(policy, env, unit.seed).items():
+                row = {"dataset": ground_truth_label(label, group), "policy": name,
+                       "split": unit.split, "seed": unit.seed, "train_s": train_s,
+                       **{f"dice@{k + 1}": v for k, v in enumerate(res.pop("dice"))}, **res}
+                if name in learners:
+                    row["clicks_to_90"] = lib.clicks_to_90(histories[name]["clicks"],
+                                                           histories[name]["reward"])
+                rows.append(row)
         env.close()
     return rows, histories
 
@@ -293,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
         per_seed += rows
         for name in learners:
             curves.setdefault((unit.dataset, name), []).append(histories[name])
+    # Every label evaluated, with the ground-truth groups of data sets that have empty ground
+    # truth right after their own label.
+    datasets = list(dict.fromkeys(r["dataset"] for r in per_seed))
 
     summary: list[dict[str, Any]] = []
     metrics = [f"dice@{k}" for k in range(1, 6)] + ["better_share"] + \
@@ -312,10 +322,11 @@ def main(argv: list[str] | None = None) -> None:
             summary.append(s)
 
     w = max(10, *(len(n) for n in learners))
-    print(f"\n{'dataset':<11} {'policy':<{w}} {'dice@1':>7} {'dice@5 [95% CI]':>22} "
+    dw = max(11, *(len(d) for d in datasets))
+    print(f"\n{'dataset':<{dw}} {'policy':<{w}} {'dice@1':>7} {'dice@5 [95% CI]':>22} "
           f"{'better':>7} {'NoC@.85':>8} {'clicks→90%':>11}")
     for s in summary:
-        print(f"{s['dataset']:<11} {s['policy']:<{w}} {s['dice@1']:>7.3f} "
+        print(f"{s['dataset']:<{dw}} {s['policy']:<{w}} {s['dice@1']:>7.3f} "
               f"{s['dice@5']:>7.3f} [{s['dice@5_ci_low']:.3f},{s['dice@5_ci_high']:.3f}] "
               f"{s['better_share']:>7.2f} {s['noc@0.85']:>8.2f} "
               f"{s.get('clicks_to_90_median', float('nan')):>11.0f}")

@@ -9,7 +9,8 @@ data set:
   empty mask: any overlap with the lesion);
 * ``dice_if_better``: the mean Dice of those clicks, i.e. what a policy that has learned perfectly
   where "better" answers come from, but nothing more, gets from its first click on average;
-* ``dice_best``: the Dice of the best single click (a propagation-aware ceiling);
+* ``dice_best``: the Dice of the best single click (a propagation-aware ceiling; 1 on an empty
+  ground truth, where every click is answered "worse" and undone);
 * ``dice_gt_clicker``: the first click of the ground-truth-guided (RITM-style) clicker, which does
   not know how far a click propagates.
 
@@ -20,6 +21,9 @@ method) and runs the agent greedily with it. ``--belief`` picks the network (``i
 as first reported; ``features``; ``context``; ``hybrid``; ``residual``), ``--global-offset`` turns on the answer model's
 image-wide offset (its default as an agent), ``--augment`` the agent's random flips (U-Net
 beliefs), ``--seeds N`` averages the ceiling over N seeds.
+
+A data set with empty ground truth (BUSI's ``normal`` images) gets three rows: all images,
+``<name>[non-empty-gt]`` and ``<name>[empty-gt]`` (where no click is answered "better").
 
 Run: ``python -m benchmarks.first_click`` (``--help``); last line
 ``kvasir_dice_if_better: <value>``. Writes ``first_click.csv``/``.json``, ``first_click.png``
@@ -36,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import lib
+from bow_gym.metrics import ground_truth_label
 
 
 def ground_truth_per_patch(env) -> np.ndarray:
@@ -47,13 +52,21 @@ def ground_truth_per_patch(env) -> np.ndarray:
     return gt.reshape(gh, ch, gw, cw).sum(axis=(1, 3), dtype=np.int64).ravel().astype(np.float32)
 
 
-def first_click_stats(env) -> tuple[dict[str, float], np.ndarray]:
-    """Per-image means of the statistics above, and the Dice of every "better" first click."""
+def first_click_stats(env) -> list[tuple[str, dict[str, float], np.ndarray]]:
+    """Per ground-truth group (all images; with empty ground truth in the set also
+    ``non_empty`` and ``empty`` apart, :func:`bow_gym.metrics.ground_truth_groups`): the group,
+    the per-image means of the statistics above (``nan`` where no image has a value: no click
+    on an empty ground truth is answered "better"), and the Dice of every "better" first click.
+
+    Before empty ground truth was reported apart, its images were left out without a word: the
+    row of a data set then held only its lesion images.
+    """
     from bow_gym.agent_registry import make_agent
+    from bow_gym.metrics import ground_truth_groups
     from bow_gym.policy import run_episode
 
     base = env.unwrapped
-    rows, pooled = [], []
+    rows, pooled, empty = [], [], []
     for i in range(len(base.dataset)):
         base.reset(options={"index": i})
         # Evaluation code: reads the ground truth on purpose.
@@ -62,17 +75,26 @@ def first_click_stats(env) -> tuple[dict[str, float], np.ndarray]:
         selection_gt = graph @ gt_count  # ground-truth pixels inside each click's reach
         selection_size = graph.sum(axis=1).astype(np.int64)
         gt_pixels = float(gt_count.sum())
-        if gt_pixels == 0:
-            continue
         dice = 2.0 * selection_gt / (selection_size * base.patch_area + gt_pixels)
-        better = selection_gt > 0
+        better = selection_gt > 0  # from an empty mask: any overlap with the lesion
         gt_first = run_episode(env, make_agent("gt"), seed=i, options={"index": i}).dice[0]
-        rows.append((better.mean(), dice[better].mean(), dice.max(), gt_first))
+        # The best click, as the env keeps it: a "worse" click is undone, so on an empty
+        # ground truth (Dice 1 before any click, every click a false positive) the best is 1.
+        best = max(float(dice.max()), 1.0 if gt_pixels == 0 else 0.0)
+        rows.append((better.mean(), dice[better].mean() if better.any() else np.nan, best,
+                     gt_first))
         pooled.append(dice[better])
-    r = np.array(rows)
+        empty.append(base.dataset.mask_is_empty(i))
+    r = np.array(rows, dtype=np.float64)
     keys = ("better_share", "dice_if_better", "dice_best", "dice_gt_clicker")
-    return {k: float(v) for k, v in zip(keys, r.mean(0), strict=True)} | {"images": len(r)}, \
-        np.concatenate(pooled)
+    out = []
+    for group, keep in ground_truth_groups(empty).items():
+        part = r[keep]
+        stats = {k: float(np.nanmean(part[:, j])) if np.isfinite(part[:, j]).any() else math.nan
+                 for j, k in enumerate(keys)}
+        out.append((group, stats | {"images": int(keep.sum())},
+                    np.concatenate([p for p, k in zip(pooled, keep, strict=True) if k])))
+    return out
 
 
 def ceiling_training_set(train_env, belief: str) -> tuple[np.ndarray, np.ndarray]:
@@ -92,13 +114,14 @@ def ceiling_training_set(train_env, belief: str) -> tuple[np.ndarray, np.ndarray
 
 def belief_ceiling(train_set: tuple[np.ndarray, np.ndarray], test_env, steps: int, seed: int,
                    belief: str = "image", global_offset: bool = False,
-                   augment: bool = False) -> dict[str, Any]:
+                   augment: bool = False) -> dict[str, dict[str, Any]]:
     """The answer-model agent with its belief network trained on ground truth (an upper bound).
 
     ``train_set`` comes from :func:`ceiling_training_set` with the same ``belief``, which picks
     the agent's belief network; ``global_offset`` the image-wide posterior offset (off by default,
     as in the first reference reported in benchmarks/RESULTS.md; the agent's default is on);
-    ``augment`` the agent's random flips of each minibatch (U-Net beliefs only).
+    ``augment`` the agent's random flips of each minibatch (U-Net beliefs only). Returns its
+    held-out results per ground-truth group (:func:`benchmarks.lib.evaluate_by_ground_truth`).
     """
     import torch
 
@@ -124,9 +147,9 @@ def belief_ceiling(train_set: tuple[np.ndarray, np.ndarray], test_env, steps: in
         loss.backward()
         opt.step()
     agent.net.eval()
-    res = lib.evaluate(agent, test_env, seed)
-    return {"ceiling_dice@1": res["dice"][0], "ceiling_dice@5": res["dice"][-1],
-            "ceiling_better_share": res["better_share"], "ceiling_steps": steps}
+    return {group: {"ceiling_dice@1": res["dice"][0], "ceiling_dice@5": res["dice"][-1],
+                    "ceiling_better_share": res["better_share"], "ceiling_steps": steps}
+            for group, res in lib.evaluate_by_ground_truth(agent, test_env, seed).items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,22 +192,31 @@ def main(argv: list[str] | None = None) -> None:
     rows, pooled = [], {}
     for name, cfg in cfgs.items():
         test_env = gym.make("BetterWorseSeg-v0", **cfg["test"])
-        stats, pooled[name] = first_click_stats(test_env)
-        row = {"dataset": name, **stats}
+        groups = first_click_stats(test_env)
+        ceilings: dict[str, list[dict[str, Any]]] = {}
         if args.belief_ceiling:
             train_env = gym.make("BetterWorseSeg-v0", **cfg["train"])
             train_set = ceiling_training_set(train_env, args.belief)
-            runs = [belief_ceiling(train_set, test_env, args.steps, seed=seed, belief=args.belief,
-                                   global_offset=args.global_offset, augment=args.augment)
-                    for seed in range(args.seeds)]
-            row.update({k: float(np.mean([r[k] for r in runs])) for k in runs[0]})
-            row["ceiling_steps"] = args.steps
-            if args.seeds > 1:
-                row["ceiling_dice@5_per_seed"] = " ".join(f"{r['ceiling_dice@5']:.4f}"
-                                                          for r in runs)
-        rows.append(row)
-        print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                        for k, v in row.items()))
+            for seed in range(args.seeds):
+                by_group = belief_ceiling(train_set, test_env, args.steps, seed=seed,
+                                          belief=args.belief, global_offset=args.global_offset,
+                                          augment=args.augment)
+                for group, res in by_group.items():
+                    ceilings.setdefault(group, []).append(res)
+        for group, stats, dice_pool in groups:
+            label = ground_truth_label(name, group)
+            pooled[label] = dice_pool
+            row = {"dataset": label, **stats}
+            runs = ceilings.get(group)
+            if runs:
+                row.update({k: float(np.mean([r[k] for r in runs])) for k in runs[0]})
+                row["ceiling_steps"] = args.steps
+                if args.seeds > 1:
+                    row["ceiling_dice@5_per_seed"] = " ".join(f"{r['ceiling_dice@5']:.4f}"
+                                                              for r in runs)
+            rows.append(row)
+            print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in row.items()))
     lib.write_csv(out / "first_click.csv", rows)
     lib.write_json(out / "first_click.json", {
         "rows": rows, "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
@@ -200,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         ax.hist(pooled[row["dataset"]], bins=40, range=(0, 1), color="tab:gray")
         for key, colour in (("dice_if_better", "tab:blue"), ("dice_gt_clicker", "tab:green"),
                             ("dice_best", "tab:red")):
-            ax.axvline(row[key], color=colour, label=f"{key} {row[key]:.2f}")
+            if math.isfinite(row[key]):  # empty ground truth: no click is answered "better"
+                ax.axvline(row[key], color=colour, label=f"{key} {row[key]:.2f}")
         ax.set_title(f"{row['dataset']}: Dice of first clicks answered 'better'")
         ax.set_xlabel("Dice after one foreground click from an empty mask")
         ax.set_ylabel("patches (all held-out images)")

@@ -19,6 +19,9 @@ DINOv2 backbones need pretrained weights, which cannot be downloaded here: pass
 ``--dinov2-checkpoint FILE`` (a local ``vit_small_patch14_dinov2`` state dict) to include them;
 without it their rows say "not run" instead of showing a number.
 
+A data set with empty ground truth (BUSI's ``normal`` images) is also reported as
+``<name>[non-empty-gt]`` and ``<name>[empty-gt]`` (:mod:`benchmarks.lib.groundtruth`).
+
 Run: ``python -m benchmarks.reference_clickers`` (``--help`` for options). Writes to
 ``benchmarks/results/reference_clickers/<run>/``. Last line:
 ``kvasir_gt_clicker_dice_at_5: <value>`` (``nan`` when Kvasir-SEG is not available).
@@ -113,7 +116,6 @@ def main(argv: list[str] | None = None) -> None:
         for bb_name, bb_kwargs in backbones.items():
             envs = [gym.make("BetterWorseSeg-v0", backbone=bb_name, backbone_kwargs=bb_kwargs,
                              **kw) for kw in parts]
-            n = sum(len(e.unwrapped.dataset) for e in envs)
             for policy in POLICIES:
                 per_part = [evaluate(e, policy, list(range(args.seeds)), not args.no_progress)
                             for e in envs]
@@ -121,28 +123,35 @@ def main(argv: list[str] | None = None) -> None:
                     split_means += [{"dataset": ds_name, "backbone": bb_name, "policy": policy,
                                      "split": k, "dice@5": float(d[:, -1].mean())}
                                     for k, d in enumerate(per_part)]
-                dice = np.concatenate(per_part)
-                curves[(ds_name, bb_name, policy)] = dice
-                for k in range(dice.shape[1]):
-                    lo, hi = lib.bootstrap_ci(dice[:, k])
-                    rows.append({"dataset": ds_name, "images": n, "backbone": bb_name,
-                                 "policy": policy, "clicks": k + 1,
-                                 "mean_dice": float(dice[:, k].mean()), "ci95_low": lo,
-                                 "ci95_high": hi, "median_dice": float(np.median(dice[:, k]))})
+                # Images with empty ground truth reported apart too (lib.groundtruth).
+                empty = np.concatenate([lib.empty_ground_truth(e) for e in envs])
+                for label, keep in lib.labelled_groups(ds_name, empty):
+                    dice = np.concatenate(per_part)[keep]
+                    curves[(label, bb_name, policy)] = dice
+                    for k in range(dice.shape[1]):
+                        lo, hi = lib.bootstrap_ci(dice[:, k])
+                        rows.append({"dataset": label, "images": int(keep.sum()),
+                                     "backbone": bb_name, "policy": policy, "clicks": k + 1,
+                                     "mean_dice": float(dice[:, k].mean()), "ci95_low": lo,
+                                     "ci95_high": hi,
+                                     "median_dice": float(np.median(dice[:, k]))})
 
-    print(f"\n{'dataset':<11} {'backbone':<14} {'policy':<9} "
+    names = list(dict.fromkeys(key[0] for key in curves))  # with the ground-truth groups
+    dw = max(11, *(len(name) for name in names))
+    print(f"\n{'dataset':<{dw}} {'backbone':<14} {'policy':<9} "
           + " ".join(f"{'@' + str(k):>16}" for k in range(1, 6)))
     for key in curves:
         sel = [r for r in rows if (r["dataset"], r["backbone"], r["policy"]) == key]
         cells = " ".join(f"{r['mean_dice']:.3f} [{r['ci95_low']:.2f},{r['ci95_high']:.2f}]"
                          for r in sel)
-        print(f"{key[0]:<11} {key[1]:<14} {key[2]:<9} {cells}")
+        print(f"{key[0]:<{dw}} {key[1]:<14} {key[2]:<9} {cells}")
     for s in skipped:
-        print(f"{'all':<11} {s['backbone']:<14} {'-':<9} {s['reason']}")
+        print(f"{'all':<{dw}} {s['backbone']:<14} {'-':<9} {s['reason']}")
     gaps = {}
-    for ds_name in datasets:
+    for ds_name in names:
         at5 = {pol: curves[(ds_name, "lab_texture", pol)][:, -1].mean() for pol in POLICIES}
-        gaps[ds_name] = float((at5["gt_greedy"] - at5["random"]) / (at5["gt"] - at5["random"]))
+        span = at5["gt"] - at5["random"]  # none on empty ground truth: both keep Dice 1
+        gaps[ds_name] = float((at5["gt_greedy"] - at5["random"]) / span) if span > 0 else math.nan
         print(f"{ds_name}: gt_greedy closes {gaps[ds_name]:.2f} of the random-to-gt gap")
     if split_means:
         print("Dice@5 per split: " + "; ".join(
@@ -158,7 +167,6 @@ def main(argv: list[str] | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(datasets)
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
     for ax, ds_name in zip(axes[0], names, strict=True):
         for (d, bb, pol), dice in curves.items():

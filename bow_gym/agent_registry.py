@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -199,6 +200,61 @@ def train_agent(name: str, **kwargs: Any) -> tuple[ClickPolicy, dict[str, list[f
     """Train an agent by name (:meth:`AgentSpec.train`); ``kwargs`` are fields of its argument
     dataclass (``total_answers``, ``seed``, ``out``, ...)."""
     return agent_spec(name).train(**kwargs)
+
+
+def checkpoint_kinds() -> dict[str, type[ClickPolicy]]:
+    """The ``agent`` metadata of each registered class's checkpoints -> that class.
+
+    Imports every registered agent class (SB3's included); used to say which class wrote a
+    checkpoint and to load one by its kind.
+    """
+    kinds: dict[str, type[ClickPolicy]] = {}
+    for spec in AGENT_REGISTRY.values():
+        cls = spec.load()
+        kind = getattr(cls, "checkpoint_kind", None)
+        if kind is not None:
+            kinds.setdefault(kind, cls)
+    return kinds
+
+
+def describe_checkpoint(metadata: Mapping[str, str]) -> str:
+    """What wrote a safetensors file and what loads it, from its metadata (for error messages):
+    an agent's checkpoint (by its ``agent`` field), a segmenter or a LoRA adapter."""
+    fmt, kind = metadata.get("format"), metadata.get("agent")
+    if fmt == "bow_gym.segmenter":
+        return "a segmenter checkpoint (load it with bow_gym.segmenters.load_segmenter)"
+    if fmt is not None and "lora" in fmt:
+        return "a LoRA adapter (load it with bow_gym.backbones.lora.load_lora)"
+    if kind is None:
+        return "no bow-gym agent checkpoint (its metadata has no 'agent' field)"
+    try:
+        cls = checkpoint_kinds().get(kind)
+    except ImportError:  # an optional agent's dependency is missing: name the kind only
+        cls = None
+    if cls is None:
+        return f"a checkpoint of an unknown agent kind (metadata agent={kind!r})"
+    return (f"a checkpoint written by {cls.__name__} (metadata agent={kind!r}); load it with "
+            f"{cls.__module__}.{cls.__name__}.load or bow_gym.agent_registry."
+            "load_agent_checkpoint")
+
+
+def load_agent_checkpoint(path: str | os.PathLike, device: str = "cpu",
+                          **overrides: Any) -> ClickPolicy:
+    """An agent from its checkpoint, whichever registered class wrote it (by the file's
+    ``agent`` metadata); ``overrides`` change acting options, as in that class's ``load``.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ValueError: Not an agent checkpoint (saying what it is), or weights that do not fit.
+    """
+    from bow_gym.io_utils import read_tensor_metadata
+
+    meta = read_tensor_metadata(path, "agent checkpoint")
+    cls = checkpoint_kinds().get(meta.get("agent", ""))
+    if cls is None:
+        raise ValueError(f"{path} is not a bow-gym agent checkpoint: it is "
+                         f"{describe_checkpoint(meta)}")
+    return cls.load(path, device=device, **overrides)  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- the agents

@@ -140,12 +140,14 @@ def cmd_rounds(args: argparse.Namespace) -> int:
           f"{config.backbone}, segmenter {config.segmenter}, {config.rounds} rounds x "
           f"{config.clicks_per_image} clicks per image")
     rows = run_rounds(config, out, resume=not args.no_resume)
-    print(f"{'round':>5} {'target':<11} {'split':<5} {'n':>5} {'dice':>6} {'95% CI':>15} "
+    # Targets such as prediction[non-empty-gt]: images with empty ground truth reported apart.
+    tw = max([11] + [len(row["target"]) for row in rows])
+    print(f"{'round':>5} {'target':<{tw}} {'split':<5} {'n':>5} {'dice':>6} {'95% CI':>15} "
           f"{'hd95':>7} {'better':>6} {'sec':>7}")
     for row in rows:
         if row["fill_holes"]:
             continue
-        print(f"{row['round']:>5} {row['target']:<11} {row['split']:<5} {row['n']:>5} "
+        print(f"{row['round']:>5} {row['target']:<{tw}} {row['split']:<5} {row['n']:>5} "
               f"{row['dice_mean']:>6.3f} [{row['dice_ci_low']:.3f},{row['dice_ci_high']:.3f}] "
               f"{row['hd95_mean']:>7.1f} {row['better_share']:>6.2f} "
               f"{row.get('seconds_total', float('nan')):>7.1f}")
@@ -265,9 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError, GymError) as e:
-        # Bad input and unavailable weights (RuntimeError, e.g. DINOv2 offline) are the user's to
-        # fix: one line naming what is wrong, not a traceback.
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError,
+            GymError) as e:
+        # Bad input, unavailable weights (RuntimeError, e.g. DINOv2 offline) and a run folder
+        # that --no-resume refuses are the user's to fix: one line naming what is wrong, not a
+        # traceback.
         print(f"bow-gym {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -46,9 +46,11 @@ import numpy as np
 
 from bow_gym.io_utils import atomic_write_bytes
 from bow_gym.metrics import dice as dice_score
+from bow_gym.metrics import ground_truth_label
 
 __all__ = [
     "FIGURE_NAMES",
+    "GROUND_TRUTH_FIGURE_NAME",
     "RunData",
     "build_parser",
     "load_run",
@@ -61,6 +63,11 @@ __all__ = [
 ]
 
 #: File names :func:`make_figures` writes, in order.
+#: Figure 1 for the ground-truth groups, drawn when a run evaluated empty ground truth.
+GROUND_TRUTH_FIGURE_NAME = "fig1_dice_hd95_by_ground_truth.png"
+#: Its targets: the predictions on images without and with only empty ground truth.
+GROUND_TRUTH_FIGURE_TARGETS = tuple(ground_truth_label("prediction", group)
+                                    for group in ("non_empty", "empty"))
 FIGURE_NAMES = (
     "fig1_dice_hd95.png",
     "fig2_dice_distributions.png",
@@ -787,7 +794,9 @@ def make_figures(
 
     Figures 1 to 3 overlay all runs; figure 4 shows the first run's last finished round. A run
     whose last round saved no ``examples.npz`` (configured with no examples) gets no figure 4:
-    a warning says so and the list holds three paths.
+    a warning says so and the list holds three paths. Runs whose evaluation images include
+    empty ground truth also get :data:`GROUND_TRUTH_FIGURE_NAME`: figure 1 for the predictions
+    on images with and without empty ground truth apart (before figure 4 in the list).
 
     Args:
         run_dirs: Run directories (several: an ablation overlay, e.g. full / no-LoRA / random).
@@ -815,6 +824,12 @@ def make_figures(
         plot_dice_distributions(runs, out / FIGURE_NAMES[1]),
         plot_reward_curves(runs, out / FIGURE_NAMES[2]),
     ]
+    # Runs that evaluated images with empty ground truth report them apart (rounds.py writes
+    # prediction[non-empty-gt] / prediction[empty-gt] rows): one more figure draws those.
+    present = {row["target"] for run in runs for row in run.metrics}
+    groups = [t for t in GROUND_TRUTH_FIGURE_TARGETS if t in present]
+    if groups:
+        paths.append(plot_round_metrics(runs, out / GROUND_TRUTH_FIGURE_NAME, targets=groups))
     last = runs[0].rounds[-1] if runs[0].rounds else None
     if last is not None and last not in runs[0].example_paths:
         # A run may be configured to save no examples; the other figures still stand.

@@ -70,8 +70,9 @@ def read_checked_metadata(path: str | os.PathLike, *, fmt: str, version: str, wh
     except Exception as e:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
     if meta.get("format") != fmt:
+        holds = f"; it holds a {meta['agent']!r} agent checkpoint" if "agent" in meta else ""
         raise ValueError(f"{path}: not a bow_gym {what} (metadata format="
-                         f"{meta.get('format')!r}, expected {fmt!r})")
+                         f"{meta.get('format')!r}, expected {fmt!r}{holds})")
     if meta.get(version_key) != version:
         raise ValueError(f"{path}: {what} format version {meta.get(version_key)!r}, this "
                          f"bow_gym reads version {version}")
@@ -132,6 +133,30 @@ def save_tensors(path: str | os.PathLike, state: Mapping[str, Any],
         save_file(tensors, str(tmp), metadata=dict(metadata))
 
 
+def read_tensor_metadata(path: str | os.PathLike, what: str) -> dict[str, str]:
+    """The metadata of a safetensors file, without reading its tensors.
+
+    Args:
+        path: The file.
+        what: What the file should hold, for the errors (``"REINFORCE checkpoint"``).
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ValueError: Not a readable safetensors file (foreign, truncated); the message names the
+            file and ``what``.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise ValueError(f"{path} is not a bow-gym {what}: {e}") from e
+
+
 def load_tensors(path: str | os.PathLike, what: str, device: str = "cpu"
                  ) -> tuple[dict[str, Any], dict[str, str]]:
     """The tensors and metadata of a :func:`save_tensors` file.
@@ -145,15 +170,37 @@ def load_tensors(path: str | os.PathLike, what: str, device: str = "cpu"
         FileNotFoundError: No file at ``path``.
         ValueError: Not a readable safetensors file; the message names the file and ``what``.
     """
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {what} at {path}")
+    meta = read_tensor_metadata(path, what)
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = dict(f.metadata() or {})
+        return load_file(str(path), device=str(device)), meta
     except Exception as e:
         raise ValueError(f"{path} is not a bow-gym {what}: {e}") from e
-    return load_file(str(path), device=str(device)), meta
+
+
+def state_mismatches(expected: Mapping[str, Any], state: Mapping[str, Any]) -> list[str]:
+    """How a file's tensors ``state`` do not fit a network's ``expected`` state dict.
+
+    One line per tensor of another shape (the file's and the network's), then one for the
+    network's tensors missing from the file and one for the file's tensors the network lacks.
+    Lazy parameters (a size not known before the first input) take any shape. Empty: it fits.
+    """
+    from torch.nn.parameter import is_lazy
+
+    def listed(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    problems = [f"tensor {k!r} is {tuple(state[k].shape)} in the file, the network expects "
+                f"{tuple(t.shape)}" for k, t in expected.items()
+                if k in state and not is_lazy(t) and tuple(state[k].shape) != tuple(t.shape)]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing:
+        problems.append(f"{len(missing)} tensors of the network are not in the file "
+                        f"({listed(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensors of the file are not in the network "
+                        f"({listed(unexpected)})")
+    return problems
+

@@ -32,11 +32,14 @@ import numpy as np
 
 __all__ = [
     "GROUND_TRUTH_GROUPS",
+    "GROUND_TRUTH_SUFFIXES",
     "dice",
     "dice_from_counts",
     "distance_to_background",
     "evaluate",
     "fill_holes",
+    "ground_truth_groups",
+    "ground_truth_label",
     "hd95",
     "iou",
     "iou_from_counts",
@@ -47,6 +50,8 @@ __all__ = [
 
 #: Keys of :func:`summarize_by_ground_truth`: lesion images, empty-ground-truth images, all.
 GROUND_TRUTH_GROUPS = ("non_empty", "empty", "all")
+#: How tables name a ground-truth group beside a data set or target (:func:`ground_truth_label`).
+GROUND_TRUTH_SUFFIXES = {"non_empty": "non-empty-gt", "empty": "empty-gt"}
 
 # Bounds the temporary (points x line length) array of the distance search, so huge
 # surfaces cost time rather than memory.
@@ -473,3 +478,42 @@ def summarize_by_ground_truth(
             "ci_high": high,
         }
     return out
+
+
+def ground_truth_label(name: str, group: str) -> str:
+    """How a table labels ``name`` (a data set, a target) restricted to a ground-truth group.
+
+    ``"all"`` keeps the name; ``"non_empty"`` and ``"empty"`` append ``[non-empty-gt]`` and
+    ``[empty-gt]`` (``busi[empty-gt]``: BUSI's images with empty ground truth).
+
+    Raises:
+        ValueError: Unknown group.
+    """
+    if group == "all":
+        return name
+    if group not in GROUND_TRUTH_SUFFIXES:
+        raise ValueError(f"group must be one of {GROUND_TRUTH_GROUPS}, got {group!r}")
+    return f"{name}[{GROUND_TRUTH_SUFFIXES[group]}]"
+
+
+def ground_truth_groups(gt_empty: Sequence[bool] | np.ndarray) -> dict[str, np.ndarray]:
+    """Which images each reported group holds: ``"all"``, and when any ground truth is empty,
+    ``"non_empty"`` and ``"empty"`` apart (a group without images is left out).
+
+    The rule every table follows: a set without empty ground truth is reported as before (one
+    group); a set with some is reported three ways, with and without them.
+
+    Args:
+        gt_empty: Whether each image's ground truth is empty.
+
+    Returns:
+        ``group -> bool selection`` over the images, ``"all"`` first.
+    """
+    empty = np.asarray(gt_empty, dtype=bool).ravel()
+    groups = {"all": np.ones_like(empty)}
+    if empty.any():
+        for group, keep in (("non_empty", ~empty), ("empty", empty)):
+            if keep.any():
+                groups[group] = keep
+    return groups
+

@@ -47,6 +47,9 @@ class ClickPolicy(abc.ABC):
     reads_ground_truth: ClassVar[bool] = False
     #: Confidence of the last :meth:`act` in [0, 1], for policies that have one (else ``None``).
     last_confidence: float | None = None
+    #: The ``agent`` metadata of the checkpoints this class writes, checked when one is loaded
+    #: (``None``: it writes none).
+    checkpoint_kind: ClassVar[str | None] = None
 
     @classmethod
     def for_env(cls, env: BetterWorseSegEnv, *, seed: int | None = None, device: str = "cpu",
@@ -64,6 +67,19 @@ class ClickPolicy(abc.ABC):
             **kwargs: The policy's own constructor arguments.
         """
         return cls(**kwargs)
+
+    def check_env(self, env: BetterWorseSegEnv) -> None:  # noqa: B027 - optional hook
+        """Refuse an env this policy cannot act in, before any episode starts.
+
+        A policy whose network was sized for other observations (channels, patch grid, feature
+        size; e.g. loaded from a checkpoint trained on another env) overrides this; the multi-
+        round loop calls it before round 1, so that a mismatch is an error naming the file and
+        the field rather than a shape error inside the first click. The default accepts every
+        env.
+
+        Raises:
+            ValueError: The env's observation does not fit, naming what the policy expects.
+        """
 
     def reset(self, seed: int | None = None) -> None:  # noqa: B027 - optional hook
         """Called at the start of each episode; reseeds the policy's randomness if ``seed``."""
@@ -233,6 +249,7 @@ def run_episode(env: gym.Env, policy: ClickPolicy, *, seed: int | None = None,
     base = env.unwrapped
     if not isinstance(base, BetterWorseSegEnv):
         raise TypeError(f"run_episode needs a BetterWorseSeg env, got {type(base).__name__}")
+    policy.check_env(base)  # a network sized for another env: an error naming the field
     obs, info = env.reset(seed=seed, options=options)
     policy.reset(seed)
     record = EpisodeRecord(image_id=info["image_id"], initial_mask=obs[3] > 127,

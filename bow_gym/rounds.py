@@ -24,7 +24,9 @@ part, predictions are evaluated on the held-out part).
 A run directory holds::
 
     config.json                resolved configuration (a resumed run must match it)
-    metrics.csv, metrics.json  one row per (round, target, fill_holes), with wall times
+    metrics.csv, metrics.json  one row per (round, target, fill_holes), with wall times; with
+                               empty ground truth among the images also target[non-empty-gt]
+                               and target[empty-gt] rows (those images reported apart)
     tb/                        TensorBoard logs (charts/, losses/, eval/)
     round_01/ ...
         labels.npz             ids, pseudo-masks, starting masks, answers, confidences
@@ -34,12 +36,14 @@ A run directory holds::
         adapter.safetensors    the LoRA adapter after this round (lora = true)
         segmenter.safetensors  the segmenter trained this round
         predictions.npz        probabilities (uint8) on labelling and evaluation images
-        per_image.csv          per-image metrics
+        per_image.csv          per-image metrics; empty_gt = 1 for an empty ground truth
         examples.npz           a few images with every mask, for the qualitative figure
         times.json, done.json  wall time per stage; done.json is written last
 
 Every file is written atomically, and each stage's output marks it done: a killed run resumes
-from the last finished stage, without redoing it. All randomness derives from ``seed``, the round
+from the last finished stage, without redoing it. A stage file that cannot be read back (cut
+short by a full disk or a copy, altered) is a :class:`StageFileError` naming it: delete it to
+redo its stage, or start afresh in another folder. All randomness derives from ``seed``, the round
 and the stage, so a resumed run gives the same numbers as an uninterrupted one.
 
 Configs are TOML files (:func:`load_config`); named ones ship in ``bow_gym/configs``.
@@ -66,7 +70,7 @@ from bow_gym.io_utils import atomic_path
 from bow_gym.io_utils import read_csv as _read_csv
 from bow_gym.io_utils import write_csv as _write_csv
 from bow_gym.io_utils import write_json as _write_json
-from bow_gym.metrics import resize_mask
+from bow_gym.metrics import ground_truth_groups, ground_truth_label, resize_mask
 from bow_gym.policy import BatchedLearner, ClickPolicy, OnlineLearner, choose_click, public_info
 
 if sys.version_info >= (3, 11):
@@ -387,9 +391,61 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+class StageFileError(ValueError):
+    """A file a resumed run reads back (a stage's output) that cannot be used: truncated by a
+    killed run or a full disk, or altered. The message names the file and what to do."""
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Re-raises any error of reading a run's own file ``path`` as a :class:`StageFileError`
+    that names it and says how to go on (numpy's ``BadZipFile`` names no file)."""
+    try:
+        yield
+    except StageFileError:
+        raise
+    except Exception as e:
+        raise StageFileError(
+            f"{path} cannot be read back ({type(e).__name__}: {e}); it was left incomplete or "
+            "altered. Delete it to redo its stage when the run resumes, or start afresh in "
+            "another folder (--out NEW --no-resume)") from e
+
+
+def _load_npz(path: Path, keys: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays of a stage's ``.npz``; ``keys`` must be among them.
+
+    Raises:
+        StageFileError: Unreadable (e.g. truncated) or an array missing.
+    """
+    with _reading(path):
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise KeyError(f"arrays {missing} are missing")
+        return arrays
+
+
+def _load_json(path: Path) -> Any:
+    """A run's JSON file (``config.json``, a round's ``metrics.json``), its name in errors."""
+    with _reading(path):
+        return json.loads(path.read_text())
+
+
+def _load_kept(path: Path, ids: Sequence[str]) -> np.ndarray:
+    """Which of ``ids`` the filter stage's ``quality.csv`` kept, one bool each.
+
+    Raises:
+        StageFileError: Unreadable, or a row of ``ids`` missing or without a 0/1 ``kept``
+            (a truncated table would otherwise keep fewer images without a word).
+    """
+    with _reading(path):
+        kept = {row.get("image_id"): row.get("kept") for row in _read_csv(path)}
+        bad = [i for i in ids if kept.get(i) not in ("0", "1")]
+        if bad:
+            raise ValueError(f"{len(bad)} of its {len(ids)} images have no 0/1 'kept' value "
+                             f"(first: {bad[0]!r})")
+        return np.array([kept[i] == "1" for i in ids])
 
 
 def _seed(config: RoundsConfig, round_: int, stage: int) -> int:
@@ -415,7 +471,17 @@ class Labels:
 
     @classmethod
     def load(cls, path: Path) -> Labels:
-        z = _load_npz(path)
+        """The labels a round saved.
+
+        Raises:
+            StageFileError: Unreadable, an array missing, or arrays of different lengths.
+        """
+        names = ("ids", "pseudo", "initial", "rewards", "labels", "confidence")
+        z = _load_npz(path, names)
+        lengths = {k: len(z[k]) for k in names}
+        if len(set(lengths.values())) != 1:
+            with _reading(path):
+                raise ValueError(f"its arrays have different lengths: {lengths}")
         return cls([str(i) for i in z["ids"]], z["pseudo"], z["initial"], z["rewards"],
                    z["labels"], z["confidence"])
 
@@ -473,10 +539,12 @@ def load_agent(config: RoundsConfig, round_dir: Path, env: Any, device: str) -> 
     if not spec.learns_online():
         return make_agent(config, env, device)
     kwargs = {"online_batch": 8, **spec.kwargs, **config.agent_kwargs}
-    agent = spec.load().load(round_dir / "agent.safetensors", device=device, **kwargs)
+    with _reading(round_dir / "agent.safetensors"):
+        agent = spec.load().load(round_dir / "agent.safetensors", device=device, **kwargs)
     opt = round_dir / "agent_optimizer.pt"
     if opt.is_file():
-        agent.opt.load_state_dict(torch.load(opt, map_location=device, weights_only=True))
+        with _reading(opt):
+            agent.opt.load_state_dict(torch.load(opt, map_location=device, weights_only=True))
     return agent
 
 
@@ -643,9 +711,10 @@ class RoundsRun:
         stored = self.out / "config.json"
         if stored.is_file():
             if not resume:
-                raise FileExistsError(f"{self.out} already holds a run; pass resume=True "
-                                      "(CLI: drop --no-resume) or choose another --out")
-            old = json.loads(stored.read_text())
+                raise FileExistsError(f"{self.out} already holds a run ({stored.name}); to "
+                                      "resume it drop --no-resume (resume=True), to start "
+                                      "afresh pass another --out")
+            old = _load_json(stored)
             for before, after in RENAMED_KEYS.items():  # a run started before the renaming
                 if before in old and after not in old:
                     old[after] = old.pop(before)
@@ -716,7 +785,8 @@ class RoundsRun:
             env = self._make_env(datasets[0], None)
         names = ("agent", "agent_kwargs") + (("agent_checkpoint",) if cfg.agent_checkpoint else ())
         with _config_error(_fields(cfg, *names)):
-            make_agent(cfg, env, self.device)
+            # check_env: a checkpoint sized for other observations fails here, not in round 1.
+            make_agent(cfg, env, self.device).check_env(env)
         return datasets
 
     # ------------------------------------------------------------------ helpers
@@ -767,7 +837,7 @@ class RoundsRun:
     def _initial_masks(self, r: int) -> dict[str, np.ndarray] | None:
         if r == 1:
             return None
-        pred = _load_npz(self.round_dir(r - 1) / "predictions.npz")
+        pred = _load_npz(self.round_dir(r - 1) / "predictions.npz", ("label_ids", "label_prob"))
         return {str(i): p >= 128 for i, p in zip(pred["label_ids"], pred["label_prob"],
                                                  strict=True)}
 
@@ -789,7 +859,8 @@ class RoundsRun:
         for k in range(r - 1, 0, -1):
             path = self.round_dir(k) / "adapter.safetensors"
             if path.is_file():
-                load_lora(self.backbone, path)
+                with _reading(path):
+                    load_lora(self.backbone, path)
                 return
 
     def run_round(self, r: int, label_ds: MemoryDataset, eval_ds: MemoryDataset,
@@ -843,8 +914,7 @@ class RoundsRun:
         t = time.time()
         quality_path = rd / "quality.csv"
         if quality_path.is_file():
-            kept_ids = {row["image_id"] for row in _read_csv(quality_path) if row["kept"] == "1"}
-            keep = np.array([i in kept_ids for i in labels.ids])
+            keep = _load_kept(quality_path, labels.ids)
         else:
             from bow_gym.pseudo_labels import combined_score, quality_signals, select_top_k
 
@@ -880,7 +950,7 @@ class RoundsRun:
         t = time.time()
         pred_path = rd / "predictions.npz"
         if pred_path.is_file():
-            pred = _load_npz(pred_path)
+            pred = _load_npz(pred_path, ("label_ids", "label_prob", "eval_ids", "eval_prob"))
         else:
             seg_cfg = self._segmenter_config(r)
             model = self._train_segmenter(rd, seg_cfg, [label_images[i] for i in kept_idx],
@@ -935,7 +1005,8 @@ class RoundsRun:
 
         path = rd / "segmenter.safetensors"
         if path.is_file():
-            model, _ = load_segmenter(path, device=seg_cfg.device)
+            with _reading(path):
+                model, _ = load_segmenter(path, device=seg_cfg.device)
             return model
         if not images:
             raise ValueError("no pseudo-masks left to train the segmenter on")
@@ -979,10 +1050,17 @@ class RoundsRun:
         for fill in ([False, True] if cfg.fill_holes else [False]):
             for target, split, ids, masks, gts, is_prob in jobs:
                 res = evaluate_masks(masks, gts, probabilities=is_prob, fill=fill)
+                empty = [not gt.any() for gt in gts]
                 per_image += [{"round": r, "target": target, "fill_holes": int(fill),
-                               "image_id": iid, **m} for iid, m in zip(ids, res, strict=True)]
-                rows.append({"round": r, "target": target, "split": split,
-                             "fill_holes": int(fill), **summarise(res, seed=r)})
+                               "image_id": iid, "empty_gt": int(e), **m}
+                              for iid, m, e in zip(ids, res, empty, strict=True)]
+                # Empty ground truth (BUSI normal) scores by other rules: with some, the target
+                # is also summarised without and with only them ("prediction[empty-gt]").
+                for group, keep in ground_truth_groups(empty).items():
+                    rows.append({"round": r, "target": ground_truth_label(target, group),
+                                 "split": split, "fill_holes": int(fill),
+                                 **summarise([m for m, k in zip(res, keep, strict=True) if k],
+                                             seed=r)})
                 if target == "pseudo" and not fill and cfg.top_k < 1:
                     kept = [m for m, k in zip(res, keep, strict=True) if k]
                     rows.append({"round": r, "target": "pseudo_kept", "split": split,
@@ -1015,7 +1093,7 @@ class RoundsRun:
         for r in self.finished_rounds():
             path = self.round_dir(r) / "metrics.json"
             if path.is_file():
-                rows.extend(json.loads(path.read_text())["rows"])
+                rows.extend(_load_json(path)["rows"])
         return rows
 
     def _write_metrics(self) -> None:

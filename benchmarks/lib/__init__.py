@@ -10,7 +10,9 @@ The scripts (``python -m benchmarks.<script>``) import this package and never ea
   a budget of expert answers and evaluated greedily;
 * :mod:`benchmarks.lib.results`: the results layout (``benchmarks/results/<script>/<run>/``), the
   ``run.json`` record written beside every run's tables, the machine description, figures;
-* :mod:`benchmarks.lib.stats`: intervals over seeds and images.
+* :mod:`benchmarks.lib.stats`: intervals over seeds and images;
+* :mod:`benchmarks.lib.groundtruth`: images with empty ground truth reported apart (every table
+  of a data set that has them gets ``<name>[non-empty-gt]`` and ``<name>[empty-gt]`` rows).
 
 What every trainer shares (data, budget of answers, number of envs, seed, device, run folder,
 TensorBoard, progress bar) is one dataclass, :class:`agents.common.TrainArgs`; the agents'
@@ -43,11 +45,13 @@ from benchmarks.lib.data import (
     protocol_name,
     shared_data,
 )
+from benchmarks.lib.groundtruth import empty_ground_truth, labelled_groups, rounds_targets
 from benchmarks.lib.learners import (
     LEVELS,
     add_answers_argument,
     clicks_to_90,
     evaluate,
+    evaluate_by_ground_truth,
     is_reference,
     learner_spec,
     learner_specs,
@@ -68,7 +72,8 @@ from benchmarks.lib.stats import bootstrap_ci, t_interval
 __all__ = [
     "DEFAULT_FOLDERS", "DataSource", "LEVELS", "add_answers_argument", "add_data_arguments",
     "add_output_arguments", "bootstrap_ci", "clicks_to_90", "data_configs", "data_folder",
-    "data_sources", "evaluate", "evaluation_sets", "is_reference", "learner_spec",
-    "learner_specs", "learners_help", "machine", "protocol_name", "run_name", "save_figure",
+    "data_sources", "empty_ground_truth", "evaluate", "evaluate_by_ground_truth",
+    "evaluation_sets", "is_reference", "labelled_groups", "learner_spec", "learner_specs",
+    "learners_help", "machine", "protocol_name", "rounds_targets", "run_name", "save_figure",
     "shared_data", "start_run", "t_interval", "train_learner", "write_csv", "write_json",
 ]

@@ -108,9 +108,12 @@ def train_learner(spec: str, trainer_data: dict[str, Any], seed: int, answers: i
     return policy.evaluation_mode(), history
 
 
-def evaluate(policy, env, seed: int) -> dict[str, Any]:
-    """Greedy evaluation on every image of ``env``'s data set, each from an empty mask: mean
-    Dice after each click, share of "better" answers, NoC and the share reaching each level."""
+def evaluate_by_ground_truth(policy, env, seed: int) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate` for each ground-truth group of the env's images: ``"all"``, and when
+    some ground truth is empty, ``"non_empty"`` and ``"empty"`` apart
+    (:func:`bow_gym.metrics.ground_truth_groups`); each result also holds its ``images``."""
+    from benchmarks.lib.groundtruth import empty_ground_truth
+    from bow_gym.metrics import ground_truth_groups
     from bow_gym.policy import run_episode
 
     n = len(env.unwrapped.dataset)
@@ -118,15 +121,27 @@ def evaluate(policy, env, seed: int) -> dict[str, Any]:
     for i in range(n):
         rec = run_episode(env, policy, seed=seed * 100003 + i, options={"index": i})
         dice.append(rec.dice)
-        better.extend(r > 0 for r in rec.rewards)
-    d = np.asarray(dice)
-    res: dict[str, Any] = {"dice": d.mean(0).tolist(), "better_share": float(np.mean(better))}
+        better.append([r > 0 for r in rec.rewards])
+    d, b = np.asarray(dice), np.asarray(better)
+    return {group: {**_summary(d[keep], b[keep]), "images": int(keep.sum())}
+            for group, keep in ground_truth_groups(empty_ground_truth(env)).items()}
+
+
+def _summary(d: np.ndarray, better: np.ndarray) -> dict[str, Any]:
+    res: dict[str, Any] = {"dice": d.mean(0).tolist(), "better_share": float(better.mean())}
     for level in LEVELS:
         reached = d >= level
         first = np.where(reached.any(1), reached.argmax(1) + 1, d.shape[1] + 1)
         res[f"noc@{level:.2f}"] = float(first.mean())
         res[f"reached@{level:.2f}"] = float(reached.any(1).mean())
     return res
+
+
+def evaluate(policy, env, seed: int) -> dict[str, Any]:
+    """Greedy evaluation on every image of ``env``'s data set, each from an empty mask: mean
+    Dice after each click, share of "better" answers, NoC and the share reaching each level
+    (all images; :func:`evaluate_by_ground_truth` reports empty ground truth apart)."""
+    return evaluate_by_ground_truth(policy, env, seed)["all"]
 
 
 def clicks_to_90(clicks: list[int], reward: list[float], window: int = 10) -> float:

@@ -96,14 +96,26 @@ def load_segmenter(path: str | os.PathLike, device: str = "cpu"
         name = metadata["model"]
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"{str(path)!r} has malformed segmenter metadata: {e}") from e
-    model = create_segmenter(name, pretrained=False, checkpoint=None, **kwargs)
+    try:
+        model = create_segmenter(name, pretrained=False, checkpoint=None, **kwargs)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{str(path)!r}: its metadata model={name!r}, model_kwargs={kwargs} "
+                         f"do not build a segmenter: {e}") from e
     from safetensors.torch import load_file
 
-    state = load_file(str(path), device="cpu")
+    from bow_gym.io_utils import state_mismatches
+
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{str(path)!r} does not fit the {name!r} architecture: {e}") from e
+        state = load_file(str(path), device="cpu")
+    except Exception as e:  # the header was read: the tensors are damaged
+        raise ValueError(f"{str(path)!r}: the segmenter's tensors cannot be read ({e}); "
+                         "the file is damaged") from e
+    problems = state_mismatches(model.state_dict(), state)
+    if problems:
+        raise ValueError(f"{str(path)!r} does not fit the {name!r} architecture its metadata "
+                         f"describes (model_kwargs={kwargs}): {'; '.join(problems[:3])}; a "
+                         "damaged file, or one written by another version")
+    model.load_state_dict(state, strict=True)
     model.to(torch.device(resolve_device(device)))
     model.eval()
     return model, config
