@@ -26,15 +26,18 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+#: How the demo's figure names the reference clickers.
+_DEMO_POLICY_LABELS = {"random": "random clicking", "gt": "ground-truth clicker"}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """A few episodes with the reference clickers: Dice table and a PNG of rendered episodes."""
-    import cv2
     import gymnasium as gym
     import numpy as np
 
     import bow_gym  # noqa: F401 - registers the envs
     from agents import GroundTruthClicker, RandomClicker, run_episode
-    from bow_gym.render import frame_grid
+    from bow_gym.render import EpisodeRow, episodes_figure, write_png
 
     env = gym.make(args.env, render_mode="rgb_array", render_scale=2,
                    render_ground_truth=True, **_env_kwargs(args))
@@ -43,7 +46,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     indices = sorted(rng.choice(len(base.dataset), size=n, replace=False).tolist())
     policies = [RandomClicker(), GroundTruthClicker()]
-    rows, frames = [], []
+    rows, figure_rows = [], []
     print(f"{args.env}: {base.dataset.name}, backbone {base.backbone.name}, "
           f"{base.clicks_per_episode} clicks, threshold {base.threshold}")
     print(f"{'image':<22} {'policy':<7} {'dice_before':>11} {'dice_after':>10}  answers")
@@ -57,20 +60,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
             rows.append({"image_id": rec.image_id, "policy": policy.name,
                          "dice_before": rec.initial_dice, "dice_after": rec.final_dice,
                          "dice_per_click": rec.dice, "rewards": rec.rewards})
-            frames.extend(rec.frames)
+            figure_rows.append(EpisodeRow(
+                policy=_DEMO_POLICY_LABELS.get(policy.name, policy.name), image_id=rec.image_id,
+                frames=rec.frames, dice=[rec.initial_dice, *rec.dice], answers=rec.rewards))
     for policy in policies:
         after = [r["dice_after"] for r in rows if r["policy"] == policy.name]
         print(f"mean dice after {base.clicks_per_episode} clicks, {policy.name}: "
               f"{float(np.mean(after)):.3f}")
     out = Path(args.out)
-    grid = frame_grid(frames, columns=base.clicks_per_episode + 1)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError("could not encode the episodes figure")
-    atomic_write_bytes(out / "episodes.png", png.tobytes())
+    title = (f"{args.env}: {base.dataset.name}, backbone {base.backbone.name}, "
+             f"threshold {base.threshold}; Dice against the ground truth (evaluation only)")
+    write_png(out / "episodes.png", episodes_figure(figure_rows, title=title))
     atomic_write_bytes(out / "demo.json", json.dumps(rows, indent=1).encode())
-    print(f"wrote {out / 'episodes.png'} (rows: episode x policy, random then gt; "
-          f"columns: start, click 1..{base.clicks_per_episode}; yellow: ground truth)")
+    print(f"wrote {out / 'episodes.png'} (one row per image and policy, labelled; "
+          f"columns: start, click 1..{base.clicks_per_episode}; Dice under each panel)")
     print(f"wrote {out / 'demo.json'}")
     env.close()
     return 0
@@ -123,7 +126,11 @@ def cmd_rounds(args: argparse.Namespace) -> int:
         "seed": args.seed, "device": args.device, "name": args.name,
     }
     if args.lora is not None:
-        overrides["lora"] = args.lora
+        print("--lora is deprecated: use --adapt (LoRA on DINOv2, the feature head on "
+              "lab_texture)", file=sys.stderr)
+        args.adapt = args.lora if args.adapt is None else args.adapt
+    if args.adapt is not None:
+        overrides["adapt"] = args.adapt
     if args.checkpoint:
         overrides["backbone_kwargs"] = {"checkpoint": args.checkpoint}
     if args.dataset:
@@ -215,10 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--backbone", help="backbone name (lab_texture, dinov2_vits14, ...)")
     p.add_argument("--checkpoint", help="local DINOv2 weights file")
-    p.add_argument("--segmenter", choices=["light", "hsnet"], help="segmenter preset")
+    p.add_argument("--segmenter", choices=["light", "hsnet", "hsnet_released"],
+                   help="segmenter preset")
     p.add_argument("--top-k", dest="top_k", type=float, help="share of pseudo-masks kept")
+    p.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=None,
+                   help="adapt the backbone each round (LoRA on DINOv2, a feature head on "
+                        "lab_texture)")
     p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
-                   help="adapt the backbone with LoRA each round")
+                   help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help="seed of the run")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--name", help="name of the run in tables and figures")

@@ -15,17 +15,23 @@ both non-empty    usual       usual       usual (MedPy's ``hd95``)
 
 Masks may be ``bool`` or numeric (e.g. 0/1 integers); anything nonzero counts as foreground.
 Thresholding soft predictions is the caller's job.
+
+Images with empty ground truth (BUSI's ``normal`` images) are scored by other rules than lesion
+images: an empty prediction gets Dice 1.0 there whatever the policy did, so a mean over both kinds
+mixes two quantities. :func:`summarize_by_ground_truth` reports them apart (and together).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
 __all__ = [
+    "GROUND_TRUTH_GROUPS",
     "dice",
     "dice_from_counts",
     "distance_to_background",
@@ -35,7 +41,11 @@ __all__ = [
     "iou",
     "iou_from_counts",
     "overlap_counts",
+    "summarize_by_ground_truth",
 ]
+
+#: Keys of :func:`summarize_by_ground_truth`: lesion images, empty-ground-truth images, all.
+GROUND_TRUTH_GROUPS = ("non_empty", "empty", "all")
 
 # Bounds the temporary (points x line length) array of the distance search, so huge
 # surfaces cost time rather than memory.
@@ -399,3 +409,54 @@ def bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[floa
     rng = np.random.default_rng(seed)
     means = v[rng.integers(0, len(v), (n, len(v)))].mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarize_by_ground_truth(
+    values: Sequence[float] | np.ndarray | Mapping[str, Sequence[float] | np.ndarray],
+    gt_empty: Sequence[bool] | np.ndarray,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per-image results summarised for non-empty and empty ground truth apart, and for all.
+
+    Benchmarks report the two kinds separately because they measure different things: on an
+    empty ground truth an empty prediction scores Dice 1.0 and every foreground pixel is a
+    false positive, so a policy that never clicks looks perfect there.
+
+    Args:
+        values: One value per image (e.g. final Dice), or a mapping ``metric -> values``.
+        gt_empty: Whether each image's ground truth is empty (same order and length).
+        n_boot: Bootstrap resamples of the 95% interval (:func:`bootstrap_ci`).
+        seed: Seed of the bootstrap.
+
+    Returns:
+        ``{group: {"n", "mean", "median", "ci_low", "ci_high"}}`` for each group of
+        :data:`GROUND_TRUTH_GROUPS` (NaN statistics when a group has no finite value), or
+        ``{metric: {group: {...}}}`` for a mapping.
+
+    Raises:
+        ValueError: if the lengths differ or ``gt_empty`` is not boolean.
+    """
+    if isinstance(values, Mapping):
+        return {name: summarize_by_ground_truth(v, gt_empty, n_boot=n_boot, seed=seed)
+                for name, v in values.items()}
+    v = np.asarray(values, dtype=np.float64).ravel()
+    empty = np.asarray(gt_empty)
+    if empty.dtype != np.bool_ or empty.shape != v.shape:
+        raise ValueError(f"gt_empty must be one bool per value ({v.shape[0]}), got "
+                         f"{empty.dtype} of shape {empty.shape}")
+    out: dict[str, Any] = {}
+    for group, keep in zip(GROUND_TRUTH_GROUPS, (~empty, empty, np.ones_like(empty)),
+                           strict=True):
+        part = v[keep]
+        finite = part[np.isfinite(part)]
+        low, high = bootstrap_ci(finite, n=n_boot, seed=seed)
+        out[group] = {
+            "n": int(keep.sum()),
+            "mean": float(finite.mean()) if len(finite) else float("nan"),
+            "median": float(np.median(finite)) if len(finite) else float("nan"),
+            "ci_low": low,
+            "ci_high": high,
+        }
+    return out

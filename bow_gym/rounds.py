@@ -156,7 +156,8 @@ class RoundsConfig:
     triplet_kwargs: dict[str, Any] = field(default_factory=dict)
     """TripletConfig arguments (steps, margin, ...)"""
     segmenter: str = "light"
-    """segmenter preset: light (CPU) or hsnet (PVT-v2-b2, as published)"""
+    """segmenter preset: light (CPU), hsnet_released (HSNet as its released code trains it) or
+    hsnet (as its paper describes it)"""
     segmenter_kwargs: dict[str, Any] = field(default_factory=dict)
     """overrides of the segmenter preset (epochs, size, lr, checkpoint, ...)"""
     fill_holes: bool = True

@@ -158,7 +158,8 @@ def test_dinov2_checkpoint_that_does_not_fit_names_the_file(
 
 
 def test_dinov2_checkpoint_pos_embed_resampled_to_input_size(big: DinoV2Backbone) -> None:
-    # The checkpoint was saved at 56 px (4 x 4 position embeddings); timm resamples them.
+    # The checkpoint was saved at 56 px (4 x 4 position embeddings); they are resized from there
+    # by the official rule (tests/test_dinov2_fidelity.py checks the values).
     assert big.grid == (8, 8)
     assert big.model.pos_embed.shape[1] == 1 + 8 * 8
     assert big.extract(_images(1)[0]).shape == (8, 8, 384)
@@ -184,9 +185,11 @@ def test_dinov2_cache_key_tracks_weights_size_and_adapter(
 ) -> None:
     keys = {vit.cache_key, vit_seed1.cache_key, loaded.cache_key, big.cache_key}
     assert len(keys) == 4
-    assert vit.cache_key == "dinov2_vits14_56px_random-seed0"
-    assert loaded.cache_key == f"dinov2_vits14_56px_{loaded.weights}"
-    assert big.cache_key == f"dinov2_vits14_112px_{loaded.weights}"  # same file, same hash
+    # "officialpos": features from before position embeddings followed the official DINOv2
+    # rule are never reused.
+    assert vit.cache_key == "dinov2_vits14_56px_random-seed0_officialpos"
+    assert loaded.cache_key == f"dinov2_vits14_56px_{loaded.weights}_officialpos"
+    assert big.cache_key == f"dinov2_vits14_112px_{loaded.weights}_officialpos"  # same file
     try:
         vit.adapter_id = "lora r8/epoch 3"  # unsafe characters on purpose
         adapted = vit.cache_key
@@ -195,7 +198,7 @@ def test_dinov2_cache_key_tracks_weights_size_and_adapter(
         assert os.sep not in adapted and " " not in adapted
     finally:
         vit.adapter_id = None
-    assert vit.cache_key == "dinov2_vits14_56px_random-seed0"
+    assert vit.cache_key == "dinov2_vits14_56px_random-seed0_officialpos"
 
 
 def test_registry_and_timm_names() -> None:
@@ -209,7 +212,7 @@ def test_registry_and_timm_names() -> None:
     assert isinstance(reg, DinoV2Backbone) and reg.name == "dinov2_vits14_reg"
     assert reg.num_prefix_tokens == 5  # cls + 4 registers, all dropped
     assert reg.extract(_images(2)).shape == (2, 4, 4, 384)
-    assert reg.cache_key == "dinov2_vits14_reg_56px_random-seed0"
+    assert reg.cache_key == "dinov2_vits14_reg_56px_random-seed0_officialpos"
 
 
 def test_registry_lab_texture() -> None:
@@ -247,7 +250,8 @@ class FakeBackbone(Backbone):
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
+    """Cache files under ``root``, leaving out the lock files (``.locks/``)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and ".locks" not in p.parts)
 
 
 def test_cache_miss_then_hit_identical_and_on_disk(tmp_path: Path) -> None:
@@ -262,9 +266,9 @@ def test_cache_miss_then_hit_identical_and_on_disk(tmp_path: Path) -> None:
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(first, fake.extract(im).astype(np.float16).astype(np.float32))
 
-    path = tmp_path / "fake_v1" / f"{image_key(im)}.npy"
+    path = tmp_path / "fake_v1" / f"{image_key(im)}.npz"
     assert cache.path_for(im) == path and path.is_file()
-    assert np.load(path).dtype == np.float16
+    assert np.load(path)["features"].dtype == np.float16
 
     # A fresh cache (cold memory) reads the disk, and the backbone is not run again.
     n_calls = len(fake.batches)
@@ -297,28 +301,95 @@ def test_cache_adapter_change_uses_new_folder(tmp_path: Path) -> None:
     fake.key = "fake_v1_lora-a"
     cache.get(im)
     assert cache.misses == 2
-    assert (tmp_path / "fake_v1_lora-a" / f"{image_key(im)}.npy").is_file()
+    assert (tmp_path / "fake_v1_lora-a" / f"{image_key(im)}.npz").is_file()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "wrong_shape", "garbage"])
-def test_cache_corrupt_file_is_recomputed_with_warning(damage: str, tmp_path: Path) -> None:
+def _rewrite(path: Path, change) -> None:
+    """Replace the features stored at ``path`` by ``change(features)``, keeping the rest."""
+    if path.suffix == ".npz":
+        with np.load(path) as entry:
+            stored = dict(entry)
+        stored["features"] = change(stored["features"])
+        with open(path, "wb") as f:
+            np.savez(f, **stored)
+    else:  # the layout before checksums: a bare .npy
+        np.save(path, change(np.load(path)))
+
+
+def _flip_one_value(feats: np.ndarray) -> np.ndarray:
+    out = feats.copy()
+    out.reshape(-1).view(np.uint16)[5] ^= 0x0100  # one bit of one value
+    return out
+
+
+def _flip_file_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncate": lambda p: p.write_bytes(p.read_bytes()[:60]),
+    "garbage": lambda p: p.write_bytes(b"not a numpy file"),
+    "wrong_shape": lambda p: _rewrite(p, lambda f: np.zeros((3, 3, 4), np.float16)),
+    "zeros": lambda p: _rewrite(p, np.zeros_like),
+    "nan": lambda p: _rewrite(p, lambda f: np.full_like(f, np.nan)),
+    "flipped_value": lambda p: _rewrite(p, _flip_one_value),
+    "flipped_byte": _flip_file_byte,
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_cache_bad_file_is_recomputed_with_warning(damage: str, tmp_path: Path) -> None:
+    # Before: "zeros", "nan" and "flipped_value" (well-formed .npy files) were used silently.
     fake = FakeBackbone()
     im = _images(1)[0]
     good = FeatureCache(fake, tmp_path).get(im)
-    path = tmp_path / "fake_v1" / f"{image_key(im)}.npy"
-    if damage == "truncate":
-        path.write_bytes(path.read_bytes()[:60])
-    elif damage == "wrong_shape":
-        np.save(path, np.zeros((3, 3, 4), np.float16))
-    else:
-        path.write_bytes(b"not a numpy file")
+    path = FeatureCache(fake, tmp_path).path_for(im)
+    DAMAGE[damage](path)
     cache = FeatureCache(fake, tmp_path)
     with pytest.warns(UserWarning, match=path.name):
         again = cache.get(im)
     assert cache.misses == 1
     np.testing.assert_array_equal(again, good)
-    assert np.load(path).shape == (2, 3, 4)  # overwritten with a good file
+    np.testing.assert_array_equal(FeatureCache(fake, tmp_path).get(im), good)  # rewritten, good
     assert _files(tmp_path) == [path]
+
+
+def test_cache_entry_of_another_image_is_refused(tmp_path: Path) -> None:
+    """A valid entry copied under another image's name fails its checksum (bound to the key)."""
+    fake = FakeBackbone()
+    a, b = _images(2, seed=3)
+    cache = FeatureCache(fake, tmp_path)
+    cache.get_many([a, b])
+    cache.path_for(b).write_bytes(cache.path_for(a).read_bytes())
+    fresh = FeatureCache(fake, tmp_path)
+    with pytest.warns(UserWarning, match="checksum"):
+        np.testing.assert_array_equal(fresh.get(b), cache.get(b))
+
+
+def test_cache_content_checks_hold_even_with_a_valid_checksum(tmp_path: Path) -> None:
+    from bow_gym.backbones.cache import features_checksum
+
+    fake = FakeBackbone()
+    im = _images(1)[0]
+    cache = FeatureCache(fake, tmp_path)
+    good = cache.get(im)
+    path, key = cache.path_for(im), image_key(im)
+    for bad, reason in ((np.full((2, 3, 4), np.nan, np.float16), "not finite"),
+                        (np.full((2, 3, 4), 0.9, np.float16), "not unit-norm")):
+        with open(path, "wb") as f:
+            np.savez(f, features=bad, sha256=np.array(features_checksum("fake_v1", key, bad)))
+        with pytest.warns(UserWarning, match=reason):
+            np.testing.assert_array_equal(FeatureCache(fake, tmp_path).get(im), good)
+
+
+def test_backbone_returning_nan_is_an_error_not_a_cache_entry(tmp_path: Path) -> None:
+    fake = FakeBackbone()
+    fake._extract = lambda images: np.full((len(images), 2, 3, 4), np.nan, np.float32)
+    with pytest.raises(RuntimeError, match="fake.*not finite"):
+        FeatureCache(fake, tmp_path).get(_images(1)[0])
+    assert _files(tmp_path) == []
 
 
 def test_cache_writes_are_atomic_and_leave_no_temp_files(
@@ -328,19 +399,19 @@ def test_cache_writes_are_atomic_and_leave_no_temp_files(
     cache = FeatureCache(fake, tmp_path)
     ims = _images(7, seed=2)
     cache.get_many(ims)
-    assert [p.name for p in _files(tmp_path)] == sorted(f"{image_key(i)}.npy" for i in ims)
+    assert [p.name for p in _files(tmp_path)] == sorted(f"{image_key(i)}.npz" for i in ims)
 
     import bow_gym.backbones.cache as cache_mod
 
-    def dies_mid_write(f, arr, **kwargs):
+    def dies_mid_write(f, *arrays, **kwargs):
         f.write(b"\x93NUMPY partial")
         raise KeyboardInterrupt  # like a kill during the write
 
-    monkeypatch.setattr(cache_mod.np, "save", dies_mid_write)
+    monkeypatch.setattr(cache_mod.np, "savez", dies_mid_write)
     new = _images(1, seed=99)[0]
     with pytest.raises(KeyboardInterrupt):
         cache.get(new)
-    assert len(_files(tmp_path)) == 7, "no temp file and no partial .npy may remain"
+    assert len(_files(tmp_path)) == 7, "no temp file and no partial entry may remain"
     assert not cache.path_for(new).exists()
 
 

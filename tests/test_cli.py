@@ -13,7 +13,27 @@ def test_demo_writes_table_and_figure(tmp_path, capsys):
     assert len(rows) == 4 and {r["policy"] for r in rows} == {"random", "gt"}
     png = (tmp_path / "episodes.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(png) < 500_000  # the first picture a newcomer opens; it was 4.5 MB for 4 episodes
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_episodes_figure_rows_and_checks():
+    import numpy as np
+
+    from bow_gym.render import EpisodeRow, episodes_figure, render_frame
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    mask = np.zeros((32, 32), bool)
+    frames = [render_frame(image, mask, scale=2) for _ in range(3)]
+    rows = [EpisodeRow("random clicking", "a", frames, [0.0, 0.1, 0.2], [1, -1]),
+            EpisodeRow("ground-truth clicker", "a", frames, [0.0, 0.5, 0.6], [1, 1]),
+            EpisodeRow("random clicking", "b", frames[:2], [0.0, 0.0], [-1])]
+    small = episodes_figure(rows, panel=40)
+    big = episodes_figure(rows, panel=80)
+    assert small.dtype == np.uint8 and small.shape[2] == 3
+    assert big.shape[1] - small.shape[1] == 3 * 40  # three click columns, each 40 px wider
+    with pytest.raises(ValueError, match="3 frames but 2 Dice"):
+        episodes_figure([EpisodeRow("p", "a", frames, [0.0, 0.1], [1, 1])])
 
 
 def test_list_and_bad_input(capsys):
@@ -57,5 +77,5 @@ def test_env_on_real_kvasir(shared_data):
 def test_featurize_fills_the_cache(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BOW_GYM_CACHE", str(tmp_path))
     assert main(["featurize", "--limit", "3"]) == 0
-    assert len(list(tmp_path.rglob("*.npy"))) == 3
+    assert len(list(tmp_path.rglob("*.npz"))) == 3
     assert "3 images" in capsys.readouterr().out

@@ -18,6 +18,7 @@ from PIL import Image
 from bow_gym.datasets import (
     BUSI,
     ISIC2018,
+    ConcatDataset,
     CVCClinicDB,
     DatasetError,
     FileDataset,
@@ -153,32 +154,92 @@ def test_mask_1bit_png(tmp_path):
     np.testing.assert_array_equal(out, mask)
 
 
+def _mostly_binary(values, dtype=np.uint8, full=255) -> tuple[np.ndarray, np.ndarray]:
+    """A 16x16 mask (left half foreground at ``full``) whose first pixels hold ``values``."""
+    array = np.zeros((16, 16), dtype)
+    array[:, 8:] = full
+    flat = array.ravel()
+    flat[: len(values)] = values
+    return array, array > (full // 2)
+
+
 def test_mask_grey_thresholds_stray_values(tmp_path):
-    grey = np.array([[0, 5, 100, 127, 128, 255]], np.uint8)
-    np.testing.assert_array_equal(
-        read_mask(_png(tmp_path / "g.png", grey)), [[False, False, False, False, True, True]]
-    )
+    # CVC-ClinicDB style: 0/255 with a few stray values below and above the threshold.
+    grey, truth = _mostly_binary([5, 100, 127, 128, 200])
+    out = read_mask(_png(tmp_path / "g.png", grey))
+    np.testing.assert_array_equal(out, truth)
+    assert not out.ravel()[2] and out.ravel()[3]  # 127 is background, 128 foreground
 
 
-def test_mask_01_label_image(tmp_path):
-    labels = np.array([[0, 1, 1, 0]], np.uint8)
-    np.testing.assert_array_equal(
-        read_mask(_png(tmp_path / "labels.png", labels)), [[False, True, True, False]]
-    )
+@pytest.mark.parametrize(
+    "values, foreground",
+    [([0, 1], 1), ([0, 1, 2], "nonzero"), ([0, 100], "nonzero"), ([0, 1, 2], [2])],
+    ids=["0-1-label", "0-1-2-label", "0-100-grey", "0-1-2-label-class-2"],
+)
+def test_mask_low_values_are_refused_and_read_when_told(tmp_path, values, foreground):
+    labels = np.resize(np.array(values, np.uint8), (8, 9))
+    path = _png(tmp_path / "labels.png", labels)
+    # Before: every case here silently became an all-background (or all-label-1) mask.
+    with pytest.raises(DatasetError, match=r"labels\.png.*ambiguous.*mask_foreground=") as info:
+        read_mask(path)
+    assert f"{max(values)} (" in str(info.value)  # the values found are named
+    expected = labels > 0 if foreground == "nonzero" else np.isin(labels, np.ravel(foreground))
+    np.testing.assert_array_equal(read_mask(path, foreground=foreground), expected)
+
+
+def test_mask_black_with_stray_ones_is_refused_not_foreground(tmp_path):
+    # Before: the "0/1 label image" rule made the three stray pixels foreground.
+    black = np.zeros((32, 32), np.uint8)
+    black[[3, 17, 30], [5, 9, 28]] = 1
+    path = _png(tmp_path / "stray.png", black)
+    with pytest.raises(DatasetError, match=r"stray\.png.*0 \(1021 px\), 1 \(3 px\).*'>127'"):
+        read_mask(path)
+    assert not read_mask(path, foreground=">127").any()
 
 
 def test_mask_16bit(tmp_path):
-    cv2.imwrite(str(tmp_path / "m16.png"), np.array([[0, 1000, 32767, 32768, 65535]], np.uint16))
-    np.testing.assert_array_equal(
-        read_mask(tmp_path / "m16.png"), [[False, False, False, True, True]]
-    )
+    full, truth = _mostly_binary([1000, 32767, 32768, 65000], np.uint16, 65535)
+    cv2.imwrite(str(tmp_path / "m16.png"), full)
+    np.testing.assert_array_equal(read_mask(tmp_path / "m16.png"), truth)
+    # An 8-bit 0/255 mask written in 16 bits. Before: all background (the > 32767 rule).
+    eight, truth8 = _mostly_binary([], np.uint16, 255)
+    cv2.imwrite(str(tmp_path / "m16_255.png"), eight)
+    np.testing.assert_array_equal(read_mask(tmp_path / "m16_255.png"), truth8)
+    # 0/1000 fits neither scale: refused, naming the file and the values.
+    cv2.imwrite(str(tmp_path / "m16_1000.png"), (truth8 * 1000).astype(np.uint16))
+    with pytest.raises(DatasetError, match=r"m16_1000\.png.*1000 \(128 px\).*16-bit"):
+        read_mask(tmp_path / "m16_1000.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "m16_1000.png", ">500"), truth8)
 
 
 def test_mask_rgb_uses_max_over_channels(tmp_path):
-    rgb = np.array([[[200, 0, 0], [0, 0, 100], [0, 130, 0], [255, 255, 255], [0, 0, 0]]], np.uint8)
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:, 8:] = [200, 0, 0]  # one colour: a red mask
+    rgb[0, 0] = [0, 0, 40]  # stray dark pixels stay background
+    np.testing.assert_array_equal(read_mask(_png(tmp_path / "red.png", rgb)), rgb[..., 0] > 127)
+
+
+def test_picture_and_multicolour_masks_are_refused(tmp_path):
+    picture = _rng_image(16, 16)
+    with pytest.raises(DatasetError, match=r"photo\.png.*not a binary mask.*%"):
+        read_mask(_png(tmp_path / "photo.png", picture))
+    two = np.zeros((16, 16, 3), np.uint8)
+    two[:, 4:8] = [255, 0, 0]
+    two[:, 8:12] = [0, 255, 0]
+    with pytest.raises(DatasetError, match=r"classes\.png.*several colours.*red.*green"):
+        read_mask(_png(tmp_path / "classes.png", two))
     np.testing.assert_array_equal(
-        read_mask(_png(tmp_path / "rgb.png", rgb)), [[True, False, True, True, False]]
+        read_mask(tmp_path / "classes.png", ">127"), two.max(axis=2) > 127
     )
+
+
+@pytest.mark.parametrize("bad", ["yes", ">x", 1.5, True, [], [-1], [70000], None])
+def test_mask_foreground_setting_is_checked(tmp_path, bad):
+    path = _png(tmp_path / "m.png", _square_mask().astype(np.uint8) * 255)
+    with pytest.raises(ValueError, match="mask_foreground="):
+        read_mask(path, foreground=bad)
+    with pytest.raises(ValueError, match="mask_foreground="):
+        ImageMaskFolder(tmp_path, tmp_path, mask_foreground=bad)
 
 
 def test_mask_rgba_colour_or_alpha(tmp_path):
@@ -189,24 +250,25 @@ def test_mask_rgba_colour_or_alpha(tmp_path):
     np.testing.assert_array_equal(
         read_mask(_png(tmp_path / "colour.png", rgba)), [[False, True, False, False]]
     )
-    # Colour all zero, alpha varies: alpha carries the mask.
-    rgba = np.zeros((1, 4, 4), np.uint8)
-    rgba[0, :, 3] = [0, 255, 100, 200]
-    np.testing.assert_array_equal(
-        read_mask(_png(tmp_path / "alpha.png", rgba)), [[False, True, False, True]]
-    )
-    rgba[0, :, :3] = 255  # all white, shape in alpha only
-    np.testing.assert_array_equal(
-        read_mask(_png(tmp_path / "white_alpha.png", rgba)), [[False, True, False, True]]
-    )
+    # Colour all zero, alpha varies: alpha carries the mask (with a few stray alpha values).
+    alpha, truth = _mostly_binary([10, 200])
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 3] = alpha
+    np.testing.assert_array_equal(read_mask(_png(tmp_path / "alpha.png", rgba)), truth)
+    rgba[..., :3] = 255  # all white, shape in alpha only
+    np.testing.assert_array_equal(read_mask(_png(tmp_path / "white_alpha.png", rgba)), truth)
 
 
 def test_mask_palette_goes_through_the_palette(tmp_path):
-    pal = Image.fromarray(np.array([[0, 1, 2, 3]], np.uint8), mode="P")
-    pal.putpalette([0, 0, 0, 255, 255, 255, 50, 50, 50, 200, 0, 0])
+    pal = Image.fromarray(np.array([[0, 1, 2, 1]], np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 255, 255, 255, 50, 50, 50])
     pal.save(tmp_path / "pal.png")
-    # The indices (max 3) would give all-background by value; the palette colours decide.
+    # The indices (max 2) would be an ambiguous label image; the palette colours decide.
     np.testing.assert_array_equal(read_mask(tmp_path / "pal.png"), [[False, True, False, True]])
+    voc = Image.fromarray(np.array([[0, 1, 1, 0]], np.uint8), mode="P")
+    voc.putpalette([0, 0, 0, 128, 0, 0])  # a VOC-style palette: class 1 is dark red
+    voc.save(tmp_path / "voc.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "voc.png"), [[False, True, True, False]])
 
 
 def test_mask_noisy_jpeg(tmp_path):
@@ -642,3 +704,181 @@ def test_real_busi(shared_data):
         second = np.asarray(Image.open(folder / f"{sample_id}_mask_1.png").convert("L")) > 127
         np.testing.assert_array_equal(sample.mask, first | second)
         assert sample.mask.sum() > first.sum()
+
+
+@pytest.mark.real_data
+def test_real_masks_all_fit_the_automatic_policy(shared_data):
+    """Every sample mask and every 25th Kvasir-SEG mask decodes to the documented threshold.
+
+    The reference is an independent reading (OpenCV, maximum over colour channels > 127): the
+    automatic policy must neither refuse a real data set's encoding nor read it differently.
+    """
+    samples = shared_data / "samples"
+    files = sorted(p for p in samples.rglob("*") if p.is_file() and (
+        "_mask" in p.name or p.parent.name in ("Ground Truth", "ISIC2018_Task1_Training_GroundTruth")
+    ))
+    files += sorted((shared_data / "kvasir-seg" / "masks").glob("*.jpg"))[::25]
+    assert len(files) == 17 + 40
+    for path in files:
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        value = raw if raw.ndim == 2 else raw[:, :, :3].max(axis=2)
+        np.testing.assert_array_equal(read_mask(path), value > 127, err_msg=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Group-aware splits
+
+
+def _video_frames(n_sequences: int, n_frames: int, seed: int = 0):
+    """Frames of ``n_sequences`` synthetic videos (a drifting, flickering scene each), numbered
+    1..n_frames in order, with the planted first frame of each frame's sequence."""
+    rng = np.random.default_rng(seed)
+    cuts = np.sort(rng.choice(np.arange(2, n_frames + 1), n_sequences - 1, replace=False))
+    starts = np.concatenate([[1], cuts])
+    frames, first = [], []
+    for k, start in enumerate(starts):
+        stop = starts[k + 1] if k + 1 < len(starts) else n_frames + 1
+        scene = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (96, 72),
+                           interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        y, x = rng.integers(0, 12), rng.integers(0, 16)
+        for _ in range(stop - start):
+            # The camera drifts through the scene a pixel or two per frame.
+            y, x = np.clip(y + rng.integers(-2, 3), 0, 24), np.clip(x + rng.integers(-2, 3), 0, 32)
+            frame = scene[y: y + 48, x: x + 64] * rng.uniform(0.95, 1.05)
+            frame += rng.normal(0, 6, frame.shape)
+            frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+            first.append(int(start))
+    return frames, first
+
+
+def _write_cvc(root: Path, frames, numbers=None) -> Path:
+    (root / "Original").mkdir(parents=True)
+    (root / "Ground Truth").mkdir(parents=True)
+    numbers = numbers or list(range(1, len(frames) + 1))
+    for n, frame in zip(numbers, frames, strict=True):
+        _png(root / "Original" / f"{n}.png", frame)
+        _png(root / "Ground Truth" / f"{n}.png", np.zeros(frame.shape[:2], np.uint8))
+    return root
+
+
+def test_cvc_sequences_recovered_from_a_complete_set(tmp_path):
+    frames, first = _video_frames(29, 612)
+    ds = CVCClinicDB(_write_cvc(tmp_path / "cvc", frames))
+    assert ds.groups == [f"seq-{f}" for f in first]
+    train, test = ds.split(0.2, seed=0)
+    train_groups = {ds.groups[ds.index_of(i)] for i in train.ids}
+    test_groups = {ds.groups[ds.index_of(i)] for i in test.ids}
+    assert not train_groups & test_groups and abs(len(test) - 122) <= 30
+
+    def with_neighbour_in_training(train_ids, test_ids) -> int:
+        training = set(train_ids)
+        return sum(str(int(i) - 1) in training or str(int(i) + 1) in training for i in test_ids)
+
+    # By sequence, only frames at a sequence's ends can have a training neighbour (the next
+    # sequence's first frame); per frame (the split before), almost every test frame has one.
+    assert with_neighbour_in_training(train.ids, test.ids) <= 2 * len(test_groups)
+    assert with_neighbour_in_training(*(p.ids for p in ds.split(0.2, 0, by_group=False))) > 100
+
+
+def test_cvc_sequences_of_a_partial_copy_by_threshold(tmp_path):
+    frames, first = _video_frames(4, 40, seed=3)
+    keep = [0, 1, 2, 5, 9, 10, 20, 33, 34, 39]  # gaps in the numbering, as in the samples
+    ds = CVCClinicDB(_write_cvc(tmp_path / "cvc", [frames[k] for k in keep],
+                                [k + 1 for k in keep]))
+    assert ds.groups == [f"seq-{min(k + 1 for k in keep if first[k] == first[j])}"
+                         for j in keep]
+
+
+def test_split_ids_without_groups_are_exactly_the_per_id_ones():
+    ids = [f"img{i}" for i in range(37)]
+    for seed in range(5):
+        for fraction in (0.0, 0.1, 0.2, 0.5, 1.0):
+            assert (train_test_ids(ids, fraction, seed, groups=ids)
+                    == train_test_ids(ids, fraction, seed))
+
+
+def test_groups_stay_whole_through_subsets_concat_and_make_dataset(tmp_path):
+    frames, first = _video_frames(6, 60, seed=5)
+    cvc_root = _write_cvc(tmp_path / "cvc", frames)
+    kv_root = _make_kvasir(tmp_path / "kv", [str(i) for i in range(10)])
+    assert KvasirSEG(kv_root).groups is None
+    both = ConcatDataset([("kv", KvasirSEG(kv_root)), ("cvc", CVCClinicDB(cvc_root))])
+    groups = dict(zip(both.ids, both.groups, strict=True))
+    assert groups["kv/3"] == "kv/3" and groups["cvc/1"] == "cvc/seq-1"
+    for seed in range(4):
+        train, test = both.split(0.3, seed=seed)
+        assert not {groups[i] for i in train.ids} & {groups[i] for i in test.ids}
+        assert train.groups == [groups[i] for i in train.ids]
+        parts = {s: make_dataset("cvc-clinicdb", cvc_root, split=s, test_fraction=0.3,
+                                 split_seed=seed) for s in ("test", "fit", "val")}
+        seq = {s: {f"seq-{first[int(i) - 1]}" for i in d.ids} for s, d in parts.items()}
+        assert not seq["test"] & seq["fit"] and not seq["fit"] & seq["val"]
+        assert not seq["test"] & seq["val"]
+
+
+@pytest.mark.real_data
+def test_real_cvc_samples_split_by_sequence(shared_data):
+    root = shared_data / "samples" / "CVC-ClinicDB"
+    ds = CVCClinicDB(root)
+    # Frames 1-3 are one sequence (consecutive and alike); 250 and 612 are two others.
+    assert ds.groups == ["seq-1", "seq-1", "seq-1", "seq-250", "seq-612"]
+    for seed in range(10):
+        for split in ("train", "test"):
+            ids = set(make_dataset("cvc-clinicdb", root, split=split, test_fraction=0.4,
+                                   split_seed=seed).ids)
+            assert {"1", "2", "3"} <= ids or not {"1", "2", "3"} & ids, (seed, split, ids)
+
+
+@pytest.mark.real_data
+def test_real_kvasir_split_ids_unchanged(shared_data):
+    """Kvasir-SEG has no groups: its splits are the per-image ones that earlier results used."""
+    import hashlib
+
+    root = shared_data / "kvasir-seg"
+    assert KvasirSEG(root).groups is None
+    expected = {0: ("1ab05bbc6b39c347", "2f7fcd9c08704a78"), 1: ("97f29709d67f3f7b",
+                "68f58f4b831a8902"), 2: ("22c2ed435b7220e2", "332d3cbbdde43765")}
+    for seed, (test_digest, val_digest) in expected.items():
+        test = make_dataset("kvasir-seg", root, split="test", split_seed=seed).ids
+        val = make_dataset("kvasir-seg", root, split="val", split_seed=seed).ids
+        assert (len(test), len(val)) == (200, 160)
+        assert hashlib.sha256("\n".join(test).encode()).hexdigest()[:16] == test_digest
+        assert hashlib.sha256("\n".join(val).encode()).hexdigest()[:16] == val_digest
+
+
+# --------------------------------------------------------------------------------------------
+# Empty ground truth
+
+
+def test_empty_masks_keep_drop_only(tmp_path, monkeypatch):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    for k in range(6):
+        _write_pair(images, masks, f"img{k}")
+        if k % 3 == 0:  # two "normal" images
+            _png(masks / f"img{k}.png", np.zeros((12, 16), np.uint8))
+    kept = make_dataset("folder", tmp_path)
+    assert [kept.mask_is_empty(i) for i in range(6)] == [True, False, False, True, False, False]
+    dropped = make_dataset("folder", tmp_path, empty_masks="drop")
+    only = make_dataset("folder", tmp_path, empty_masks="only")
+    assert dropped.ids == ["img1", "img2", "img4", "img5"] and only.ids == ["img0", "img3"]
+    assert all(s.mask.any() for s in dropped) and not any(s.mask.any() for s in only)
+    # The split does not depend on the choice: dropping happens inside each part.
+    test = make_dataset("folder", tmp_path, split="test", test_fraction=0.5)
+    test_dropped = make_dataset("folder", tmp_path, split="test", test_fraction=0.5,
+                                empty_masks="drop")
+    assert test_dropped.ids == [i for i in test.ids if i not in ("img0", "img3")]
+    with pytest.raises(ValueError, match="empty_masks"):
+        make_dataset("folder", tmp_path, empty_masks="skip")
+    # Deciding reads masks only.
+    import bow_gym.datasets.layouts as layouts
+
+    monkeypatch.setattr(layouts, "read_image", lambda p: pytest.fail(f"image {p} decoded"))
+    assert kept.mask_is_empty(0) and not kept.mask_is_empty(1)
+
+
+@pytest.mark.real_data
+def test_real_busi_without_and_with_only_normal_images(shared_data):
+    root = shared_data / "samples" / "Dataset_BUSI_with_GT"
+    assert make_dataset("busi", root, empty_masks="only").ids == ["normal (1)", "normal (2)"]
+    lesions = make_dataset("busi", root, empty_masks="drop")
+    assert lesions.ids == make_dataset("busi", root, classes=("benign", "malignant")).ids

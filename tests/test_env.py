@@ -237,6 +237,13 @@ def test_episode_end_and_order_errors():
         ({"on_worse": "ignore"}, "on_worse"),
         ({"oracle": "psychic"}, "psychic"),
         ({"render_mode": "ascii"}, "render_mode"),
+        # bool and float counts were accepted before (True meant 1 click), and render_scale=0
+        # failed only at render():
+        ({"clicks_per_episode": True}, "clicks_per_episode must be an integer"),
+        ({"clicks_per_episode": 2.0}, "clicks_per_episode must be an integer"),
+        ({"render_scale": 0}, "render_scale must be an integer >= 1"),
+        ({"render_scale": 1.5}, "render_scale must be an integer >= 1"),
+        ({"obs_size": 128.0}, "obs_size must be an integer"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
@@ -255,6 +262,63 @@ def test_reset_options_errors():
         env.reset(options={"image_id": "nope"})
     with pytest.raises(ValueError, match="unknown reset options"):
         env.reset(options={"mask": 1})
+
+
+@pytest.mark.parametrize("bad", [3.0, True, False, np.float32(3), np.bool_(True), np.array(3.0),
+                                 np.array([3]), "3", None, 3 + 0j])
+def test_non_integer_actions_are_refused(bad):
+    # Before, 3.0, True, np.float32(3), np.bool_(True) and np.array(3.0) were clicks 3 and 1.
+    env = _make()
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"action must be an integer in \[0, 32768\)"):
+        env.step(bad)
+
+
+@pytest.mark.parametrize("good", [3, np.int64(3), np.int32(3), np.uint8(3), np.array(3),
+                                  np.array(3, dtype=np.uint16)])
+def test_integer_actions_of_every_kind_are_accepted(good):
+    env = _make()
+    env.reset(seed=0)
+    *_, info = env.step(good)
+    assert info["click"] == {"y": 0, "x": 3, "label": 0}
+
+
+def test_reset_index_must_be_an_integer():
+    env = _make()
+    for bad in (2.7, 2.0, True, "2", np.float64(1)):
+        # Before: 2.7 silently became image 2 (and True image 1).
+        with pytest.raises(ValueError, match=r"options\['index'\] must be an integer"):
+            env.reset(options={"index": bad})
+    for good in (2, np.int64(2), np.array(2)):
+        assert env.reset(options={"index": good})[1]["index"] == 2
+
+
+@pytest.mark.parametrize(
+    "mask, match",
+    [(np.full((8, 8), np.nan), "nan"), (np.full((8, 8), 0.5), "0.5"),
+     (np.eye(8) * 100, "100"), (np.where(np.eye(8) > 0, np.inf, 0), "inf"), (-np.eye(8), "-1"),
+     (np.full((8, 8), "a"), "dtype")],
+    ids=["nan", "probability", "0-100", "inf", "negative", "strings"],
+)
+def test_initial_mask_values_are_checked(mask, match):
+    # Before: NaN (and every other non-zero value) became foreground.
+    env = BetterWorseSegEnv(SyntheticDataset(n_images=2, size=64), feature_cache=None)
+    with pytest.raises(ValueError, match=rf"options\['initial_mask'\].*{match}"):
+        env.reset(options={"index": 0, "initial_mask": mask})
+    env = BetterWorseSegEnv(SyntheticDataset(n_images=2, size=64), feature_cache=None,
+                            initial_masks={"polyp-0-00000": mask})
+    with pytest.raises(ValueError, match=rf"initial_masks\[.*{match}"):
+        env.reset(options={"index": 0})
+
+
+@pytest.mark.parametrize("mask", [np.eye(8, dtype=bool), np.eye(8), np.eye(8, dtype=np.uint8) * 255,
+                                  np.eye(8, dtype=np.int32), np.eye(8, dtype=np.float32) * 255])
+def test_initial_mask_encodings_accepted(mask):
+    env = BetterWorseSegEnv(SyntheticDataset(n_images=2, size=64), feature_cache=None,
+                            obs_size=64)
+    obs, _ = env.reset(options={"index": 0, "initial_mask": mask})
+    assert obs[3].max() == 255 and obs[3].min() == 0
+    np.testing.assert_array_equal(obs[3] > 0, np.kron(np.eye(8), np.ones((8, 8))) > 0)
 
 
 def test_sequential_order_visits_every_image():
@@ -327,7 +391,7 @@ def test_dinov2_backbone_in_env_random_init():
 def test_feature_cache_on_disk_is_reused(tmp_path):
     env = _make(feature_cache=tmp_path)
     env.reset(seed=0, options={"index": 1})
-    files = list(tmp_path.rglob("*.npy"))
+    files = list(tmp_path.rglob("*.npz"))
     assert len(files) == 1 and "lab_texture" in str(files[0])
     env2 = _make(feature_cache=tmp_path)
     env2.reset(seed=0, options={"index": 1})

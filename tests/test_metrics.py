@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -249,8 +251,22 @@ def test_distance_to_background_known_values_and_brute_force(shape):
     assert not distance_to_background(np.zeros(shape)).any()
 
 
+def test_reference_libraries_are_dev_dependencies():
+    """The SciPy reference tests below must run wherever the README's install runs the tests
+    (``.[dev]``): a skipped reference checks nothing. Hypothesis drives tests/test_properties.py."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+        dev = tomllib.load(f)["project"]["optional-dependencies"]["dev"]
+    names = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() for d in dev}
+    assert {"scipy", "hypothesis", "pytest"} <= names
+
+
 def test_hd95_matches_medpy_recipe_with_scipy():
-    ndimage = pytest.importorskip("scipy.ndimage")
+    from scipy import ndimage  # a dev dependency: never skipped
 
     def medpy_hd95(result, reference, spacing):
         # MedPy's __surface_distances, both directions, then percentile 95.
@@ -331,7 +347,7 @@ def test_fill_holes_diagonal_gaps_enclose():
 
 
 def test_fill_holes_matches_scipy():
-    ndimage = pytest.importorskip("scipy.ndimage")
+    from scipy import ndimage  # a dev dependency: never skipped
     for seed in range(8):
         mask = _random_blobs(np.random.default_rng(200 + seed), (40, 36))
         np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
@@ -361,3 +377,25 @@ def test_non_numeric_input_names_the_argument():
         hd95(np.zeros((2, 2), dtype=bool), np.zeros((2, 2), dtype=object))
     with pytest.raises(ValueError, match="mask must be a 2-D array"):
         fill_holes(np.zeros((2, 2, 2), dtype=bool))
+
+
+def test_summarize_by_ground_truth_reports_empty_images_apart():
+    from bow_gym.metrics import summarize_by_ground_truth
+
+    dice_values = [0.5, 0.7, 1.0, 1.0, np.nan]
+    empty = np.array([False, False, True, True, False])
+    out = summarize_by_ground_truth(dice_values, empty, n_boot=200)
+    assert out["non_empty"]["n"] == 3 and out["non_empty"]["mean"] == pytest.approx(0.6)
+    assert out["empty"]["n"] == 2 and out["empty"]["mean"] == 1.0
+    assert out["all"]["n"] == 5 and out["all"]["mean"] == pytest.approx(0.8)  # NaN dropped
+    assert out["non_empty"]["ci_low"] <= 0.6 <= out["non_empty"]["ci_high"]
+    assert out["empty"]["median"] == 1.0
+    nested = summarize_by_ground_truth({"dice": dice_values, "noc": [3, 4, 0, 0, 5]}, empty)
+    assert nested["noc"]["empty"]["mean"] == 0 and nested["noc"]["non_empty"]["mean"] == 4
+    assert nested["dice"]["all"]["mean"] == out["all"]["mean"]
+    none_empty = summarize_by_ground_truth([0.2, 0.4], np.array([False, False]))
+    assert none_empty["empty"]["n"] == 0 and np.isnan(none_empty["empty"]["mean"])
+    with pytest.raises(ValueError, match="gt_empty"):
+        summarize_by_ground_truth([0.2, 0.4], [0, 1])
+    with pytest.raises(ValueError, match="gt_empty"):
+        summarize_by_ground_truth([0.2, 0.4], np.array([True]))

@@ -29,7 +29,8 @@ def test_shipped_configs_load():
     for name in names:
         cfg = load_config(name)
         assert cfg.rounds == 5 and cfg.clicks == 5 and cfg.threshold == 0.8
-    assert load_config("kvasir-cvc").adapt and load_config("kvasir-cvc").segmenter == "hsnet"
+    assert load_config("kvasir-cvc").adapt
+    assert load_config("kvasir-cvc").segmenter == "hsnet_released"
     assert load_config("kvasir-cvc").protocol == "transductive"
     assert load_config("kvasir-cpu", root=None).root is None
     assert load_config(None, rounds=2).rounds == 2

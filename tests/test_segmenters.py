@@ -173,7 +173,7 @@ def test_presets_and_json_round_trip():
     assert light.epochs == 2 and light.scales == (1.0, 1.25)
     assert preset("light").epochs != 2  # the preset itself is untouched
     assert SegmenterConfig.from_json(hs.to_json()) == hs
-    with pytest.raises(ValueError, match="unknown preset 'big'; valid names: hsnet, light"):
+    with pytest.raises(ValueError, match="unknown preset 'big'; valid names: hsnet, hsnet_released, light"):
         preset("big")
     with pytest.raises(TypeError, match="not SegmenterConfig fields: epoch"):
         preset("light", epoch=3)

@@ -1,6 +1,13 @@
 """A disk + memory cache of backbone features, keyed by backbone and image content.
 
-Layout: ``<cache_dir>/<backbone.cache_key>/<image_key(image)>.npy``, float16 ``(Hp, Wp, D)``.
+Layout: ``<cache_dir>/<backbone.cache_key>/<image_key(image)>.npz`` holding ``features``
+(float16 ``(Hp, Wp, D)``) and ``sha256``, a checksum of the features bound to the backbone's cache
+key and the image key. Every entry read from disk is checked (checksum, shape, finite values,
+unit-norm rows as :meth:`Backbone.extract` promises) and recomputed with a warning if it fails,
+so a zeroed, NaN-filled, bit-flipped, truncated or misplaced file is never used. Per-entry file
+locks (``<cache_key>/.locks/``, the ``filelock`` package) make processes that fill one cache at
+once compute each image's features exactly once; writes are atomic (temporary file, then rename).
+Feature files of the earlier ``.npy`` layout, which had no checksum, are ignored.
 """
 
 from __future__ import annotations
@@ -13,12 +20,59 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from bow_gym.backbones.base import Backbone
 from bow_gym.io_utils import atomic_path
 
 #: Environment variable that overrides the default cache directory.
 CACHE_ENV = "BOW_GYM_CACHE"
+
+#: Suffix of cache entries (an ``.npz`` with ``features`` and ``sha256``).
+ENTRY_SUFFIX = ".npz"
+
+# Row norms of float16-rounded unit vectors lie within about 1e-3 of 1 (float16 keeps 11 bits).
+_NORM_TOLERANCE = 1e-2
+# Entries share 256 lock files per folder (by the key's first two hex digits): enough to let
+# processes work on different images at once, without one lock file per image.
+_LOCK_DIR = ".locks"
+
+
+class CorruptEntry(ValueError):
+    """A cache entry that exists but fails its checks (the message says which)."""
+
+
+def features_checksum(cache_key: str, key: str, feats: np.ndarray) -> str:
+    """SHA-256 of float16 features, bound to the backbone's cache key and the image key.
+
+    Binding the names means a valid entry copied or renamed to another image or backbone fails.
+    """
+    arr = np.ascontiguousarray(feats)
+    h = hashlib.sha256(f"{cache_key}|{key}|{arr.shape}|{arr.dtype.str}|".encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def check_features(feats: np.ndarray, expected: tuple[int, ...]) -> None:
+    """Check a feature grid as a backbone promises it: shape, float16, finite, unit-norm rows.
+
+    Rows of norm exactly 0 are allowed (:func:`~bow_gym.backbones.base.l2_normalize` keeps zero
+    vectors zero).
+
+    Raises:
+        CorruptEntry: naming what is wrong.
+    """
+    if feats.shape != expected or feats.dtype != np.float16:
+        raise CorruptEntry(f"shape {feats.shape} {feats.dtype}, expected {expected} float16")
+    rows = feats.reshape(-1, feats.shape[-1]).astype(np.float32)
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        raise CorruptEntry(f"{int((~finite).sum())} of {len(rows)} feature rows are not finite")
+    norms = np.linalg.norm(rows, axis=1)
+    bad = (np.abs(norms - 1) > _NORM_TOLERANCE) & (norms != 0)
+    if bad.any():
+        raise CorruptEntry(f"{int(bad.sum())} of {len(rows)} feature rows are not unit-norm "
+                           f"(norms {norms[bad][:3].round(3).tolist()}...)")
 
 
 def default_cache_dir() -> Path:
@@ -50,7 +104,8 @@ class FeatureCache:
         cache_dir: Root directory, or ``None`` for memory only.
         memory_items: Capacity of the in-memory LRU (0 disables it).
         hits: Lookups answered from memory or disk.
-        misses: Lookups that ran the backbone (including recomputed corrupt files).
+        misses: Lookups that found no usable entry (computed here, or, while another process was
+            computing it, read once that process had written it); corrupt files count here.
     """
 
     def __init__(
@@ -58,6 +113,7 @@ class FeatureCache:
         backbone: Backbone,
         cache_dir: str | Path | None = "default",
         memory_items: int = 256,
+        lock_timeout: float = 600.0,
     ) -> None:
         """Wraps ``backbone``.
 
@@ -66,6 +122,9 @@ class FeatureCache:
             cache_dir: ``"default"`` (``$BOW_GYM_CACHE`` or ``~/.cache/bow_gym/features``), a
                 directory, or ``None`` to keep features in memory only.
             memory_items: How many feature grids the in-memory LRU holds.
+            lock_timeout: Seconds to wait for another process that is computing the same
+                image's features before computing them here too (a stuck process costs time,
+                never correctness).
         """
         self.backbone = backbone
         if cache_dir is None:
@@ -75,6 +134,8 @@ class FeatureCache:
         else:
             self.cache_dir = Path(cache_dir).expanduser()
         self.memory_items = max(0, int(memory_items))
+        self.lock_timeout = float(lock_timeout)
+        self._locks: dict[Path, FileLock] = {}
         self._memory: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -93,7 +154,7 @@ class FeatureCache:
     def path_for(self, image: np.ndarray) -> Path | None:
         """Where ``image``'s features are (or would be) stored; ``None`` in memory-only mode."""
         d = self.directory
-        return None if d is None else d / f"{image_key(image)}.npy"
+        return None if d is None else d / f"{image_key(image)}{ENTRY_SUFFIX}"
 
     def get(self, image: np.ndarray) -> np.ndarray:
         """Features of one RGB uint8 image, ``(Hp, Wp, D)`` float32 (float16-rounded)."""
@@ -143,18 +204,28 @@ class FeatureCache:
             return mem
         if directory is None:
             return None
-        path = directory / f"{key}.npy"
+        feats = self._read_entry(cache_key, directory, key)
+        if feats is not None:
+            self._remember(cache_key, key, feats)
+        return feats
+
+    def _read_entry(self, cache_key: str, directory: Path, key: str) -> np.ndarray | None:
+        """Checked float16 features from disk, or ``None`` (absent, or failing with a warning)."""
+        path = directory / f"{key}{ENTRY_SUFFIX}"
         if not path.exists():
             return None
         expected = (*self.backbone.grid, self.backbone.dim)
         try:
-            feats = np.load(path, allow_pickle=False)
-            if feats.shape != expected or feats.dtype != np.float16:
-                raise ValueError(f"shape {feats.shape} {feats.dtype}, expected {expected} float16")
-        except Exception as e:  # truncated, corrupt or stale: any failure means recompute
-            warnings.warn(f"corrupt feature cache file {path} ({e}); recomputing it", stacklevel=2)
+            with np.load(path, allow_pickle=False) as entry:
+                if set(entry.files) != {"features", "sha256"}:
+                    raise CorruptEntry(f"holds {sorted(entry.files)}, expected features, sha256")
+                feats, stored = entry["features"], str(entry["sha256"])
+            if features_checksum(cache_key, key, feats) != stored:
+                raise CorruptEntry("checksum mismatch (altered, or not this image's entry)")
+            check_features(feats, expected)
+        except Exception as e:  # truncated, corrupt, tampered or stale: any failure means recompute
+            warnings.warn(f"corrupt feature cache file {path} ({e}); recomputing it", stacklevel=3)
             return None
-        self._remember(cache_key, key, feats)
         return feats
 
     def _compute(
@@ -164,32 +235,119 @@ class FeatureCache:
         todo: dict[str, np.ndarray],
         progress: bool,
     ) -> dict[str, np.ndarray]:
+        """Features of ``todo``'s images, computed in batches and written to disk.
+
+        With a disk cache, each image is computed under its entry's file lock: an image whose
+        lock another process holds is left for last, then read from that process's entry once
+        the lock is free (computed here only if that entry is still missing or bad).
+        """
         bs = max(1, int(getattr(self.backbone, "batch_size", 8)))
-        keys = list(todo)
-        starts = range(0, len(keys), bs)
+        bar = None
         if progress:
             try:
                 from tqdm.auto import tqdm
             except ImportError as e:  # pragma: no cover - depends on the environment
                 raise ImportError("progress=True needs tqdm: pip install tqdm") from e
-            starts = tqdm(starts, desc=f"features {self.backbone.name}", unit="batch")
+            bar = tqdm(total=len(todo), desc=f"features {self.backbone.name}", unit="image")
         out: dict[str, np.ndarray] = {}
-        for start in starts:
-            chunk = keys[start:start + bs]
-            feats = self.backbone.extract([todo[k] for k in chunk]).astype(np.float16)
-            for k, f in zip(chunk, feats, strict=True):
-                f = np.ascontiguousarray(f)
-                if directory is not None and not self._write_failed:
-                    try:
-                        self._write(directory / f"{k}.npy", f)
-                    except OSError as e:
-                        # A read-only or full disk should cost speed, not the run.
-                        self._write_failed = True
-                        warnings.warn(f"feature cache {directory} not writable ({e}); keeping "
-                                      "features in memory only", stacklevel=2)
-                self._remember(cache_key, k, f)
-                out[k] = f
+        pending = list(todo)
+        busy: list[str] = []  # locked by another process
+        try:
+            while pending:
+                chunk, held = [], []
+                while pending and len(chunk) < bs:
+                    k = pending.pop(0)
+                    lock = self._lock(directory, k)
+                    if lock is not None:
+                        try:
+                            lock.acquire(timeout=0)
+                        except Timeout:
+                            busy.append(k)
+                            continue
+                        held.append(lock)
+                        # Another process may have written it since our lookup.
+                        feats = self._read_entry(cache_key, directory, k)
+                        if feats is not None:
+                            self._remember(cache_key, k, feats)
+                            out[k] = feats
+                            continue
+                    chunk.append(k)
+                try:
+                    if chunk:
+                        out.update(self._extract_and_store(cache_key, directory, chunk, todo))
+                finally:
+                    for lock in held:
+                        lock.release()
+                if bar is not None:
+                    bar.update(len(held) if held else len(chunk))
+            for k in busy:
+                out[k] = self._wait_for(cache_key, directory, k, todo)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
         return out
+
+    def _wait_for(self, cache_key: str, directory: Path | None, key: str,
+                  todo: dict[str, np.ndarray]) -> np.ndarray:
+        """Wait for the process computing ``key``; read its entry, or compute it if it failed."""
+        lock = self._lock(directory, key)
+        assert lock is not None and directory is not None
+        try:
+            lock.acquire(timeout=self.lock_timeout)
+        except Timeout:
+            warnings.warn(f"feature cache lock {lock.lock_file} held for over "
+                          f"{self.lock_timeout:.0f} s; computing without it", stacklevel=3)
+            return self._extract_and_store(cache_key, directory, [key], todo)[key]
+        try:
+            feats = self._read_entry(cache_key, directory, key)
+            if feats is not None:
+                self._remember(cache_key, key, feats)
+                return feats
+            return self._extract_and_store(cache_key, directory, [key], todo)[key]
+        finally:
+            lock.release()
+
+    def _extract_and_store(self, cache_key: str, directory: Path | None, keys: list[str],
+                           todo: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        expected = (*self.backbone.grid, self.backbone.dim)
+        feats = self.backbone.extract([todo[k] for k in keys]).astype(np.float16)
+        out: dict[str, np.ndarray] = {}
+        for k, f in zip(keys, feats, strict=True):
+            f = np.ascontiguousarray(f)
+            try:
+                check_features(f, expected)
+            except CorruptEntry as e:
+                # NaN features would make every click select only its own patch: fail loudly.
+                raise RuntimeError(f"backbone {self.backbone.name!r} returned bad features for "
+                                   f"image {k[:12]}... ({e}); not using or caching them") from e
+            if directory is not None and not self._write_failed:
+                try:
+                    self._write(directory / f"{k}{ENTRY_SUFFIX}", f,
+                                features_checksum(cache_key, k, f))
+                except OSError as e:
+                    # A read-only or full disk should cost speed, not the run.
+                    self._write_failed = True
+                    warnings.warn(f"feature cache {directory} not writable ({e}); keeping "
+                                  "features in memory only", stacklevel=3)
+            self._remember(cache_key, k, f)
+            out[k] = f
+        return out
+
+    def _lock(self, directory: Path | None, key: str) -> FileLock | None:
+        """The file lock of ``key``'s entry (shared with other keys of the same stripe)."""
+        if directory is None or self._write_failed:
+            return None
+        path = directory / _LOCK_DIR / f"{key[:2]}.lock"
+        lock = self._locks.get(path)
+        if lock is None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                return None  # read-only cache: nothing will be written, nothing to guard
+            lock = self._locks[path] = FileLock(path)
+        return lock
 
     def _remember(self, cache_key: str, key: str, feats: np.ndarray) -> None:
         if self.memory_items == 0:
@@ -200,10 +358,15 @@ class FeatureCache:
             self._memory.popitem(last=False)
 
     @staticmethod
-    def _write(path: Path, feats: np.ndarray) -> None:
-        # A killed process leaves either the old state or the complete file, never a partial .npy.
+    def _write(path: Path, feats: np.ndarray, checksum: str) -> None:
+        # A killed process leaves either the old state or the complete file, never a partial one.
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, feats, allow_pickle=False)
+            np.savez(f, features=feats, sha256=np.array(checksum))
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_locks"] = {}  # file locks hold thread-local state and open files; made on demand
+        return state
 
     def clear_memory(self) -> None:
         """Empties the in-memory LRU (the disk cache is kept)."""

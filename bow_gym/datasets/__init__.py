@@ -22,6 +22,7 @@ from bow_gym.datasets.base import (
 )
 from bow_gym.datasets.io import (
     DatasetError,
+    MaskForeground,
     read_file_list,
     read_image,
     read_mask,
@@ -47,6 +48,7 @@ __all__ = [
     "FileDataset",
     "ImageMaskFolder",
     "KvasirSEG",
+    "MaskForeground",
     "Sample",
     "SegmentationDataset",
     "Subset",
@@ -77,10 +79,12 @@ def _folder(
     images_dir: str | os.PathLike = "images",
     masks_dir: str | os.PathLike = "masks",
     mask_pattern: str = "{stem}{suffix}",
+    mask_foreground: MaskForeground = "auto",
 ) -> SegmentationDataset:
     # Relative folders are taken under root; absolute ones are used as they are.
     root = Path(root)
-    return ImageMaskFolder(root / images_dir, root / masks_dir, mask_pattern=mask_pattern)
+    return ImageMaskFolder(root / images_dir, root / masks_dir, mask_pattern=mask_pattern,
+                           mask_foreground=mask_foreground)
 
 
 #: Data set name -> factory. File-based factories take the root folder as first argument.
@@ -95,6 +99,7 @@ DATASETS: dict[str, DatasetFactory] = {
 _NEEDS_ROOT: set[str] = {"kvasir-seg", "cvc-clinicdb", "isic2018", "busi", "folder"}
 
 _SPLITS = ("all", "train", "test", "fit", "val")
+_EMPTY_MASKS = ("keep", "drop", "only")
 
 
 def register_dataset(name: str, factory: DatasetFactory, *, needs_root: bool = True) -> None:
@@ -128,6 +133,8 @@ def make_dataset(
     split: str = "all",
     test_fraction: float = 0.2,
     split_seed: int = 0,
+    split_by_group: bool = True,
+    empty_masks: str = "keep",
     limit: int | None = None,
     **kwargs: Any,
 ) -> SegmentationDataset:
@@ -137,14 +144,26 @@ def make_dataset(
         name: One of :func:`list_datasets` (case-insensitive; ``_`` and ``-`` are equivalent).
         root: Data folder, required by the file-based data sets, refused by ``"synthetic"``.
         split: ``"all"``, or ``"train"`` / ``"test"`` part of the seeded split
-            (:meth:`SegmentationDataset.split`), or ``"fit"`` / ``"val"``: the train part split
+            (:meth:`SegmentationDataset.split`, group-aware), or ``"fit"`` / ``"val"``: the train
+            part split
             again the same way (``val`` gets ``test_fraction`` of it), for model selection that
             never looks at the test part.
         test_fraction: Share of samples in the test part (and of the train part in ``val``).
         split_seed: Seed of the split.
+        split_by_group: Keep the data set's groups (video sequences, patients; see
+            :attr:`SegmentationDataset.groups`) whole on one side of every split (default).
+            Data sets without groups split per sample either way.
+        empty_masks: Images whose ground truth is empty (BUSI's ``normal`` images):
+            ``"keep"`` (default: the data set as published), ``"drop"`` or ``"only"``. Applied
+            after splitting, so the split is the same either way. Deciding this reads each mask
+            once, like a class label; it is a choice of data, not information for an agent.
+            Evaluations should keep them and report them apart
+            (:func:`bow_gym.metrics.summarize_by_ground_truth`).
         limit: Keep only the first ``limit`` samples (after splitting), in index order.
         **kwargs: Passed to the factory (e.g. ``part="Validation"`` for ``"isic2018"``,
-            ``n_images=16`` for ``"synthetic"``, ``mask_pattern=...`` for ``"folder"``).
+            ``n_images=16`` for ``"synthetic"``, ``mask_pattern=...`` for ``"folder"``,
+            ``mask_foreground=1`` for a file-based set whose masks are 0/1 label images: see
+            :func:`~bow_gym.datasets.io.read_mask` for the mask decoding policy).
 
     Returns:
         The data set (a :class:`Subset` when split or limited).
@@ -162,6 +181,9 @@ def make_dataset(
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(_SPLITS)}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of samples or None, got {limit}")
+    if empty_masks not in _EMPTY_MASKS:
+        raise ValueError(f"empty_masks must be one of {', '.join(_EMPTY_MASKS)}, got "
+                         f"{empty_masks!r}")
     factory = DATASETS[key]
     if key in _NEEDS_ROOT:
         if root is None:
@@ -176,10 +198,12 @@ def make_dataset(
 
     if split != "all":
         base_name = dataset.name
-        train, test = dataset.split(test_fraction=test_fraction, seed=split_seed)
+        train, test = dataset.split(test_fraction=test_fraction, seed=split_seed,
+                                    by_group=split_by_group)
         dataset = test if split == "test" else train
         if split in ("fit", "val"):
-            fit_ids, val_ids = train_test_ids(train.ids, test_fraction, split_seed)
+            fit_ids, val_ids = train_test_ids(train.ids, test_fraction, split_seed,
+                                              groups=train.groups if split_by_group else None)
             dataset = train.subset(fit_ids if split == "fit" else val_ids,
                                    name=f"{base_name}[{split}]")
         if not len(dataset):
@@ -187,6 +211,13 @@ def make_dataset(
             raise ValueError(f"split {split!r} of {base_name} is empty: {len(train) + len(test)} "
                              f"samples with test_fraction={test_fraction} (and split_seed="
                              f"{split_seed}) leave it none")
+    if empty_masks != "keep":
+        keep = [i for i in range(len(dataset))
+                if dataset.mask_is_empty(i) == (empty_masks == "only")]
+        if not keep:
+            raise ValueError(f"{dataset.name} has no images left with empty_masks="
+                             f"{empty_masks!r} ({len(dataset)} images before)")
+        dataset = dataset.subset(keep, name=f"{dataset.name}[{empty_masks}-empty]")
     if limit is not None and limit < len(dataset):
         dataset = dataset.subset(list(range(limit)), name=f"{dataset.name}[:{limit}]")
     return dataset

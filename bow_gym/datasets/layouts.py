@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -15,7 +16,14 @@ from typing import NamedTuple
 import numpy as np
 
 from bow_gym.datasets.base import Sample, SegmentationDataset
-from bow_gym.datasets.io import DatasetError, read_image, read_masks_union
+from bow_gym.datasets.groups import recover_sequences
+from bow_gym.datasets.io import (
+    DatasetError,
+    MaskForeground,
+    check_mask_foreground,
+    read_image,
+    read_masks_union,
+)
 
 __all__ = [
     "BUSI",
@@ -61,8 +69,12 @@ class FileDataset(SegmentationDataset):
         name: Data set name used in messages and by :meth:`split`.
         root: Folder the entries come from (only for error messages).
         layout: Human-readable description of the expected layout (only for error messages).
+        mask_foreground: How mask values map to foreground: ``"auto"`` (default, the documented
+            policy of :func:`~bow_gym.datasets.io.read_mask`, which refuses ambiguous masks),
+            ``"nonzero"``, ``">N"``, or the foreground value(s) (e.g. ``1`` for 0/1 label images).
 
     Raises:
+        ValueError: on a ``mask_foreground`` that is none of the accepted forms.
         DatasetError: if ``entries`` is empty (naming ``root`` and ``layout``) or ids repeat.
     """
 
@@ -76,7 +88,9 @@ class FileDataset(SegmentationDataset):
         name: str | None = None,
         root: PathLike | None = None,
         layout: str | None = None,
+        mask_foreground: MaskForeground = "auto",
     ):
+        self.mask_foreground = check_mask_foreground(mask_foreground)
         if name is not None:
             self.name = name
         self.root = Path(root) if root is not None else None
@@ -115,7 +129,7 @@ class FileDataset(SegmentationDataset):
         height, width = image.shape[:2]
         if not entry.mask_paths:
             return Sample(image=image, mask=np.zeros((height, width), dtype=bool), id=entry.id)
-        mask = read_masks_union(entry.mask_paths)
+        mask = read_masks_union(entry.mask_paths, self.mask_foreground)
         if mask.shape != (height, width):
             raise DatasetError(
                 f"{self.name}: image {entry.image_path} is {height}x{width} (HxW) but its mask "
@@ -123,6 +137,11 @@ class FileDataset(SegmentationDataset):
                 "expected the same size"
             )
         return Sample(image=image, mask=mask, id=entry.id)
+
+    def mask_is_empty(self, index: int) -> bool:
+        entry = self._entries[index]  # the masks only: no image is decoded
+        return not entry.mask_paths or not read_masks_union(
+            entry.mask_paths, self.mask_foreground).any()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, root={self.root}, n={len(self)})"
@@ -136,7 +155,8 @@ class KvasirSEG(FileDataset):
         root/images/<id>.jpg
         root/masks/<id>.jpg      (same file name; 3-channel JPEGs with compression noise)
 
-    Masks are binarised at > 127 (see :func:`~bow_gym.datasets.io.read_mask`). Image sizes vary
+    Masks are read by the automatic policy of :func:`~bow_gym.datasets.io.read_mask`, which
+    thresholds these noisy masks at > 127. Image sizes vary
     from 332x352 to 1920x1072.
 
     Citation and terms: D. Jha, P. H. Smedsrud, M. A. Riegler, P. Halvorsen, T. de Lange,
@@ -145,6 +165,7 @@ class KvasirSEG(FileDataset):
 
     Args:
         root: The Kvasir-SEG folder (holding ``images/`` and ``masks/``).
+        mask_foreground: How mask values map to foreground (see :class:`FileDataset`).
 
     Raises:
         FileNotFoundError: if ``root`` or its sub-folders are missing.
@@ -154,7 +175,7 @@ class KvasirSEG(FileDataset):
     name = "kvasir-seg"
     layout = "root/images/<id>.jpg with root/masks/<id>.jpg (same file name)"
 
-    def __init__(self, root: PathLike):
+    def __init__(self, root: PathLike, *, mask_foreground: MaskForeground = "auto"):
         root = _require_dir(Path(root), self.name, self.layout)
         images_dir = _require_dir(root / "images", self.name, self.layout)
         masks_dir = _require_dir(root / "masks", self.name, self.layout)
@@ -167,7 +188,9 @@ class KvasirSEG(FileDataset):
                     f"{masks_dir / image_path.name} ({self.layout})"
                 )
             entries.append((image_path.stem, image_path, (mask_path,)))
-        super().__init__(entries, root=root, layout=self.layout)
+        super().__init__(
+            entries, root=root, layout=self.layout, mask_foreground=mask_foreground
+        )
 
 
 class CVCClinicDB(FileDataset):
@@ -183,6 +206,10 @@ class CVCClinicDB(FileDataset):
     as the true RGB frame (see :mod:`bow_gym.datasets.io`). Masks carry stray low values and are
     binarised at > 127.
 
+    The frames come from 29 colonoscopy videos; :attr:`groups` recovers each frame's sequence so
+    that splits keep sequences whole (a per-frame split puts a test frame's neighbours, near
+    duplicates, in the training part).
+
     Citation and terms: J. Bernal, F. J. Sánchez, G. Fernández-Esparrach, D. Gil, C. Rodríguez,
     F. Vilariño, "WM-DOVA maps for accurate polyp highlighting in colonoscopy: Validation vs.
     saliency maps from physicians", Computerized Medical Imaging and Graphics 43, 2015.
@@ -190,6 +217,7 @@ class CVCClinicDB(FileDataset):
 
     Args:
         root: The CVC-ClinicDB folder (holding ``Original/`` and ``Ground Truth/``).
+        mask_foreground: How mask values map to foreground (see :class:`FileDataset`).
 
     Raises:
         FileNotFoundError: if ``root`` or its sub-folders are missing.
@@ -199,8 +227,10 @@ class CVCClinicDB(FileDataset):
     name = "cvc-clinicdb"
     layout = "root/Original/<N>.tif with root/Ground Truth/<N>.tif (or .png/.bmp)"
     _suffixes = (".tif", ".tiff", ".png", ".bmp")
+    #: The published size of the data set: 612 frames from 29 video sequences.
+    n_frames, n_sequences = 612, 29
 
-    def __init__(self, root: PathLike):
+    def __init__(self, root: PathLike, *, mask_foreground: MaskForeground = "auto"):
         root = _require_dir(Path(root), self.name, self.layout)
         images_dir = _require_dir(root / "Original", self.name, self.layout)
         masks_dir = _require_dir(root / "Ground Truth", self.name, self.layout)
@@ -222,7 +252,39 @@ class CVCClinicDB(FileDataset):
                     f"{masks_dir / image_path.name} ({self.layout})"
                 )
             entries.append((stem, image_path, (mask_path,)))
-        super().__init__(entries, root=root, layout=self.layout)
+        super().__init__(
+            entries, root=root, layout=self.layout, mask_foreground=mask_foreground
+        )
+        self._groups: list[str] | None = None
+        self.frame_jumps: np.ndarray | None = None
+
+    @property
+    def groups(self) -> list[str] | None:
+        """The video sequence of each frame, as ``"seq-<first frame number>"``.
+
+        Recovered from the frames (computed on first use, a few seconds for the full set) by
+        :func:`~bow_gym.datasets.groups.recover_sequences`: frames in number order, a cut between
+        two successive frames that are unlike each other (thumbnail and colour distance). With
+        the complete set (frames 1 to 612), the 28 largest jumps are the cuts (29 sequences, as
+        the data set is documented); with a partial copy every jump above
+        :data:`~bow_gym.datasets.groups.CUT_DISTANCE`. No ground truth is read. Frames whose ids
+        are not numbers have no sequence: then ``None`` (with a warning), and splits are per
+        frame.
+        """
+        if self._groups is None:
+            if not all(i.isdigit() for i in self.ids):
+                warnings.warn(f"{self.name} under {self.root}: frame ids are not all frame "
+                              "numbers, so video sequences cannot be recovered; splits are per "
+                              "frame and neighbouring frames can leak into the test part",
+                              stacklevel=2)
+                return None
+            numbers = [int(i) for i in self.ids]
+            complete = sorted(numbers) == list(range(1, self.n_frames + 1))
+            first, self.frame_jumps = recover_sequences(
+                numbers, lambda i: read_image(self._entries[i].image_path),
+                n_sequences=self.n_sequences if complete else None)
+            self._groups = [f"seq-{f}" for f in first]
+        return list(self._groups)
 
 
 class ISIC2018(FileDataset):
@@ -242,6 +304,7 @@ class ISIC2018(FileDataset):
     Args:
         root: Folder holding the ``ISIC2018_Task1...`` folders.
         part: ``"Training"``, ``"Validation"`` or ``"Test"``.
+        mask_foreground: How mask values map to foreground (see :class:`FileDataset`).
 
     Raises:
         ValueError: on an unknown ``part``.
@@ -252,7 +315,9 @@ class ISIC2018(FileDataset):
     name = "isic2018"
     parts = ("Training", "Validation", "Test")
 
-    def __init__(self, root: PathLike, part: str = "Training"):
+    def __init__(
+        self, root: PathLike, part: str = "Training", *, mask_foreground: MaskForeground = "auto"
+    ):
         if part not in self.parts:
             raise ValueError(f"{self.name}: unknown part {part!r}; expected one of {self.parts}")
         self.part = part
@@ -276,7 +341,9 @@ class ISIC2018(FileDataset):
                     f"{self.name}: image {image_path} has no mask; expected {mask_path}"
                 )
             entries.append((image_path.stem, image_path, (mask_path,)))
-        super().__init__(entries, root=root, layout=self.layout)
+        super().__init__(
+            entries, root=root, layout=self.layout, mask_foreground=mask_foreground
+        )
 
 
 class BUSI(FileDataset):
@@ -298,6 +365,7 @@ class BUSI(FileDataset):
     Args:
         root: The ``Dataset_BUSI_with_GT`` folder.
         classes: Class sub-folders to include.
+        mask_foreground: How mask values map to foreground (see :class:`FileDataset`).
 
     Raises:
         FileNotFoundError: if ``root`` or a class folder is missing.
@@ -308,7 +376,13 @@ class BUSI(FileDataset):
     layout = "root/<class>/<class> (N).png with root/<class>/<class> (N)_mask*.png"
     _mask_re = re.compile(r"^(?P<stem>.+?)_mask(?:_\d+)?$")
 
-    def __init__(self, root: PathLike, classes: Sequence[str] = ("benign", "malignant", "normal")):
+    def __init__(
+        self,
+        root: PathLike,
+        classes: Sequence[str] = ("benign", "malignant", "normal"),
+        *,
+        mask_foreground: MaskForeground = "auto",
+    ):
         if isinstance(classes, str):  # a bare "benign" would otherwise iterate letters
             classes = (classes,)
         self.classes = tuple(classes)
@@ -333,7 +407,9 @@ class BUSI(FileDataset):
                     )
                 entries.append((image_path.stem, image_path, tuple(mask_paths)))
         entries.sort(key=lambda e: natural_key(e[0]))
-        super().__init__(entries, root=root, layout=self.layout)
+        super().__init__(
+            entries, root=root, layout=self.layout, mask_foreground=mask_foreground
+        )
 
 
 class ImageMaskFolder(FileDataset):
@@ -352,6 +428,8 @@ class ImageMaskFolder(FileDataset):
         images_dir: Folder of images.
         masks_dir: Folder of masks.
         mask_pattern: Format string giving a mask's file name from its image's stem and suffix.
+        mask_foreground: How mask values map to foreground (see :class:`FileDataset`); e.g. ``1``
+            for 0/1 label images, which the automatic policy refuses as ambiguous.
 
     Raises:
         ValueError: if ``mask_pattern`` uses fields other than ``stem`` and ``suffix``.
@@ -362,7 +440,12 @@ class ImageMaskFolder(FileDataset):
     name = "folder"
 
     def __init__(
-        self, images_dir: PathLike, masks_dir: PathLike, mask_pattern: str = "{stem}{suffix}"
+        self,
+        images_dir: PathLike,
+        masks_dir: PathLike,
+        mask_pattern: str = "{stem}{suffix}",
+        *,
+        mask_foreground: MaskForeground = "auto",
     ):
         images_dir, masks_dir = Path(images_dir), Path(masks_dir)
         self.layout = f"{images_dir}/<stem><suffix> with {masks_dir}/{mask_pattern}"
@@ -394,7 +477,9 @@ class ImageMaskFolder(FileDataset):
                     f"{self.name}: image {image_path} has no mask; expected {mask_path}"
                 )
             entries.append((image_path.stem, image_path, (mask_path,)))
-        super().__init__(entries, root=images_dir, layout=self.layout)
+        super().__init__(
+            entries, root=images_dir, layout=self.layout, mask_foreground=mask_foreground
+        )
 
 
 # --------------------------------------------------------------------------------------------

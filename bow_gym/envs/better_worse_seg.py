@@ -88,7 +88,8 @@ class BetterWorseSegEnv(gym.Env):
     An image drawn with ``self.np_random`` (or the next one with ``image_order="sequential"``, or
     ``options={"index": i}`` / ``{"image_id": s}``), with an initial mask from ``initial_masks``
     (empty by default; later rounds of the method pass a segmenter's predictions) or
-    ``options={"initial_mask": m}``.
+    ``options={"initial_mask": m}``. An initial mask is bool, or numbers all 0/1 or all 0/255;
+    NaN, probabilities and other values are refused (:func:`check_mask_values`).
 
     ## Episode End
 
@@ -164,8 +165,12 @@ class BetterWorseSegEnv(gym.Env):
         from bow_gym.datasets import make_dataset
 
         self.threshold = check_threshold(threshold)
-        if not isinstance(clicks_per_episode, (int, np.integer)) or clicks_per_episode < 1:
-            raise ValueError(f"clicks_per_episode must be an int >= 1, got {clicks_per_episode!r}")
+        # bool is an int in Python: True would silently mean 1 click, so it is refused here.
+        for name, value, low in (("clicks_per_episode", clicks_per_episode, 1),
+                                 ("obs_size", obs_size, 1), ("render_scale", render_scale, 1),
+                                 ("context_cache_size", context_cache_size, 0)):
+            if not _is_integer(value) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if on_worse not in ("revert", "keep"):
             raise ValueError(f"on_worse must be 'revert' or 'keep', got {on_worse!r}")
         if image_order not in ("random", "sequential"):
@@ -240,17 +245,14 @@ class BetterWorseSegEnv(gym.Env):
     def decode_action(self, action: int) -> tuple[int, int, int]:
         """``(label, y, x)`` of an action index."""
         n = self._n_actions
-        if isinstance(action, (int, np.integer)) and not isinstance(action, bool):
-            a = int(action)
-        else:
-            try:
-                a = int(action)
-            except (TypeError, ValueError):
-                raise ValueError(f"action must be an integer in [0, {n}), got {action!r}") from None
-            if np.ndim(action) != 0 or a != action:
-                raise ValueError(f"action must be an integer in [0, {n}), got {action!r}")
-        if not 0 <= a < n:
-            raise ValueError(f"action must be an integer in [0, {n}), got {action!r}")
+        # Only integers: 3.0 or True would be a caller's bug that int() hides. NumPy integer
+        # scalars and 0-d integer arrays are integers too (SB3 and model.predict pass those).
+        if not _is_integer(action) or not 0 <= action < n:
+            raise ValueError(
+                f"action must be an integer in [0, {n}) (int, NumPy integer or 0-d integer "
+                f"array), got {action!r} of type {type(action).__name__}"
+            )
+        a = int(action)
         s = self.obs_size
         label, rest = divmod(a, s * s)
         y, x = divmod(rest, s)
@@ -319,10 +321,7 @@ class BetterWorseSegEnv(gym.Env):
             source = f"initial_masks[{ctx.sample_id!r}]"
         if mask is None:
             return None
-        mask = np.asarray(mask)
-        if mask.ndim != 2 or mask.size == 0:
-            raise ValueError(f"{source} must be a 2-D mask, got shape {mask.shape}")
-        return resize_mask(mask != 0, self.obs_size)
+        return resize_mask(check_mask_values(mask, source), self.obs_size)
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -336,9 +335,12 @@ class BetterWorseSegEnv(gym.Env):
         if "image_id" in options:
             index = self.dataset.index_of(options["image_id"])
         elif "index" in options:
-            index = int(options["index"])
-            if not 0 <= index < n:
-                raise ValueError(f"options['index'] must be in [0, {n}), got {options['index']!r}")
+            index = options["index"]
+            if not _is_integer(index) or not 0 <= index < n:
+                raise ValueError(
+                    f"options['index'] must be an integer in [0, {n}), got {options['index']!r}"
+                )
+            index = int(index)
         elif self.image_order == "sequential":
             index = self._next_index
         else:
@@ -528,6 +530,44 @@ class BetterWorseSegEnv(gym.Env):
         self.__dict__.update(state)
         if self._ctx is not None:
             self._contexts[self._ctx.index] = self._ctx
+
+
+def _is_integer(value: Any) -> bool:
+    """An int, NumPy integer or 0-d integer array; never a bool, a float or a string."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0 and value.dtype.kind in "iu"
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_mask_values(mask: Any, source: str = "mask") -> np.ndarray:
+    """A user-given mask as ``(H, W)`` bool, refusing values that are not a mask's.
+
+    Accepted: bool arrays, and numbers (integer or float) that are all 0 or 1, or all 0 or 255
+    (the observation's mask channel). Anything else (NaN, infinities, probabilities such as 0.5,
+    other grey levels) is refused rather than guessed: ``mask != 0`` would make NaN foreground.
+    Threshold a probability map yourself, e.g. ``prob >= 0.5``.
+
+    Raises:
+        ValueError: naming ``source``, if the mask is not 2-D and non-empty or holds other values.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.size == 0:
+        raise ValueError(f"{source} must be a 2-D mask, got shape {mask.shape}")
+    if mask.dtype == np.bool_:
+        return mask
+    if mask.dtype.kind not in "iuf":
+        raise ValueError(f"{source} must hold bool or numbers, got dtype {mask.dtype}")
+    zero = mask == 0
+    if (zero | (mask == 1)).all():
+        return ~zero
+    if (zero | (mask == 255)).all():
+        return ~zero
+    bad = np.unique(mask[~(zero | (mask == 1) | (mask == 255))])
+    shown = ", ".join(str(v) for v in bad[:5]) + (" ..." if len(bad) > 5 else "")
+    raise ValueError(
+        f"{source} must be bool, or all 0/1, or all 0/255; found other values ({shown}). "
+        "Threshold a probability map yourself (e.g. prob >= 0.5)"
+    )
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:

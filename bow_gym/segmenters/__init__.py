@@ -7,8 +7,9 @@ produced and uses its predictions as the next round's starting masks. Two networ
   default. Its preset (128 px, 6 epochs, batch 8) trains on 1000 images in about two minutes on
   two CPU cores.
 * ``"hsnet"`` (:class:`HSNet`): HSNet (Zhang et al. 2022) on an ImageNet PVTv2-B2 encoder
-  (29.3 M parameters, 24.8 M of them the encoder's), with the published recipe as its preset
-  (352 px, 100 epochs, multi-scale); meant for a GPU.
+  (29.3 M parameters, 24.8 M of them the encoder's), with two presets: ``"hsnet_released"`` (what
+  the authors' training script does) and ``"hsnet"`` (the recipe as written); 352 px,
+  multi-scale, about 100 epochs; meant for a GPU.
 
 :func:`train_segmenter` accepts either kind of output (a logit map, or a list of side outputs
 whose structure losses are summed); :func:`predict_probabilities` uses the eval-mode map.

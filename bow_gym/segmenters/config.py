@@ -1,4 +1,4 @@
-"""Training settings of a segmenter, the two presets, and device resolution.
+"""Training settings of a segmenter, the presets, and device resolution.
 
 Torch-free (``resolve_device`` imports it on call), so presets can be listed and validated
 without loading torch.
@@ -20,7 +20,8 @@ SEGMENTER_NAMES = ("light", "hsnet")
 SIZE_MULTIPLE = 32
 
 _DEVICES = ("auto", "cpu", "cuda")
-_SCHEDULES = ("constant", "cosine")
+_SCHEDULES = ("constant", "cosine", "multistep")
+_CLIP_MODES = ("norm", "value")
 
 
 def _is_int(v: Any) -> bool:
@@ -57,8 +58,12 @@ class SegmenterConfig:
         batch_size: Images per optimiser step (>= 1).
         lr: AdamW learning rate (> 0).
         weight_decay: AdamW weight decay (>= 0).
-        grad_clip: Maximal global gradient norm (``torch.nn.utils.clip_grad_norm_``); ``None``
-            or 0 disables clipping.
+        grad_clip: Gradient clipping threshold (see ``grad_clip_mode``); ``None`` or 0 disables
+            clipping.
+        grad_clip_mode: ``"norm"``: ``grad_clip`` bounds the global gradient norm
+            (``torch.nn.utils.clip_grad_norm_``); ``"value"``: every gradient element is clamped
+            to ``[-grad_clip, grad_clip]`` (``clip_grad_value_``, the released HSNet code's
+            ``clip_gradient``).
         scales: Multi-scale training rates: every batch is trained once at each rate, resized to
             :func:`scaled_size` ``(size, rate)`` (one optimiser step per rate, as in HSNet and
             PraNet). ``(1.0,)`` trains at ``size`` only.
@@ -71,7 +76,17 @@ class SegmenterConfig:
             (``"hsnet"`` only).
         width: Channels of the first LightSegmenter stage (doubled per level); ignored by HSNet.
         lr_schedule: ``"cosine"``: decays the learning rate to 0 over all optimiser steps
-            (short runs from scratch converge better); ``"constant"``: HSNet's published recipe.
+            (short runs from scratch converge better); ``"constant"``; ``"multistep"``: ``lr``
+            times ``lr_gamma`` to the power of the number of ``lr_milestones`` reached (torch's
+            ``MultiStepLR``, per epoch).
+        lr_milestones: ``"multistep"`` only: 1-based epochs from which the learning rate is
+            multiplied by ``lr_gamma`` once more; ``(15, 30)`` with ``lr_gamma=0.5`` trains epochs
+            1-14 at ``lr``, 15-29 at ``lr / 2`` and from 30 on at ``lr / 4``.
+        lr_gamma: ``"multistep"`` only: the factor applied at each milestone, in ``(0, 1]``.
+        weighted_bce: ``True``: the structure loss's BCE term is weighted by
+            :func:`~bow_gym.segmenters.structure_weight` (the papers' definition); ``False``: the
+            plain mean BCE, which is what the released PraNet/HSNet code computes (its legacy
+            ``reduce='none'`` argument means "reduce"). The IoU term is weighted either way.
         seed: Seeds the network initialisation, the image order, the augmentations and dropout.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or
             ``"cuda:<index>"``.
@@ -93,6 +108,10 @@ class SegmenterConfig:
     checkpoint: str | None = None
     width: int = 16
     lr_schedule: str = "cosine"
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    grad_clip_mode: str = "norm"
+    weighted_bce: bool = True
     seed: int = 0
     device: str = "auto"
     progress: bool = False
@@ -132,6 +151,25 @@ class SegmenterConfig:
         if self.lr_schedule not in _SCHEDULES:
             raise ValueError(
                 f"lr_schedule must be one of {', '.join(map(repr, _SCHEDULES))}, got {self.lr_schedule!r}")
+        if isinstance(self.lr_milestones, int | float | str):
+            raise ValueError(f"lr_milestones must be a sequence of epochs such as (15, 30), got "
+                             f"{self.lr_milestones!r}")
+        self.lr_milestones = tuple(self.lr_milestones)  # JSON gives a list
+        if not all(_is_int(m) and m >= 1 for m in self.lr_milestones) or list(
+                self.lr_milestones) != sorted(set(self.lr_milestones)):
+            raise ValueError(f"lr_milestones must be increasing epoch numbers >= 1, got "
+                             f"{self.lr_milestones!r}")
+        if (self.lr_schedule == "multistep") != bool(self.lr_milestones):
+            raise ValueError(
+                "lr_milestones go with lr_schedule='multistep' and it needs them: got "
+                f"lr_schedule={self.lr_schedule!r} with lr_milestones={self.lr_milestones!r}")
+        if not (_finite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
+            raise ValueError(f"lr_gamma must be a number in (0, 1], got {self.lr_gamma!r}")
+        if self.grad_clip_mode not in _CLIP_MODES:
+            raise ValueError(f"grad_clip_mode must be one of {', '.join(map(repr, _CLIP_MODES))}, "
+                             f"got {self.grad_clip_mode!r}")
+        if not isinstance(self.weighted_bce, bool):
+            raise ValueError(f"weighted_bce must be True or False, got {self.weighted_bce!r}")
         if not _is_int(self.seed):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         _check_device_name(self.device)
@@ -150,7 +188,12 @@ class SegmenterConfig:
 
     @classmethod
     def from_json(cls, text: str) -> SegmenterConfig:
-        """Inverse of :meth:`to_json`; unknown keys are an error (a newer file format)."""
+        """Inverse of :meth:`to_json`; unknown keys are an error (a newer file format).
+
+        Fields missing from the text take their defaults, which keep the behaviour of the
+        versions that did not have them (``grad_clip_mode="norm"``, ``weighted_bce=True``, no
+        milestones), so configurations stored in older checkpoints read back unchanged.
+        """
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError(f"a SegmenterConfig JSON must be an object, got {type(data).__name__}")
@@ -167,18 +210,35 @@ class SegmenterConfig:
 #:   scratch: 6 epochs, batch 8, AdamW 1e-3 with cosine decay, one scale. Measured on two CPU
 #:   cores: 21 s for 200 images (150 steps), i.e. about 1 min 50 s for 1000 images; Dice 0.92 on
 #:   those 200 synthetic polyp images (0.93 on 50 unseen ones).
-#: * ``"hsnet"``: the published HSNet recipe (Zhang et al. 2022, github.com/baiboat/HSNet
-#:   ``Train.py``): ImageNet PVTv2-B2, 352 px, rates 0.75/1/1.25, AdamW lr 5e-5 and weight decay
-#:   1e-4 at a constant rate (its step decay only starts at epoch 200), 100 epochs (the script's
-#:   default; its loop runs epochs 1..99), gradient clip 0.5, batch 16 (the script's default is 8).
-#:   The released code clamps each gradient *element* to +-0.5; here 0.5 bounds the global norm.
-#:   Meant for a GPU: on two CPU cores one 352 px image takes ~1.5 s forward and backward.
+#: * ``"hsnet_released"``: what the authors' released training script does (github.com/baiboat/
+#:   HSNet ``Train.py`` and ``utils/``, HEAD 9d3986a, Train.py last changed in c455e78, 2023-07):
+#:   ImageNet PVTv2-B2, 352 px, rates 0.75/1/1.25, AdamW weight decay 1e-4, batch 8 (its
+#:   default), epochs 1..99 (``range(1, 100)``), lr 5e-5 halved before epochs 15 and 30
+#:   (``adjust_lr(optimizer, 0.5)``), every gradient element clamped to +-0.5
+#:   (``clip_gradient``), no augmentation (its loader compares the ``--augmentation`` default
+#:   ``True`` with the string ``'True'``), plain mean BCE (``reduce='none'``). Not reproduced:
+#:   its PIL resizing and soft (bilinearly resized, not thresholded) training masks, and its
+#:   data order. The original experiments' configs use it.
+#: * ``"hsnet"``: the recipe as written (the HSNet paper and the PraNet structure loss), as this
+#:   package has trained HSNet from the start: the same network, sizes, rates, optimiser and lr
+#:   5e-5, but 100 epochs, batch 16, a constant learning rate, the global gradient norm bounded
+#:   by 0.5, flips/rotations/zoom/colour augmentation and the boundary-weighted BCE. Its
+#:   constant lr is what the script did only from December 2022 (0f5c596: decay "every 200
+#:   epochs"; a16f66f: also lr 1e-4) to July 2023; the first release (f1743d2, September 2022)
+#:   and HEAD halve it at epochs 15 and 30.
+#: Both HSNet presets are meant for a GPU: on two CPU cores one 352 px image takes ~1.5 s
+#: forward and backward.
+_HSNET_COMMON: dict[str, Any] = dict(
+    name="hsnet", size=352, lr=5e-5, weight_decay=1e-4, grad_clip=0.5,
+    scales=(0.75, 1.0, 1.25), pretrained=True)
 SEGMENTER_PRESETS: dict[str, SegmenterConfig] = {
     "light": SegmenterConfig(),
     "hsnet": SegmenterConfig(
-        name="hsnet", size=352, epochs=100, batch_size=16, lr=5e-5, weight_decay=1e-4,
-        grad_clip=0.5, scales=(0.75, 1.0, 1.25), augment=True, pretrained=True,
-        lr_schedule="constant"),
+        **_HSNET_COMMON, epochs=100, batch_size=16, augment=True, lr_schedule="constant",
+        grad_clip_mode="norm", weighted_bce=True),
+    "hsnet_released": SegmenterConfig(
+        **_HSNET_COMMON, epochs=99, batch_size=8, augment=False, lr_schedule="multistep",
+        lr_milestones=(15, 30), lr_gamma=0.5, grad_clip_mode="value", weighted_bce=False),
 }
 
 
@@ -186,7 +246,7 @@ def preset(name: str, **overrides: Any) -> SegmenterConfig:
     """A copy of ``SEGMENTER_PRESETS[name]`` with fields replaced (and validated again).
 
     Example:
-        >>> preset("hsnet", checkpoint="pvt_v2_b2.pth", epochs=20).lr
+        >>> preset("hsnet_released", checkpoint="pvt_v2_b2.pth", epochs=20).lr
         5e-05
 
     Raises:

@@ -28,6 +28,8 @@ and attention goes through ``scaled_dot_product_attention``. The encoder uses st
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +221,90 @@ class MultiScalePrediction(nn.Module):
         ]
 
 
+#: Keys of the ImageNet classifier in PVTv2 weight files: the only tensors a checkpoint may hold
+#: that the encoder does not use.
+CLASSIFIER_KEYS = ("head.weight", "head.bias")
+
+
+def _listed(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _original_pvt_name(key: str) -> str:
+    """timm's ``pvt_v2`` key in the original PVTv2 release's naming (for error messages)."""
+    key = re.sub(r"^patch_embed\.", "patch_embed1.", key)
+    key = re.sub(r"^stages\.(\d)\.downsample\.", lambda m: f"patch_embed{int(m[1]) + 1}.", key)
+    key = re.sub(r"^stages\.(\d)\.blocks\.", lambda m: f"block{int(m[1]) + 1}.", key)
+    key = re.sub(r"^stages\.(\d)\.norm\.", lambda m: f"norm{int(m[1]) + 1}.", key)
+    return key.replace("mlp.dwconv.", "mlp.dwconv.dwconv.")
+
+
+@functools.cache
+def _encoder_shapes() -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the ``features_only`` encoder's state dict (built on the meta device)."""
+    import timm
+
+    with torch.device("meta"):
+        encoder = timm.create_model(ENCODER, pretrained=False, features_only=True)
+    return {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
+
+
+def read_encoder_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``pvt_v2_b2`` weights file, keyed as the HSNet encoder's, checked strictly.
+
+    The file is read by timm (``.pth``/``.bin`` through ``torch.load`` with ``weights_only``,
+    or ``.safetensors``; ``state_dict``/``model`` wrappers and ``module.`` prefixes removed) and
+    the original PVTv2 names (``patch_embed1``, ``block1.0``, ``norm1``, ``dwconv.dwconv``) are
+    mapped to timm's by timm's own filter. Every encoder tensor must be there with its shape, and
+    nothing else may be, except the ImageNet classifier :data:`CLASSIFIER_KEYS`, which is dropped.
+    (timm's ``features_only`` loading is not strict: it would start from a random encoder after
+    an INFO-level log line.) Checked before any model is built, so a bad file fails fast.
+
+    Raises:
+        RuntimeError: The file cannot be read, or does not fit; the message names the file and
+            the missing, unexpected or mis-shaped keys.
+    """
+    from timm.models import load_state_dict
+    from timm.models.pvt_v2 import checkpoint_filter_fn
+
+    what = f"could not load encoder checkpoint {str(path)!r} into {ENCODER}"
+    try:
+        state = load_state_dict(str(path))
+    except Exception as e:
+        raise RuntimeError(f"{what}: {type(e).__name__}: {e} (expected a state dict of tensors "
+                           "in a .pth/.bin/.safetensors file)") from e
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise RuntimeError(f"{what}: it holds a {type(state).__name__}, not a state dict of "
+                           "tensors")
+    # timm's filter only renames keys; run on the names, it tells each key's name in the file.
+    renamed = checkpoint_filter_fn({k: k for k in state}, None)
+    # features_only flattens the stage modules: stages.2.blocks... -> stages_2.blocks...
+    found = {re.sub(r"^stages\.(\d+)\.", r"stages_\1.", k): state[name]
+             for k, name in renamed.items() if k not in CLASSIFIER_KEYS}
+    in_file = {re.sub(r"^stages\.(\d+)\.", r"stages_\1.", k): name for k, name in renamed.items()}
+    expected = _encoder_shapes()
+    missing = [re.sub(r"^stages_(\d+)\.", r"stages.\1.", k) for k in expected if k not in found]
+    if any(k != name for k, name in renamed.items()):  # the file uses the original names
+        missing = [_original_pvt_name(k) for k in missing]
+    unexpected = sorted(in_file[k] for k in found if k not in expected)
+    shapes = [f"{in_file[k]} {tuple(found[k].shape)} (expected {shape})"
+              for k, shape in expected.items() if k in found and tuple(found[k].shape) != shape]
+    if missing or unexpected or shapes:
+        problems = [f"{len(missing)} encoder tensor(s) missing: {_listed(missing)}" if missing
+                    else "", f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}"
+                    if unexpected else "", f"{len(shapes)} of another shape: {_listed(shapes)}"
+                    if shapes else ""]
+        raise RuntimeError(
+            f"encoder checkpoint {str(path)!r} does not fit {ENCODER} ({len(state)} keys in the "
+            f"file, {len(expected)} encoder tensors expected): "
+            + "; ".join(p for p in problems if p)
+            + ". Expected a pvt_v2_b2 state dict with timm's or the original PVTv2 key names (its "
+            "ImageNet head.weight/head.bias may be present and is ignored)")
+    return found
+
+
 def _build_encoder(pretrained: bool, checkpoint: str | Path | None) -> nn.Module:
     import timm
 
@@ -227,15 +313,10 @@ def _build_encoder(pretrained: bool, checkpoint: str | Path | None) -> nn.Module
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"HSNet encoder checkpoint file not found: {str(path)!r}")
-        try:
-            # 'file' outranks hub and url in timm's weight-source resolution: nothing is
-            # downloaded; timm also converts the original PVTv2 key names.
-            return timm.create_model(ENCODER, pretrained=True,
-                                     pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
-        except Exception as e:
-            raise RuntimeError(
-                f"could not load encoder checkpoint {str(path)!r} into {ENCODER}: "
-                f"{type(e).__name__}: {e}") from e
+        state = read_encoder_checkpoint(path)
+        encoder = timm.create_model(ENCODER, pretrained=False, **kwargs)
+        encoder.load_state_dict(state, strict=True)
+        return encoder
     if pretrained:
         try:
             return timm.create_model(ENCODER, pretrained=True, **kwargs)
@@ -258,14 +339,15 @@ class HSNet(nn.Module):
         pretrained: Load ImageNet encoder weights from the timm hub (needs internet or a warm
             hub cache). Ignored when ``checkpoint`` is given.
         checkpoint: Local encoder weights file (``pvt_v2_b2`` state dict, timm or original key
-            names), loaded instead of the hub's.
+            names), loaded strictly instead of the hub's (:func:`read_encoder_checkpoint`).
 
     Input ``(B, 3, H, W)`` ImageNet-normalised, ``H`` and ``W`` multiples of 32. Training mode:
     a list of four ``(B, 1, H, W)`` logit maps (levels 1/4 .. 1/32); eval mode: their sum.
 
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist.
-        RuntimeError: The weights could not be loaded (offline hub, or a file that does not fit).
+        RuntimeError: The weights could not be loaded (offline hub, or a file that does not
+            fit: the message names the file and the keys).
     """
 
     segmenter_name = "hsnet"

@@ -30,7 +30,8 @@ def structure_weight(mask: torch.Tensor) -> torch.Tensor:
 
 
 def structure_loss(logits: torch.Tensor, mask: torch.Tensor,
-                   pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+                   pixel_weight: torch.Tensor | None = None, *, weighted_bce: bool = True
+                   ) -> torch.Tensor:
     """Weighted BCE + weighted IoU loss (PraNet, Fan et al. 2020; used by HSNet), batch mean.
 
     Per image, with ``w = structure_weight(mask)`` and ``p = sigmoid(logits)``::
@@ -38,9 +39,9 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor,
         wbce = sum(w * bce(logits, mask)) / sum(w)
         wiou = 1 - (sum(w * p * mask) + 1) / (sum(w * (p + mask)) - sum(w * p * mask) + 1)
 
-    The published code passes ``reduce='none'`` to ``binary_cross_entropy_with_logits``, a truthy
-    legacy flag that makes its BCE term the plain unweighted mean; this is the weighted BCE the
-    papers describe.
+    The released code passes ``reduce='none'`` to ``binary_cross_entropy_with_logits``, a truthy
+    legacy flag that makes its BCE term the plain unweighted mean (``weighted_bce=False``
+    reproduces it); by default this is the weighted BCE the papers describe.
 
     ``pixel_weight`` multiplies ``w`` in both terms: how much each pixel's label is trusted (for
     pseudo-masks, 0 ignores a pixel whose label nobody verified). An image whose weights are all
@@ -50,6 +51,7 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor,
         logits: ``(B, 1, H, W)`` raw network outputs.
         mask: ``(B, 1, H, W)`` target in ``[0, 1]`` (soft values allowed, e.g. after resizing).
         pixel_weight: Optional ``(B, 1, H, W)`` non-negative trust per pixel.
+        weighted_bce: Weight the BCE term by ``w``; ``False`` gives the plain mean BCE.
 
     Returns:
         Scalar tensor: mean over the batch of ``wbce + wiou``.
@@ -70,7 +72,13 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor,
         weight = weight * pixel_weight.to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
     total = weight.sum(dim=(2, 3))
-    wbce = (weight * bce).sum(dim=(2, 3)) / total.clamp_min(1e-6)
+    if weighted_bce:
+        wbce = (weight * bce).sum(dim=(2, 3)) / total.clamp_min(1e-6)
+    elif pixel_weight is not None:
+        pw = pixel_weight.to(logits.dtype)
+        wbce = (pw * bce).sum(dim=(2, 3)) / pw.sum(dim=(2, 3)).clamp_min(1e-6)
+    else:
+        wbce = bce.mean(dim=(2, 3))
     prob = torch.sigmoid(logits)
     inter = (prob * mask * weight).sum(dim=(2, 3))
     union = ((prob + mask) * weight).sum(dim=(2, 3))

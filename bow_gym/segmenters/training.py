@@ -75,28 +75,38 @@ def _outputs(out: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def segmentation_loss(out: torch.Tensor | Sequence[torch.Tensor], mask: torch.Tensor,
-                      pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+                      pixel_weight: torch.Tensor | None = None, *,
+                      weighted_bce: bool = True) -> torch.Tensor:
     """Structure loss summed over a model's outputs (one tensor or a list of side outputs).
 
     Each output is upsampled bilinearly to the mask's size first (deep supervision at any scale).
-    ``pixel_weight`` (the mask's shape) is passed to :func:`structure_loss`.
+    ``pixel_weight`` (the mask's shape) and ``weighted_bce`` are passed to :func:`structure_loss`.
     """
     total = None
     for logits in _outputs(out):
         if logits.shape[-2:] != mask.shape[-2:]:
             logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear",
                                    align_corners=False)
-        loss = structure_loss(logits, mask, pixel_weight)
+        loss = structure_loss(logits, mask, pixel_weight, weighted_bce=weighted_bce)
         total = loss if total is None else total + loss
     if total is None:
         raise ValueError("the model returned no output")
     return total
 
 
-def _lr_factor(schedule: str, step: int, total: int) -> float:
-    if schedule == "constant" or total <= 1:
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * step / total))
+def lr_at(config: SegmenterConfig, step: int, total: int, epoch: int) -> float:
+    """The learning rate of optimiser step ``step`` (of ``total``), in 0-based epoch ``epoch``.
+
+    ``"constant"``: ``config.lr``; ``"cosine"``: decayed to 0 over the steps; ``"multistep"``:
+    ``config.lr * lr_gamma ** k`` with ``k`` the number of ``lr_milestones`` (1-based epochs)
+    ``<= epoch + 1``.
+    """
+    if config.lr_schedule == "multistep":
+        reached = sum(epoch + 1 >= m for m in config.lr_milestones)
+        return config.lr * config.lr_gamma ** reached
+    if config.lr_schedule == "constant" or total <= 1:
+        return config.lr
+    return config.lr * (0.5 * (1.0 + math.cos(math.pi * step / total)))
 
 
 def train_segmenter(
@@ -116,10 +126,11 @@ def train_segmenter(
     random order in batches of ``config.batch_size``; each sample is augmented
     (:func:`augment_pair`, if ``config.augment``), and each batch is trained once per rate in
     ``config.scales`` (images and masks resized bilinearly to :func:`scaled_size`, masks becoming
-    soft at the boundary; one AdamW step per rate, gradients clipped to norm
-    ``config.grad_clip``). The learning rate is constant or follows a cosine decay to 0 over all
-    steps (``config.lr_schedule``). The loss is :func:`structure_loss` summed over the model's
-    outputs (:func:`segmentation_loss`).
+    soft at the boundary; one AdamW step per rate, gradients clipped by ``config.grad_clip``:
+    their global norm, or each element with ``grad_clip_mode="value"``). The learning rate is
+    constant, follows a cosine decay to 0 over all steps, or drops at epoch milestones
+    (``config.lr_schedule``, :func:`lr_at`). The loss is :func:`structure_loss` (weighted or plain
+    BCE, ``config.weighted_bce``) summed over the model's outputs (:func:`segmentation_loss`).
 
     Seeded: a numpy ``Generator(config.seed)`` draws the order and augmentations; torch is seeded
     with ``config.seed`` for dropout/stochastic depth, inside ``torch.random.fork_rng`` so the
@@ -203,7 +214,7 @@ def train_segmenter(
             model.train()
             bar = stack.enter_context(tqdm(total=total_steps, desc=f"train {config.name}",
                                            unit="step", disable=not config.progress))
-            for _ in range(config.epochs):
+            for epoch in range(config.epochs):
                 losses = []
                 order = rng.permutation(n)
                 for b in range(steps_per_epoch):
@@ -236,9 +247,9 @@ def train_segmenter(
                         else:
                             xs, ys = x, y
                         for group in optimizer.param_groups:
-                            group["lr"] = config.lr * _lr_factor(config.lr_schedule, step,
-                                                                 total_steps)
-                        loss = segmentation_loss(model(xs), ys, ws)
+                            group["lr"] = lr_at(config, step, total_steps, epoch)
+                        loss = segmentation_loss(model(xs), ys, ws,
+                                                 weighted_bce=config.weighted_bce)
                         value = float(loss.detach())
                         if not math.isfinite(value):  # before the step spoils the weights
                             raise FloatingPointError(
@@ -246,7 +257,9 @@ def train_segmenter(
                                 "try a lower lr or grad_clip")
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
-                        if config.grad_clip:
+                        if config.grad_clip and config.grad_clip_mode == "value":
+                            nn.utils.clip_grad_value_(model.parameters(), config.grad_clip)
+                        elif config.grad_clip:
                             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                         optimizer.step()
                         losses.append(value)
