@@ -2,13 +2,12 @@
 predicted Dice gain is largest.
 
 Why another agent: a +1/-1 answer says *whether* a click helped, not *how much*. From an empty mask
-every foreground click whose reach touches the lesion is "better" (on held-out Kvasir-SEG with the
-``lab_texture`` backbone about half of all patches are; the mean Dice of such a click is 0.20,
-the best one's 0.67: ``python -m benchmarks.first_click``), so a policy rewarded per "better"
-answer (REINFORCE, PPO, DQN) is not pushed towards the click that makes the best mask; and on
-Kvasir-SEG REINFORCE does no better when rewarded by the Dice gain itself
-(``benchmarks/results/reward_signal``): a model-free policy does not find that click. This agent
-uses the answers as data, and the task's structure as its model:
+every foreground click whose reach touches the lesion is "better", and most such clicks make a mask
+far worse than the best one does (``python -m benchmarks.first_click`` measures both), so a policy
+rewarded per "better" answer (REINFORCE, PPO, DQN) is not pushed towards the click that makes the
+best mask; nor, on Kvasir-SEG, does REINFORCE find that click when rewarded by the Dice gain
+itself (``reward=dice_gain``). The numbers are in docs/agents.md. This agent uses the answers as
+data, and the task's structure as its model:
 
 1. **Belief.** A per-patch foreground probability ``q``. By default (``belief="features"``) a
    small MLP reads each patch's backbone features (the ones propagation compares,
@@ -40,7 +39,7 @@ uses the answers as data, and the task's structure as its model:
 It shares :class:`~agents.ClickPolicy` with every other agent and learns online in :meth:`observe`
 (``online_batch``), as the method's agent does while labelling. CLI::
 
-    python -m agents.answer_model --total-clicks 2000 --out runs/answer_model
+    python -m agents.answer_model --total-answers 2000 --out runs/answer_model
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -72,17 +70,18 @@ from agents.common import (
     ArgumentValueError,
     Bound,
     PatchMLP,
-    TrainDataArgs,
+    TrainArgs,
     TrainingLog,
+    load_checkpoint,
     make_envs,
     parse_cli,
+    save_checkpoint,
     summary_line,
 )
-from agents.policy import ClickPolicy
-from agents.reinforce import resolve_device
 from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
-from bow_gym.io_utils import atomic_path
+from bow_gym.policy import OnlineLearner
+from bow_gym.segmenters import resolve_device
 from bow_gym.wrappers import (
     image_feature_inputs,
     mask_shares,
@@ -93,25 +92,23 @@ from bow_gym.wrappers import (
 
 
 @dataclass
-class AnswerModelArgs(TrainDataArgs):
-    """Arguments of answer-model training (every field is a ``--flag`` of the CLI)."""
+class AnswerModelArgs(TrainArgs):
+    """Arguments of answer-model training (every field is a ``--flag`` of the CLI); the shared
+    ones (data, budget, run) are :class:`~agents.common.TrainArgs`'."""
 
     bounds: ClassVar[dict[str, Bound]] = {
-        **TrainDataArgs.bounds, "updates_per_step": COUNT, "epsilon": SHARE,
+        **TrainArgs.bounds, "updates_per_step": COUNT, "epsilon": SHARE,
         "prior_weight": POSITIVE}
+    default_out: ClassVar[str] = "runs/answer_model"
 
-    total_clicks: int = 2000
-    """clicks (env steps) to train for, over all envs"""
-    num_envs: int = 8
-    """envs stepped in lockstep"""
     lr: float = 1e-3
     """Adam learning rate of the belief network and the answer model"""
     batch_size: int = 32
     """answered clicks per gradient step, drawn from the replay buffer"""
     updates_per_step: int = 8
     """gradient steps per lockstep of ``num_envs`` clicks; 8 (one per click) was chosen on
-    Kvasir-SEG validation images, away from the test part (2: 0.545, 4: 0.582, 8: 0.591,
-    16: 0.571, unstable; ``benchmarks.compare_policies --validation``)"""
+    Kvasir-SEG validation images, away from the test part (``benchmarks.compare_policies
+    --validation``; see docs/agents.md)"""
     buffer_size: int = 50000
     """answered clicks kept for replay (oldest dropped first)"""
     epsilon: float = 0.2
@@ -132,22 +129,8 @@ class AnswerModelArgs(TrainDataArgs):
     """within an episode, also fit one image-wide logit offset (prior weight 0.01)"""
     augment: bool = False
     """random flips of replayed clicks (image and masks together; U-Net beliefs only); off by
-    default: it did not help the image belief on Kvasir-SEG in a two-seed check; with 8,000
-    answers it lifts the hybrid belief from 0.558 to 0.629 and the residual one from 0.549 to
-    0.604 on validation; hybrid with flips gives 0.616 on the test splits against the default
-    belief's 0.608 (better after 1 to 3 clicks, not shown after 5; likewise with 6,000
-    answers), but is worse than the default with 2,000 or 4,000 answers
-    (benchmarks/RESULTS.md)"""
-    seed: int = 0
-    """seed of torch, numpy, the envs and the exploration"""
-    device: str = "auto"
-    """auto, cpu or cuda"""
-    out: str = "runs/answer_model"
-    """run folder: checkpoint, args, learning curve, TensorBoard logs"""
-    tensorboard: bool = True
-    """write TensorBoard logs to <out>/tb"""
-    progress: bool = True
-    """show a progress bar"""
+    default: on Kvasir-SEG they help the hybrid and residual beliefs only with large budgets
+    of answers and hurt with small ones (see docs/agents.md)"""
 
     def validate(self) -> None:
         """:meth:`TrainDataArgs.validate`, the choice of belief, and what needs what.
@@ -241,7 +224,7 @@ class ResidualBeliefNet(nn.Module):
         return self.patches(rows) + nn.functional.avg_pool2d(correction, self.cells).flatten(1)
 
 
-class AnswerModelAgent(ClickPolicy):
+class AnswerModelAgent(OnlineLearner):
     """Learns the expert's answers, clicks for the largest predicted Dice gain (module docstring).
 
     Args:
@@ -311,6 +294,17 @@ class AnswerModelAgent(ClickPolicy):
         self.replay = ReplayBuffer(buffer_size)
         self._episode: _Episode | None = None
         self.last_confidence: float | None = None
+
+    @classmethod
+    def for_env(cls, env: BetterWorseSegEnv, *, seed: int | None = None, device: str = "cpu",
+                **kwargs: Any) -> AnswerModelAgent:
+        """An agent for ``env``'s patch grid."""
+        return cls(tuple(env.grid), device=device, seed=0 if seed is None else seed, **kwargs)
+
+    def evaluation_mode(self) -> AnswerModelAgent:
+        """Greedy clicks (no exploration) and no online updates."""
+        self.greedy, self.online_batch = True, 0
+        return self
 
     @property
     def updates(self) -> int:
@@ -480,42 +474,24 @@ class AnswerModelAgent(ClickPolicy):
     # ---------------------------------------------------------------- checkpoints
     def save(self, path: str | os.PathLike) -> None:
         """Weights as safetensors (atomic), hyper-parameters in its metadata."""
-        from safetensors.torch import save_file
-
-        if any(isinstance(t, nn.parameter.UninitializedParameter) for t in self.net.parameters()):
-            raise ValueError(f"cannot save to {path}: the {self.belief} belief has not read any "
-                             "image yet, so its input size is unknown")
-        state = {f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        state["log_kappa"] = self.log_kappa.detach().cpu().reshape(1)
-        state["beta"] = self.beta.detach().cpu().reshape(1)
+        state = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        state["log_kappa"] = self.log_kappa.reshape(1)
+        state["beta"] = self.beta.reshape(1)
         meta = {"agent": self.name, "hparams": json.dumps(self.hparams),
                 "updates": str(self.updates)}
-        with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata=meta)
+        save_checkpoint(path, state, meta, self.net, f"the {self.belief} belief")
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu",
              **overrides: Any) -> AnswerModelAgent:
         """An agent from a :meth:`save` checkpoint (``overrides`` change acting options)."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no answer-model checkpoint at {path}")
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            if meta.get("agent") != cls.name:
-                raise ValueError(f"it holds a {meta.get('agent')!r} agent")
-            hparams = json.loads(meta["hparams"])
-            # Checkpoints from before the feature belief used the U-Net and no image-wide offset.
-            hparams.setdefault("belief", "image")
-            hparams.setdefault("global_offset", False)
-        except Exception as e:
-            raise ValueError(f"{path} is not a bow-gym answer-model checkpoint: {e}") from e
+        state, meta, decoded = load_checkpoint(path, "answer-model checkpoint", device,
+                                               agent=cls.name, json_keys=("hparams",))
+        hparams = decoded["hparams"]
+        # Checkpoints from before the feature belief used the U-Net and no image-wide offset.
+        hparams.setdefault("belief", "image")
+        hparams.setdefault("global_offset", False)
         agent = cls(**{**hparams, **overrides}, device=device)
-        state = load_file(str(path), device=str(agent.device))
         agent.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
         with torch.no_grad():
             agent.log_kappa.copy_(state["log_kappa"][0])
@@ -562,13 +538,12 @@ def train(args: AnswerModelArgs) -> tuple[AnswerModelAgent, dict[str, list[float
                              global_offset=args.global_offset, epsilon=args.epsilon,
                              augment=args.augment, online_batch=0,
                              device=resolve_device(args.device), seed=args.seed)
-    log = TrainingLog(Path(args.out), args.total_clicks, "answer_model", args.tensorboard,
-                      args.progress)
+    log = TrainingLog(args, "answer_model")
     obs, infos = zip(*[e.reset(seed=args.seed + i) for i, e in enumerate(envs)], strict=True)
     obs, infos = list(obs), list(infos)
     episodes: list[_Episode | None] = [None] * len(envs)
     clicks = 0
-    while clicks < args.total_clicks:
+    while clicks < args.total_answers:
         starting = [i for i, ep in enumerate(episodes) if ep is None]
         if starting:
             with torch.no_grad():
@@ -600,7 +575,7 @@ def main(argv: list[str] | None = None) -> None:
     """The command line: train, then print a summary (a refused argument exits with status 2)."""
     args = parse_cli(AnswerModelArgs, argv, "python -m agents.answer_model", __doc__)
     _, history = train(args)
-    print(summary_line(history, args.out))
+    print(summary_line(history, args.run_folder()))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,23 @@
 """A per-patch belief of the lesion and a model of the expert's answers, shared by the agents that
-reason about what a click will make (:mod:`agents.answer_model`, REINFORCE's ``belief`` policy).
+reason about what a click will make (:mod:`agents.answer_model`, REINFORCE's ``belief`` policy,
+SB3's ``BeliefExtractor``).
 
-Pure functions on torch tensors (no agent or env state), and the replay buffer of answered clicks.
-The model of an answer is the Dice oracle's exact rule, softened: see :func:`answer_logits`.
+Pure functions on torch tensors (no agent or env state), the replay buffer of answered clicks,
+and the belief policy network that REINFORCE and SB3 share. The model of an answer is the Dice
+oracle's exact rule, softened: see :func:`answer_logits`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import deque
 
 import numpy as np
 import torch
 from torch import nn
+
+from agents.common import PatchMLP
 
 
 def soft_dice(mask: torch.Tensor, belief: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -141,3 +146,42 @@ class ReplayBuffer:
         rows = [self.rows[i] for i in rng.integers(len(self.rows), size=n)]
         return (np.stack([self.images[r[0]] for r in rows]), np.stack([r[1] for r in rows]),
                 np.stack([r[2] for r in rows]), np.array([r[3] for r in rows], np.float32))
+
+
+def split_belief_inputs(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(features, mask, offset, graph)`` of a batch ``(B, P, D + 4 + P)`` of
+    :func:`agents.reinforce.belief_policy_inputs`."""
+    p = x.shape[-2]
+    d = x.shape[-1] - p - 2
+    return x[..., :d], x[..., d], x[..., d + 1], x[..., d + 2:]
+
+
+class BeliefPolicyNet(PatchMLP):
+    """Click logits ``(B, 2P)`` and values ``(B,)`` from :func:`agents.reinforce.belief_policy_inputs`.
+
+    A small MLP gives each patch a belief logit; with the episode's offset, ``q = sigmoid(logit +
+    offset)`` is the belief that the patch is lesion. A click's logit is ``alpha`` times the Dice
+    gain it would make against ``q`` (the answer model's rule, :func:`answer_logits`), so the
+    policy gradient trains the belief. ``kappa`` and ``beta`` model the expert's answers for the
+    within-episode update and the auxiliary loss. Untrained, ``q = 0.5`` everywhere.
+    """
+
+    def __init__(self, hidden: int = 64):
+        super().__init__(hidden, 1)
+        self.value = nn.Linear(hidden, 1)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.log_kappa = nn.Parameter(torch.tensor(math.log(20.0)))
+        self.beta = nn.Parameter(torch.tensor(1.0))
+
+    def belief(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, P)`` belief logits and ``(B, P, hidden)`` embeddings of patch features."""
+        h = self.embed(features)
+        return self.head(h).squeeze(-1), h
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, m, offset, graph = split_belief_inputs(x)
+        z, h = self.belief(features)
+        q = torch.sigmoid(z + offset)
+        after = masks_after_clicks(m, graph)  # (B, 2, P, P)
+        gain = soft_dice(after, q[:, None, None]) - soft_dice(m, q)[:, None, None]
+        return self.log_alpha.exp() * gain.flatten(1), self.value(h.mean(1)).squeeze(1)

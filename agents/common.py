@@ -1,11 +1,14 @@
-"""What every learning agent shares: which data it trains on, and how its envs are built."""
+"""What every learning agent shares: its arguments (the data it trains on, the training budget
+and the run), how its envs are built, its training log and its checkpoints."""
 
 from __future__ import annotations
 
 import json
 import numbers
+import os
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -14,12 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from bow_gym.io_utils import load_tensors, save_tensors, write_json
+
 
 class ArgumentValueError(ValueError):
     """An agent argument whose value cannot work, refused before anything is built or written.
 
-    The message names the field as Python does (``total_clicks must be >= 1, got 0``);
-    :attr:`usage_message` names it as the command line does (``--total-clicks``).
+    The message names the field as Python does (``total_answers must be >= 1, got 0``);
+    :attr:`usage_message` names it as the command line does (``--total-answers``).
 
     Args:
         name: The argument's field name.
@@ -32,7 +37,7 @@ class ArgumentValueError(ValueError):
 
     @property
     def flag(self) -> str:
-        """The argument's command-line flag (tyro spells ``total_clicks`` ``--total-clicks``)."""
+        """The argument's command-line flag (tyro spells ``total_answers`` ``--total-answers``)."""
         return "--" + self.name.replace("_", "-")
 
     @property
@@ -88,7 +93,7 @@ class Bound:
         return text
 
 
-#: At least one (clicks, envs, steps, batch sizes).
+#: At least one (answers, envs, steps, batch sizes).
 COUNT = Bound(1, integer=True)
 #: Zero or more (0 usually turns something off).
 NON_NEGATIVE_COUNT = Bound(0, integer=True)
@@ -100,6 +105,11 @@ NON_NEGATIVE = Bound(0)
 SHARE = Bound(0, 1)
 
 
+#: Argument fields that were renamed: old name -> new name. The old name is refused in Python
+#: (naming the new one) and deprecated on the command line (:func:`parse_cli`).
+RENAMED_FIELDS: dict[str, str] = {"total_clicks": "total_answers"}
+
+
 @dataclass
 class TrainDataArgs:
     """Training data of an agent (the first fields of every agent's argument dataclass).
@@ -108,12 +118,20 @@ class TrainDataArgs:
     add their own fields to it and their cross-field checks to :meth:`validate`.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # Before the dataclass's __init__, which would only say "unexpected keyword argument".
+        for old, new in RENAMED_FIELDS.items():
+            if old in kwargs:
+                raise TypeError(f"{cls.__name__}: {old!r} was renamed {new!r} (the training "
+                                "budget counts the expert's answers)")
+        return super().__new__(cls)
+
     #: Allowed values of numeric fields, by name. Fields of the same name mean the same in every
     #: agent, so one entry covers all the agents that have the field.
     bounds: ClassVar[dict[str, Bound]] = {
         "limit": Bound(1, integer=True, unset="all images of the split"),
         "expert_margin": NON_NEGATIVE,
-        "total_clicks": COUNT,
+        "total_answers": COUNT,
         "num_envs": COUNT,
         "lr": POSITIVE,
         "gamma": SHARE,
@@ -176,6 +194,38 @@ class TrainDataArgs:
                                                    f"device such as cuda:1, got {device!r}") from None
 
 
+@dataclass
+class TrainArgs(TrainDataArgs):
+    """What every trainer shares: the training data, the budget and the run.
+
+    The agents' argument dataclasses (``ReinforceArgs``, ``AnswerModelArgs``, ``SB3Args``)
+    subclass it and add only their own fields, CleanRL style. The benchmarks set these fields
+    alike for every registered trainer (:mod:`bow_gym.agent_registry`).
+    """
+
+    #: Run folder when :attr:`out` is unset (:meth:`run_folder`).
+    default_out: ClassVar[str] = "runs/agent"
+
+    total_answers: int = 2000
+    """training budget: expert answers (one per click, i.e. env step), over all envs"""
+    num_envs: int = 8
+    """envs stepped in lockstep, one click each per step"""
+    seed: int = 0
+    """seed of torch, numpy, the envs and the agent's own randomness"""
+    device: str = "auto"
+    """auto, cpu or cuda"""
+    out: str | None = None
+    """run folder: checkpoint, arguments, learning curve, TensorBoard logs (unset: runs/<agent>)"""
+    tensorboard: bool = True
+    """write TensorBoard logs to <out>/tb"""
+    progress: bool = True
+    """show a progress bar"""
+
+    def run_folder(self) -> Path:
+        """Where the run is written: :attr:`out`, or the agent's default folder."""
+        return Path(self.out if self.out is not None else self.default_out)
+
+
 ArgsT = TypeVar("ArgsT", bound=TrainDataArgs)
 
 
@@ -197,9 +247,18 @@ def parse_cli(cls: type[ArgsT], argv: Sequence[str] | None, prog: str,
             for a value tyro cannot parse), before anything is written.
     """
     import argparse
+    import sys
 
     import tyro
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, item in enumerate(argv):
+        for old, new in RENAMED_FIELDS.items():
+            flag, new_flag = "--" + old.replace("_", "-"), "--" + new.replace("_", "-")
+            if item == flag or item.startswith(flag + "="):
+                warnings.warn(f"{flag} is deprecated: use {new_flag}", FutureWarning,
+                              stacklevel=2)
+                argv[i] = new_flag + item[len(flag):]
     args = tyro.cli(cls, args=argv, prog=prog, description=description)
     try:
         args.validate()
@@ -256,18 +315,17 @@ class TrainingLog:
     """What an offline agent trainer records: learning curve, TensorBoard, progress bar, files.
 
     Args:
-        out: Run folder (created); TensorBoard logs go to ``<out>/tb``.
-        total_clicks: Length of the progress bar.
+        args: The trainer's arguments: run folder (created; TensorBoard logs go to
+            ``<out>/tb``), budget (the length of the progress bar), ``tensorboard`` (skipped
+            with a hint if tensorboard is missing) and ``progress``.
         desc: Progress-bar label.
-        tensorboard: Write TensorBoard logs (skipped with a hint if tensorboard is missing).
-        progress: Show the progress bar.
     """
 
-    def __init__(self, out: Path, total_clicks: int, desc: str, tensorboard: bool,
-                 progress: bool):
+    def __init__(self, args: TrainArgs, desc: str):
         from tqdm.auto import tqdm
 
-        self.out = Path(out)
+        self.out = args.run_folder()
+        tensorboard, progress = args.tensorboard, args.progress
         self.out.mkdir(parents=True, exist_ok=True)
         self.writer = None
         if tensorboard:
@@ -279,7 +337,7 @@ class TrainingLog:
                 print("tensorboard is not installed (pip install tensorboard): logging to CSV only")
         self.history: dict[str, list[float]] = {"clicks": [], "reward": [], "better_share": []}
         self.t0 = time.time()
-        self.bar = tqdm(total=total_clicks, desc=desc, unit="click", disable=not progress)
+        self.bar = tqdm(total=args.total_answers, desc=desc, unit="answer", disable=not progress)
 
     def step(self, clicks: int, rewards: list[float], stats: dict[str, float]) -> None:
         """Record one lockstep of answered clicks (``clicks``: total so far)."""
@@ -303,8 +361,8 @@ class TrainingLog:
         if self.writer is not None:
             self.writer.close()
         agent.save(self.out / "agent.safetensors")
-        (self.out / "args.json").write_text(json.dumps(asdict(args), indent=1))
-        (self.out / "history.json").write_text(json.dumps(self.history))
+        write_json(self.out / "args.json", {**asdict(args), "out": str(self.out)})
+        write_json(self.out / "history.json", self.history)
         return self.history
 
 
@@ -313,6 +371,61 @@ def summary_line(history: dict[str, list[float]], out: str | Path) -> str:
     last = history["reward"][-max(1, len(history["reward"]) // 10):]
     return (f"trained {history['clicks'][-1]} clicks; mean reward over the last 10%: "
             f"{np.mean(last):+.3f}; checkpoint {Path(out) / 'agent.safetensors'}")
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, torch.Tensor],
+                    metadata: Mapping[str, str], net: nn.Module | None = None,
+                    unsized: str = "the network") -> None:
+    """An agent's weights as safetensors (atomic), its hyper-parameters in the metadata.
+
+    Args:
+        path: The file.
+        state: The tensors.
+        metadata: String metadata (``agent``, ``hparams`` as JSON, ...).
+        net: The network, checked to have read an input already (lazy layers have no size
+            before that).
+        unsized: What has not read an input yet, for the error (``"the patch policy"``).
+
+    Raises:
+        ValueError: ``net`` still has lazy, uninitialised parameters.
+    """
+    if net is not None and any(isinstance(t, nn.parameter.UninitializedParameter)
+                               for t in net.parameters()):
+        raise ValueError(f"cannot save to {path}: {unsized} has not read any image yet, so "
+                         "its input size is unknown")
+    save_tensors(path, state, metadata)
+
+
+def load_checkpoint(path: str | os.PathLike, what: str, device: str = "cpu", *,
+                    agent: str | None = None, keys: Sequence[str] = (),
+                    json_keys: Sequence[str] = ()
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, Any]]:
+    """The tensors, metadata and JSON-decoded metadata fields of a :func:`save_checkpoint` file.
+
+    Args:
+        path: The file.
+        what: What it should be, for the errors (``"REINFORCE checkpoint"``).
+        device: Where the tensors are loaded.
+        agent: The ``agent`` metadata it must name (``None``: not checked).
+        keys: Metadata fields it must have.
+        json_keys: Metadata fields decoded as JSON into the third value.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ValueError: Not such a checkpoint (unreadable, another agent's, a field missing).
+    """
+    state, meta = load_tensors(path, what, device)
+    try:
+        if agent is not None and meta.get("agent") != agent:
+            raise ValueError(f"it holds a {meta.get('agent')!r} agent")
+        missing = [key for key in keys if key not in meta]
+        if missing:
+            raise KeyError(", ".join(missing))
+        decoded = {key: json.loads(meta[key]) for key in json_keys}
+    except Exception as e:
+        raise ValueError(f"{path} is not a bow-gym {what}: {e}") from e
+    return state, meta, decoded
 
 
 class PatchMLP(nn.Module):

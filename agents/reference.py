@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agents.policy import ClickPolicy
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.metrics import distance_to_background
+from bow_gym.policy import ClickPolicy
 from bow_gym.propagation import cells_to_pixels
 from bow_gym.wrappers import patch_to_pixel_action
 
@@ -29,6 +29,11 @@ class RandomClicker(ClickPolicy):
 
     def __init__(self, seed: int | None = None):
         self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def for_env(cls, env: BetterWorseSegEnv, *, seed: int | None = None, device: str = "cpu",
+                **kwargs: Any) -> RandomClicker:
+        return cls(seed=seed, **kwargs)
 
     def reset(self, seed: int | None = None) -> None:
         if seed is not None:

@@ -4,7 +4,7 @@ Reads top to bottom, CleanRL style: the arguments, the agent (a :class:`~agents.
 also learns online in :meth:`ReinforceAgent.observe`), the offline training loop over batched
 rollouts, checkpoints (safetensors), and the command line::
 
-    python -m agents.reinforce --total-clicks 2000 --out runs/reinforce
+    python -m agents.reinforce --total-answers 2000 --out runs/reinforce
 
 The policy is ``softmax(logits / temperature)`` over the ``2 x H x W`` (label x pixel) logits of a
 small U-Net (:class:`agents.unet.ClickUNet`). ``--policy patches`` swaps the U-Net for a small
@@ -26,12 +26,10 @@ An agent never reads ground truth: it sees observations and answers only.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,12 +37,12 @@ import torch
 from torch import nn
 
 from agents.belief import (
+    BeliefPolicyNet,
     ReplayBuffer,
     answer_logits,
     fit_episode_offsets,
     mask_after_click,
-    masks_after_clicks,
-    soft_dice,
+    split_belief_inputs,
 )
 from agents.common import (
     NON_NEGATIVE,
@@ -53,16 +51,18 @@ from agents.common import (
     ArgumentValueError,
     Bound,
     PatchMLP,
-    TrainDataArgs,
+    TrainArgs,
     TrainingLog,
+    load_checkpoint,
     make_envs,
     parse_cli,
+    save_checkpoint,
     summary_line,
 )
-from agents.policy import ClickPolicy
 from agents.unet import ClickUNet
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
-from bow_gym.io_utils import atomic_path
+from bow_gym.policy import BatchedLearner
+from bow_gym.segmenters import resolve_device
 from bow_gym.wrappers import (
     mask_shares,
     patch_inputs,
@@ -72,17 +72,16 @@ from bow_gym.wrappers import (
 
 
 @dataclass
-class ReinforceArgs(TrainDataArgs):
-    """Arguments of REINFORCE training (every field is a ``--flag`` of the CLI)."""
+class ReinforceArgs(TrainArgs):
+    """Arguments of REINFORCE training (every field is a ``--flag`` of the CLI); the shared
+    ones (data, budget, run) are :class:`~agents.common.TrainArgs`'. Each lockstep of
+    ``num_envs`` clicks is one gradient step (``gamma=0``)."""
 
     bounds: ClassVar[dict[str, Bound]] = {
-        **TrainDataArgs.bounds, "temperature": POSITIVE, "ema_decay": SHARE,
+        **TrainArgs.bounds, "temperature": POSITIVE, "ema_decay": SHARE,
         "value_coef": NON_NEGATIVE, "entropy_coef": NON_NEGATIVE}
+    default_out: ClassVar[str] = "runs/reinforce"
 
-    total_clicks: int = 2000
-    """clicks (env steps) to train for, over all envs"""
-    num_envs: int = 8
-    """envs stepped in lockstep; each batch of clicks is one gradient step (gamma=0)"""
     policy: str = "unet"
     """policy network: unet (the method's: a U-Net scores every pixel of the observation) or
     patches (an MLP scores each (label, patch) click from the patch's backbone features and what
@@ -116,16 +115,6 @@ class ReinforceArgs(TrainDataArgs):
     posterior_steps: int = 20
     """belief policy: gradient steps of the within-episode belief update after each answer (0
     disables it)"""
-    seed: int = 0
-    """seed of torch, numpy and the envs"""
-    device: str = "auto"
-    """auto, cpu or cuda"""
-    out: str = "runs/reinforce"
-    """run folder: checkpoint, args, metrics, TensorBoard logs"""
-    tensorboard: bool = True
-    """write TensorBoard logs to <out>/tb"""
-    progress: bool = True
-    """show a progress bar"""
 
     def validate(self) -> None:
         """:meth:`TrainDataArgs.validate`, and the choices of policy and baseline.
@@ -176,45 +165,6 @@ def belief_policy_inputs(obs: np.ndarray, env: BetterWorseSegEnv,
                           axis=1).astype(np.float32)
 
 
-def split_belief_inputs(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``(features, mask, offset, graph)`` of a batch ``(B, P, D + 4 + P)`` of
-    :func:`belief_policy_inputs`."""
-    p = x.shape[-2]
-    d = x.shape[-1] - p - 2
-    return x[..., :d], x[..., d], x[..., d + 1], x[..., d + 2:]
-
-
-class BeliefPolicyNet(PatchMLP):
-    """Click logits ``(B, 2P)`` and values ``(B,)`` from :func:`belief_policy_inputs`.
-
-    A small MLP gives each patch a belief logit; with the episode's offset, ``q = sigmoid(logit +
-    offset)`` is the belief that the patch is lesion. A click's logit is ``alpha`` times the Dice
-    gain it would make against ``q`` (the answer model's rule, :mod:`agents.belief`), so the
-    policy gradient trains the belief. ``kappa`` and ``beta`` model the expert's answers for the
-    within-episode update and the auxiliary loss. Untrained, ``q = 0.5`` everywhere.
-    """
-
-    def __init__(self, hidden: int = 64):
-        super().__init__(hidden, 1)
-        self.value = nn.Linear(hidden, 1)
-        self.log_alpha = nn.Parameter(torch.tensor(math.log(10.0)))
-        self.log_kappa = nn.Parameter(torch.tensor(math.log(20.0)))
-        self.beta = nn.Parameter(torch.tensor(1.0))
-
-    def belief(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, P)`` belief logits and ``(B, P, hidden)`` embeddings of patch features."""
-        h = self.embed(features)
-        return self.head(h).squeeze(-1), h
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features, m, offset, graph = split_belief_inputs(x)
-        z, h = self.belief(features)
-        q = torch.sigmoid(z + offset)
-        after = masks_after_clicks(m, graph)  # (B, 2, P, P)
-        gain = soft_dice(after, q[:, None, None]) - soft_dice(m, q)[:, None, None]
-        return self.log_alpha.exp() * gain.flatten(1), self.value(h.mean(1)).squeeze(1)
-
-
 @dataclass
 class BeliefEpisode:
     """The belief policy's memory of an episode: the answers so far and the offsets they fit."""
@@ -232,7 +182,7 @@ class BeliefEpisode:
         return (self.local + shift).cpu().numpy()
 
 
-class ReinforceAgent(ClickPolicy):
+class ReinforceAgent(BatchedLearner):
     """A click policy trained with REINFORCE; also learns online while labelling.
 
     Three policy networks: ``policy="unet"`` (the method's agent) scores every pixel of the
@@ -307,6 +257,17 @@ class ReinforceAgent(ClickPolicy):
         self._last_obs: np.ndarray | None = None
         self._last_choice: tuple[np.ndarray, int] | None = None
         self.last_confidence: float | None = None
+
+    @classmethod
+    def for_env(cls, env: BetterWorseSegEnv, *, seed: int | None = None, device: str = "cpu",
+                **kwargs: Any) -> ReinforceAgent:
+        """An agent for ``env``'s observation channels."""
+        return cls(env.n_channels, device=device, seed=0 if seed is None else seed, **kwargs)
+
+    def evaluation_mode(self) -> ReinforceAgent:
+        """Greedy clicks and no online updates."""
+        self.greedy, self.online_batch = True, 0
+        return self
 
     # -------------------------------------------------------------- acting
     def logits(self, inputs: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -623,43 +584,20 @@ class ReinforceAgent(ClickPolicy):
     # -------------------------------------------------------------- checkpoints
     def save(self, path: str | os.PathLike) -> None:
         """Weights as safetensors (atomic), hyper-parameters in its metadata."""
-        from safetensors.torch import save_file
-
-        if any(isinstance(t, nn.parameter.UninitializedParameter) for t in self.net.parameters()):
-            raise ValueError(f"cannot save to {path}: the patch policy has not read any image "
-                             "yet, so its input size is unknown")
         meta = {"agent": self.name, "hparams": json.dumps(self.hparams), "ema": str(self.ema),
                 "updates": str(self.updates)}
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata=meta)
+        save_checkpoint(path, self.net.state_dict(), meta, self.net, "the patch policy")
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", **overrides: Any) -> ReinforceAgent:
         """An agent from a :meth:`save` checkpoint (``overrides`` change acting options)."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no REINFORCE checkpoint at {path}")
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            hparams = json.loads(meta["hparams"])
-        except Exception as e:
-            raise ValueError(f"{path} is not a bow-gym REINFORCE checkpoint: {e}") from e
-        agent = cls(**{**hparams, **overrides}, device=device)
-        agent.net.load_state_dict(load_file(str(path), device=str(agent.device)))
+        state, meta, decoded = load_checkpoint(path, "REINFORCE checkpoint", device,
+                                               json_keys=("hparams",))
+        agent = cls(**{**decoded["hparams"], **overrides}, device=device)
+        agent.net.load_state_dict(state)
         agent.ema = float(meta.get("ema", 0.0))
         agent.updates = int(meta.get("updates", 0))
         return agent
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
@@ -681,14 +619,13 @@ def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
                            online_batch=0, avoid_rejected=args.avoid_rejected,
                            aux_coef=args.aux_coef, aux_steps=args.aux_steps,
                            posterior_steps=args.posterior_steps, device=device, seed=args.seed)
-    log = TrainingLog(Path(args.out), args.total_clicks, "reinforce", args.tensorboard,
-                      args.progress)
+    log = TrainingLog(args, "reinforce")
     obs = [e.reset(seed=args.seed + i)[0] for i, e in enumerate(envs)]
     rejected: list[list[tuple[int, int]]] = [[] for _ in envs]
     episode: list[list[tuple[np.ndarray, np.ndarray, int, float]]] = [[] for _ in envs]
     memory = [agent.new_episode() for _ in envs]  # the belief policy's within-episode memory
     clicks = 0
-    while clicks < args.total_clicks:
+    while clicks < args.total_answers:
         inputs, valid = zip(*[agent.policy_inputs(o, b, r, mem) for o, b, r, mem
                               in zip(obs, bases, rejected, memory, strict=True)], strict=True)
         actions, _ = agent._sample(np.stack(inputs), np.stack(valid))
@@ -733,7 +670,7 @@ def main(argv: list[str] | None = None) -> None:
     """The command line: train, then print a summary (a refused argument exits with status 2)."""
     args = parse_cli(ReinforceArgs, argv, "python -m agents.reinforce", __doc__)
     _, history = train(args)
-    print(summary_line(history, args.out))
+    print(summary_line(history, args.run_folder()))
 
 
 if __name__ == "__main__":

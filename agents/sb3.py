@@ -5,7 +5,7 @@ Reads top to bottom like :mod:`agents.reinforce`: the arguments, the features ex
 evaluation policy (a :class:`~agents.ClickPolicy`, so benchmarks treat it like every other
 clicker), logging, training and the command line::
 
-    python -m agents.sb3 --algo ppo --total-clicks 3000 --out runs/sb3-ppo
+    python -m agents.sb3 --algo ppo --total-answers 3000 --out runs/sb3-ppo
 
 Nothing of SB3 is forked; the project plugs in where SB3 expects it:
 
@@ -51,6 +51,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from agents.belief import (
+    BeliefPolicyNet,
     ReplayBuffer,
     answer_logits,
     fit_episode_offsets,
@@ -65,12 +66,14 @@ from agents.common import (
     SHARE,
     ArgumentValueError,
     Bound,
-    TrainDataArgs,
+    TrainArgs,
+    load_checkpoint,
+    make_envs,
     parse_cli,
 )
-from agents.policy import ClickPolicy
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
-from bow_gym.io_utils import atomic_path
+from bow_gym.io_utils import save_tensors, write_json
+from bow_gym.policy import ClickPolicy
 from bow_gym.wrappers import (
     ClickHistory,
     ClickMasks,
@@ -87,15 +90,18 @@ PPO_LIKE = ("ppo", "maskable_ppo")
 
 
 @dataclass
-class SB3Args(TrainDataArgs):
-    """Arguments of SB3 training (every field is a ``--flag`` of the CLI).
+class SB3Args(TrainArgs):
+    """Arguments of SB3 training (every field is a ``--flag`` of the CLI); the shared ones (data,
+    budget, run) are :class:`~agents.common.TrainArgs`'. With ``num_envs`` envs in SB3's
+    ``DummyVecEnv``, one vectorised step is ``num_envs`` clicks; PPO and A2C round the budget up
+    to whole rollouts.
 
     Fields left at ``None`` take the per-algorithm default of :data:`ALGO_DEFAULTS`, chosen for a
-    budget of 2,000 to 5,000 clicks on a CPU.
+    budget of 2,000 to 5,000 answers on a CPU.
     """
 
     bounds: ClassVar[dict[str, Bound]] = {
-        **TrainDataArgs.bounds,
+        **TrainArgs.bounds,
         "lr": Bound(0, low_open=True, unset="the algorithm's default"),
         "n_steps": Bound(1, integer=True, unset="the algorithm's default"),
         "batch_size": Bound(1, integer=True, unset="the algorithm's default"),
@@ -107,10 +113,6 @@ class SB3Args(TrainDataArgs):
     algo: Literal["ppo", "a2c", "dqn", "maskable_ppo"] = "ppo"
     """SB3 algorithm; maskable_ppo is sb3-contrib's MaskablePPO, which never samples a click that
     would change nothing or that the expert rejected earlier in the episode"""
-    total_clicks: int = 2000
-    """clicks (env steps) to train for, over all envs (PPO/A2C round up to whole rollouts)"""
-    num_envs: int = 8
-    """envs in SB3's DummyVecEnv; one vectorised step is num_envs clicks"""
     lr: float | None = None
     """learning rate (unset: ppo and maskable_ppo 1e-3, a2c 1e-3, dqn 5e-4)"""
     gamma: float = 0.0
@@ -128,7 +130,7 @@ class SB3Args(TrainDataArgs):
     use_rms_prop: bool = False
     """A2C: RMSprop (SB3's default) instead of Adam; Adam learns faster on this budget"""
     buffer_size: int = 10_000
-    """DQN: replay buffer size in clicks (capped at total_clicks; 64 KB per click)"""
+    """DQN: replay buffer size in clicks (capped at total_answers; 64 KB per click)"""
     learning_starts: int = 200
     """DQN: clicks of uniform exploration before the first update"""
     train_freq: int = 1
@@ -163,18 +165,12 @@ class SB3Args(TrainDataArgs):
     """obs=belief: Adam steps of the within-episode fit of the belief to the episode's answers"""
     avoid_rejected: bool = True
     """the returned policy masks clicks (label, patch) the expert rejected earlier in the episode"""
-    seed: int = 0
-    """seed of torch, numpy, SB3 and the envs"""
-    device: str = "auto"
-    """auto, cpu or cuda"""
-    out: str | None = None
-    """run folder: checkpoint, SB3 zip, args, metrics, TensorBoard logs (unset: runs/sb3-<algo>)"""
-    tensorboard: bool = True
-    """write TensorBoard logs to <out>/tb"""
-    progress: bool = True
-    """show a progress bar"""
     log_every: int = 128
     """clicks between points of the TensorBoard/CSV logs (rounded to whole rollouts/episodes)"""
+
+    def run_folder(self) -> Path:
+        """:attr:`out`, or ``runs/sb3-<algo>``."""
+        return Path(self.out if self.out is not None else f"runs/sb3-{self.algo}")
 
     def validate(self) -> None:
         """:meth:`TrainDataArgs.validate`, the choices, and what needs what (also SB3's own
@@ -215,15 +211,15 @@ class SB3Args(TrainDataArgs):
 
 
 #: Per-algorithm defaults of the ``None`` fields of :class:`SB3Args`, tuned briefly on 2,000
-#: clicks of the synthetic data (held-out Dice after 5 clicks in brackets, one seed).
+#: answers of the synthetic data, one seed (see docs/agents.md).
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
-    # 8 envs x 16 steps = 128 clicks per rollout, 4 epochs of 2 minibatches of 64. lr 2e-3
-    # (0.57) and 8 epochs (0.65, twice the time) were no better than these (0.63).
+    # 8 envs x 16 steps = 128 clicks per rollout, 4 epochs of 2 minibatches of 64; a larger lr
+    # and 8 epochs (twice the time) were no better.
     "ppo": {"lr": 1e-3, "n_steps": 16, "batch_size": 64},
     # A2C has no epochs or minibatches, so the number of updates is what matters: one per
-    # vectorised step (0.60) against one per two (0.38).
+    # vectorised step did much better than one per two.
     "a2c": {"lr": 1e-3, "n_steps": 1, "batch_size": None},
-    # Two gradient steps of 32 per 8 clicks: as good as 64 (0.70) at half the time.
+    # Two gradient steps of 32 per 8 clicks: as good as 64 at half the time.
     "dqn": {"lr": 5e-4, "n_steps": None, "batch_size": 32},
 }
 # PPO's settings: the two differ only in which clicks they may sample.
@@ -241,8 +237,7 @@ def resolved(args: SB3Args) -> dict[str, Any]:
     for key, value in ALGO_DEFAULTS[args.algo].items():
         if out[key] is None:
             out[key] = value
-    if out["out"] is None:
-        out["out"] = f"runs/sb3-{args.algo}"
+    out["out"] = str(args.run_folder())
     return out
 
 
@@ -377,7 +372,7 @@ class BeliefExtractor(BaseFeaturesExtractor):
     :class:`~bow_gym.wrappers.BeliefObservation` (REINFORCE's ``belief`` policy, inside SB3).
 
     A small MLP shared by all patches gives each patch a belief logit
-    (:class:`agents.reinforce.BeliefPolicyNet`); offsets fitted to the episode's answered clicks
+    (:class:`agents.belief.BeliefPolicyNet`); offsets fitted to the episode's answered clicks
     in the observation (:func:`agents.belief.fit_episode_offsets`, no gradient through the fit)
     update it, ``q = sigmoid(logit + offset)``. The logit of click ``(label, p)`` is ``alpha``
     times the Dice gain it would make against ``q``, so PPO's or A2C's policy gradient trains
@@ -397,8 +392,6 @@ class BeliefExtractor(BaseFeaturesExtractor):
 
     def __init__(self, observation_space: spaces.Box, clicks: int = 5, width: int = 64,
                  posterior_steps: int = 20):
-        from agents.reinforce import BeliefPolicyNet
-
         if len(observation_space.shape) != 2:
             raise ValueError("BeliefExtractor reads (patches, columns) observations, got shape "
                              f"{observation_space.shape}")
@@ -621,39 +614,30 @@ class SB3ClickPolicy(ClickPolicy):
             n_patches = self.n_actions // 2
             self._rejected.add(int(info["click"]["label"]) * n_patches + int(info["patch"]))
 
+    def evaluation_mode(self) -> SB3ClickPolicy:
+        """Argmax clicks (the default)."""
+        self.greedy = True
+        return self
+
     # -------------------------------------------------------------- checkpoints
     def save(self, path: str | os.PathLike) -> None:
         """Policy weights as safetensors (atomic); algo, spec and metadata in its header."""
-        from safetensors.torch import save_file
-
         meta = {**self.metadata, "agent": "sb3", "algo": self.algo, "spec": json.dumps(self.spec)}
-        # Clones: PPO's actor and critic share one extractor, and safetensors refuses tensors
-        # that share memory; loading copies each key back into the shared module.
-        state = {k: v.detach().cpu().clone().contiguous()
-                 for k, v in self.policy.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata=meta)
+        # save_tensors copies each tensor: PPO's actor and critic share one extractor, and
+        # loading copies each key back into the shared module.
+        save_tensors(path, self.policy.state_dict(), meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", **overrides: Any) -> SB3ClickPolicy:
         """A policy from a :meth:`save` checkpoint (``overrides``: acting options such as
         ``greedy``, ``avoid_rejected``, ``temperature``, ``seed``)."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no SB3 checkpoint at {path}")
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            algo, spec = meta["algo"], json.loads(meta["spec"])
-        except Exception as e:
-            raise ValueError(f"{path} is not a bow-gym SB3 checkpoint: {e}") from e
-        policy = build_policy(algo, spec, device=device)
-        policy.load_state_dict(load_file(str(path), device=str(policy.device)))
+        # On the CPU: load_state_dict copies the weights to wherever the policy lives.
+        state, meta, decoded = load_checkpoint(path, "SB3 checkpoint", "cpu", keys=("algo",),
+                                               json_keys=("spec",))
+        policy = build_policy(meta["algo"], decoded["spec"], device=device)
+        policy.load_state_dict(state)
         acting = {"avoid_rejected": json.loads(meta.get("avoid_rejected", "true"))}
-        agent = cls(policy, algo, spec, **{**acting, **overrides})
+        agent = cls(policy, meta["algo"], decoded["spec"], **{**acting, **overrides})
         agent.metadata = {k: v for k, v in meta.items() if k not in ("agent", "algo", "spec")}
         return agent
 
@@ -836,7 +820,6 @@ def make_vec_env(args: SB3Args, n: int):
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents.common import make_envs
     from bow_gym.wrappers import BeliefObservation, PatchActions, PatchFeatureObservation
 
     envs = [PatchActions(e) for e in make_envs(args, n)]  # type: ignore[arg-type]
@@ -878,7 +861,7 @@ def build_model(args: SB3Args, vec_env: Any, out: Path):
     else:
         # 64 KB per stored click: keep only what the run can fill, and store each observation
         # once (the env never truncates, so timeout handling is not needed).
-        size = max(args.num_envs, min(args.buffer_size, args.total_clicks + args.num_envs))
+        size = max(args.num_envs, min(args.buffer_size, args.total_answers + args.num_envs))
         model = DQN(policy, vec_env, buffer_size=size, learning_starts=args.learning_starts,
                     batch_size=hp["batch_size"], train_freq=args.train_freq,
                     gradient_steps=args.gradient_steps,
@@ -918,7 +901,7 @@ def train_sb3(args: SB3Args) -> tuple[SB3ClickPolicy, dict[str, list[float]]]:
     per_dump = base.clicks_per_episode if args.algo == "dqn" else hp["n_steps"] * args.num_envs
     log_interval = max(1, round(args.log_every / per_dump))
     t0 = time.time()
-    model.learn(total_timesteps=args.total_clicks, callback=callback, log_interval=log_interval,
+    model.learn(total_timesteps=args.total_answers, callback=callback, log_interval=log_interval,
                 progress_bar=args.progress)
     seconds = time.time() - t0
     model.logger.dump(model.num_timesteps)  # what was recorded after SB3's last dump
@@ -937,9 +920,9 @@ def train_sb3(args: SB3Args) -> tuple[SB3ClickPolicy, dict[str, list[float]]]:
                       "avoid_rejected": json.dumps(args.avoid_rejected)}
     agent.save(out / "agent.safetensors")
     model.save(out / "model.zip")
-    (out / "args.json").write_text(json.dumps(hp, indent=1))
+    write_json(out / "args.json", hp)
     history = history_callback.history
-    (out / "history.json").write_text(json.dumps(history))
+    write_json(out / "history.json", history)
     vec_env.close()
     return agent, history
 

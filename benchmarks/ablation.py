@@ -23,8 +23,9 @@ FILE`` (weights of ``--dinov2``, default dinov2_vits14) runs the DINOv2 rows ins
 Reported: segmenter-prediction Dice on the evaluation images after rounds 3 and 5 (in %), mean over
 seeds with a 95% Student-t interval over seeds (with one seed: a bootstrap interval over images),
 the pseudo-mask Dice, HD95, and wall time per round. Writes ``ablation.csv``/``.json``, the
-figures of :mod:`bow_gym.figures` overlaid for the first seed, and ``ablation.png``. Runs live in
-``<out>/runs/<variant>-s<seed>`` and are resumed, so an interrupted benchmark continues.
+figures of :mod:`bow_gym.figures` overlaid for the first seed, ``ablation.png`` and ``run.json``
+to ``benchmarks/results/ablation/<run>/``. Runs live in ``<out>/runs/<variant>-s<seed>`` and are
+resumed, so an interrupted benchmark continues.
 
 Last line: ``full_minus_random_round3: <value>`` (Dice points, prediction, round 3): the DINOv2
 ``full`` row minus its ``random`` row when they ran, else lab_texture REINFORCE minus lab_texture
@@ -44,15 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import (
-    data_folder,
-    machine,
-    out_dir,
-    save_figure,
-    t_interval,
-    write_csv,
-    write_json,
-)
+from benchmarks import lib
 
 #: variant -> (label, config overrides); DINOv2 variants need weights.
 DINO_VARIANTS = {
@@ -95,7 +88,7 @@ def aggregate(per_seed: list[list[dict[str, Any]]], r: int, target: str = "predi
         rows = per_seed[0]
         return {"mean": means[0], "low": _summary(rows, r, target, "dice_ci_low") * 100,
                 "high": _summary(rows, r, target, "dice_ci_high") * 100, "ci": "images"}
-    m, lo, hi = t_interval(means)
+    m, lo, hi = lib.t_interval(means)
     return {"mean": m, "low": lo, "high": hi, "ci": "seeds"}
 
 
@@ -116,12 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dinov2-checkpoint", help="local weights file: runs the DINOv2 rows")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config field for every variant (TOML value), repeatable")
-    p.add_argument("--out", help="output folder (default benchmarks/results/ablation_rounds)")
+    lib.add_output_arguments(p, "ablation")
     args = p.parse_args(argv)
 
-    from bow_gym.cli import _parse_value
     from bow_gym.figures import make_figures
-    from bow_gym.rounds import load_config, run_rounds, train_supervised
+    from bow_gym.rounds import load_config, parse_set, run_rounds, train_supervised
 
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -135,15 +127,19 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--rounds must be >= 1, got {args.rounds}")
     extra: dict[str, Any] = {}
     for item in args.set:
-        key, _, value = item.partition("=")
-        extra[key.strip()] = _parse_value(value.strip())
+        try:
+            key, value = parse_set(item)
+        except ValueError as e:
+            p.error(str(e))
+        extra[key] = value
     base: dict[str, Any] = {k: v for k, v in {"rounds": args.rounds, "limit": args.limit,
                                               "protocol": args.protocol}.items() if v is not None}
     base.update(extra)
+    dataset = load_config(args.config).dataset
     if args.root:
         base["root"] = args.root
-    elif load_config(args.config).dataset == "kvasir-seg" and (data := data_folder(p, None)):
-        base["root"] = str(data / "kvasir-seg")
+    elif dataset in lib.DEFAULT_FOLDERS and (data := lib.data_folder(p, None)):
+        base["root"] = str(data / lib.DEFAULT_FOLDERS[dataset])
 
     variants: dict[str, tuple[str, dict[str, Any] | None, str]] = {}
     for key, (label, over) in DINO_VARIANTS.items():
@@ -155,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     for key, (label, over) in CPU_VARIANTS.items():
         variants[key] = (label, {**over, "backbone": "lab_texture", "lora": False}, "")
     variants["supervised"] = ("supervised segmenter (upper bound)", {}, "")
-    out = out_dir("ablation_rounds", args.out)
+    run = lib.start_run("ablation", argv, args.out, args.run)
+    out = run.out
 
     table, per_variant, run_dirs, t0 = [], {}, {}, time.time()
     for key in wanted:
@@ -210,9 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     print("original work, polyps, round 3: full 80.45, without LoRA 76.51, random 68.87")
 
     result = {"table": table, "seeds": seeds, "config": args.config, "base": base,
-              "machine": machine(), "seconds": time.time() - t0}
-    write_json(out / "ablation.json", result)
-    write_csv(out / "ablation.csv", table)
+              "machine": lib.machine(), "seconds": time.time() - t0}
+    lib.write_json(out / "ablation.json", result)
+    lib.write_csv(out / "ablation.csv", table)
     if run_dirs:
         figs = make_figures(list(run_dirs.values()), out, labels=list(run_dirs))
         print("figures: " + ", ".join(str(f) for f in figs))
@@ -225,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
         pair, which = ("reinforce_lab", "random_lab"), (
             "lab_texture REINFORCE (the method without LoRA) minus lab_texture random clicking")
     a, b = (got.get(k, {}).get("prediction_r3", math.nan) for k in pair)
+    config = load_config(args.config, **base)
+    run.record(seeds=seeds, protocol=config.protocol,
+               datasets=[config.dataset, *(e["dataset"] for e in config.extra_datasets)])
     print(f"difference in round-3 prediction Dice (points): {which}")
     print(f"full_minus_random_round3: {a - b:.2f}")
 
@@ -248,7 +248,7 @@ def _plot(table: list[dict[str, Any]], path: Path) -> None:
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title("Ablation (python -m benchmarks.ablation)")
-    save_figure(fig, path)
+    lib.save_figure(fig, path)
 
 
 if __name__ == "__main__":

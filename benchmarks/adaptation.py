@@ -29,8 +29,8 @@ nothing is run. ``--model lab_texture`` shows that the weight-free backbone refu
 (its ablation does not apply).
 
 Run: ``python -m benchmarks.adaptation --checkpoint FILE`` (``--help`` for options). Writes
-``adaptation.json``, ``adaptation.csv`` (summary), ``per_image.csv`` and ``adaptation.png`` under
-``benchmarks/results/adaptation/``. Last line: ``adapted_minus_base_dice: <value>`` (mean over
+``adaptation.json``, ``adaptation.csv`` (summary), ``per_image.csv``, ``adaptation.png`` and
+``run.json`` under ``benchmarks/results/adaptation/<run>/``. Last line: ``adapted_minus_base_dice: <value>`` (mean over
 images of adapted minus unadapted Dice after 5 clicks; ``nan`` with the reason when not measured).
 """
 
@@ -43,6 +43,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import lib
+from bow_gym.cli import add_renamed_flag
 
 RANDOM_NOTE = "random weights: pipeline check, not a result"
 METRIC = "adapted_minus_base_dice"
@@ -111,8 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--input-size", type=int, default=224, help="ViT input side (default 224)")
     p.add_argument("--threshold", type=float, default=0.8,
                    help="propagation's cosine-similarity threshold (default 0.8)")
-    p.add_argument("--clicks", type=int, default=5,
+    p.add_argument("--clicks-per-episode", type=int, default=5,
                    help="clicks per image of the pseudo-labelling round (default 5)")
+    add_renamed_flag(p, "--clicks", "--clicks-per-episode", "clicks_per_episode", type=int)
     p.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
     p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", help="torch device (default cuda if available, else cpu)")
     p.add_argument("--speed-repeats", type=int, default=3, help="timing repeats (best is kept)")
     p.add_argument("--save-adapter", help="also save the trained adapter to this .safetensors file")
-    p.add_argument("--out", help="output folder (default benchmarks/results/adaptation)")
+    lib.add_output_arguments(p, "adaptation")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     progress = not args.no_progress
@@ -156,20 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
-    from benchmarks._common import (
-        bootstrap_ci,
-        data_folder,
-        machine,
-        out_dir,
-        save_figure,
-        write_csv,
-        write_json,
-    )
     from bow_gym.adaptation import TripletConfig, adapt_backbone, mean_cosine_gap, triplet_loss
     from bow_gym.backbones import DinoV2Backbone
     from bow_gym.backbones.lora import LoRAConfig, save_lora
 
-    data = data_folder(p, args.data)
+    data = lib.data_folder(p, args.data)
     if data is None or not (data / "kvasir-seg").is_dir():
         _not_run("Kvasir-SEG not found: pass --data or set BOW_GYM_SHARED_DATA")
         return
@@ -188,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp_dir.cleanup()
     env_kwargs = dict(dataset="kvasir-seg", root=str(data / "kvasir-seg"),
                       dataset_kwargs={"limit": args.images}, threshold=args.threshold,
-                      clicks_per_episode=args.clicks, feature_cache=None)
+                      clicks_per_episode=args.clicks_per_episode, feature_cache=None)
     t0 = time.perf_counter()
     env = gym.make("BetterWorseSeg-v0", backbone=base, **env_kwargs)
     dataset = env.unwrapped.dataset
@@ -236,11 +231,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for cond, dice in (("unadapted", base_dice), ("adapted", adapted_dice)):
         for c in range(k):
-            lo, hi = bootstrap_ci(dice[:, c])
+            lo, hi = lib.bootstrap_ci(dice[:, c])
             rows.append({"condition": cond, "clicks": c + 1, "images": n,
                          "mean_dice": float(dice[:, c].mean()), "ci95_low": lo, "ci95_high": hi,
                          "median_dice": float(np.median(dice[:, c])), "note": note})
-    lo, hi = bootstrap_ci(diff)
+    lo, hi = lib.bootstrap_ci(diff)
     rows.append({"condition": "adapted_minus_unadapted", "clicks": k, "images": n,
                  "mean_dice": float(diff.mean()), "ci95_low": lo, "ci95_high": hi,
                  "median_dice": float(np.median(diff)), "note": note})
@@ -271,10 +266,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, s in speed_rows.items():
         print(f"extraction {name:<17} {s['images_per_s']:8.2f} images/s")
 
-    out = out_dir("adaptation", args.out)
-    write_csv(out / "adaptation.csv", rows)
-    write_csv(out / "per_image.csv", per_image)
-    write_json(out / "adaptation.json", {
+    run = lib.start_run("adaptation", argv, args.out, args.run)
+    out = run.out
+    lib.write_csv(out / "adaptation.csv", rows)
+    lib.write_csv(out / "per_image.csv", per_image)
+    lib.write_json(out / "adaptation.json", {
         "result": not random_weights, "note": note, "weights": weights, "model": args.model,
         "input_size": args.input_size, "images": n, "threshold": args.threshold,
         "clicks": k, "rows": rows, "per_image": per_image, "speed": speed_rows,
@@ -287,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
                      "seconds": history.seconds, "device": history.device,
                      "amp": history.amp, "adapter_id": history.adapter_id},
         "lora": lora_cfg.to_dict(), "triplet": asdict(triplet_cfg) | {"device": history.device},
-        "seconds": seconds, "machine": machine(),
+        "seconds": seconds, "machine": lib.machine(),
     })
 
     import matplotlib
@@ -327,9 +323,11 @@ def main(argv: list[str] | None = None) -> None:
     ax.set_ylabel("images / s")
     if random_weights:
         fig.suptitle(f"{RANDOM_NOTE.upper()}", color="tab:red")
-    save_figure(fig, out / "adaptation.png")
+    lib.save_figure(fig, out / "adaptation.png")
+    # Adapted to the images it labels and scored on them: the method's transductive protocol.
+    run.record(seeds=[args.seed], protocol="transductive", datasets=["kvasir-seg"])
     plt.close(fig)
-    print(f"wrote {out}/adaptation.csv, per_image.csv, .json, .png ({seconds:.0f}s)")
+    print(f"wrote {out}/adaptation.csv, per_image.csv, .json, .png, run.json ({seconds:.0f}s)")
     if random_weights:
         print(f"{METRIC}: nan ({RANDOM_NOTE})")
     else:

@@ -1,17 +1,19 @@
-"""How many expert answers a learner needs: held-out Dice against the training click budget.
+"""How many expert answers a learner needs: held-out Dice against the training budget.
 
-Each learner of :data:`benchmarks.compare_policies.LEARNERS` named in ``--agents`` is trained from
-scratch for every budget in ``--budgets`` (clicks, i.e. expert answers) on the training part of the
-seeded 80/20 split and evaluated greedily on the held-out part, exactly as in
-:mod:`benchmarks.compare_policies` (same data, seeds and evaluation). Random clicking and the
-ground-truth-guided clicker give the floor and the ceiling. Reported per data set, learner and
+Each learner named in ``--agents`` (any trainable agent of :mod:`bow_gym.agent_registry`, with
+``NAME:field=value`` overrides) is trained from scratch for every budget in ``--budgets`` (expert
+answers, one per click) on the training part of the seeded 80/20 split of each ``--dataset`` and
+evaluated greedily on the held-out part, exactly as in :mod:`benchmarks.compare_policies` (same
+data, seeds and evaluation; ``--eval-dataset`` adds cross-data-set transfer). Random clicking and
+the ground-truth-guided clicker give the floor and the ceiling. Reported per data set, learner and
 budget: Dice after 5 clicks (mean over seeds, 95% t-interval), share of "better" answers, the gap
 closed between random and the ground-truth clicker, and training time.
 
 Run: ``python -m benchmarks.click_budget`` (``--help``); a quick look:
-``python -m benchmarks.click_budget --datasets synthetic --budgets 100,200 --seeds 1``.
-Writes ``click_budget.csv``/``.json`` (per run and summary) and ``click_budget.png``. Last line:
-``best_gap_closed: <value> (<learner> at <budget> clicks, <data set>)``: the largest gap closed
+``python -m benchmarks.click_budget --dataset synthetic --budgets 100,200 --seeds 1``.
+Writes ``click_budget.csv``/``.json`` (per run and summary), ``click_budget.png`` and ``run.json``
+to ``benchmarks/results/click_budget/<run>/``. Last line:
+``best_gap_closed: <value> (<learner> at <budget> answers, <data set>)``: the largest gap closed
 (Kvasir-SEG when it was evaluated).
 """
 
@@ -22,6 +24,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from benchmarks import lib
 
 
 def _positive_ints(text: str, flag: str) -> list[int]:
@@ -35,73 +39,64 @@ def _positive_ints(text: str, flag: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from benchmarks.compare_policies import LEARNERS, is_reference, learner_spec
-
     p = argparse.ArgumentParser(prog="python -m benchmarks.click_budget", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--datasets", default="kvasir-seg",
-                   help="synthetic and/or kvasir-seg (default kvasir-seg)")
+    lib.add_data_arguments(p, default=("kvasir-seg",), transfer=True)
     p.add_argument("--agents", default="answer_model,reinforce_patches",
-                   help="comma-separated learners (default answer_model,reinforce_patches), "
-                        "each NAME or NAME:field=value:...:\n" +
-                        "\n".join(f"  {k}: {t} {a}" for k, (t, a) in LEARNERS.items()))
+                   help=lib.learners_help("answer_model,reinforce_patches"))
     p.add_argument("--budgets", default="500,1000,2000,4000",
-                   help="training clicks to try (default 500,1000,2000,4000)")
+                   help="training budgets to try, in expert answers (default 500,1000,2000,4000)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per budget (default 3)")
-    p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or ../shared/data)")
-    p.add_argument("--out", help="output folder (default benchmarks/results/click_budget)")
+    lib.add_output_arguments(p, "click_budget")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     budgets = _positive_ints(args.budgets, "--budgets")
-    learners = list(dict.fromkeys(a for a in args.agents.split(",") if a))
-    for spec in learners:
-        learner_spec(spec)
+    learners = lib.learner_specs(args.agents)
     if args.seeds < 1:
         p.error(f"--seeds must be positive, got {args.seeds}")
 
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
-    from agents import GroundTruthClicker, RandomClicker
-    from benchmarks._common import (
-        machine,
-        out_dir,
-        save_figure,
-        t_interval,
-        write_csv,
-        write_json,
-    )
-    from benchmarks.compare_policies import checked_data, evaluate, run_name, train_learner
+    from bow_gym.agent_registry import make_agent
 
-    cfgs, _, _ = checked_data(p, args.datasets, args.data)
-    out = out_dir("click_budget", args.out)
+    sources, evals = lib.data_sources(p, args)
+    cfgs = lib.data_configs(sources, evals=evals)
+    run = lib.start_run("click_budget", argv, args.out, args.run)
+    out = run.out
     runs: list[dict[str, Any]] = []
+    labels: list[str] = []
     for ds_name, cfg in cfgs.items():
-        test_env = gym.make("BetterWorseSeg-v0", **cfg["test"])
-        print(f"== {ds_name}: {len(test_env.unwrapped.dataset)} held-out images, "
+        envs = [(label, gym.make("BetterWorseSeg-v0", **kw))
+                for label, kw in lib.evaluation_sets(ds_name, cfg)]
+        labels += [label for label, _ in envs]
+        print(f"== {ds_name}: {len(envs[0][1].unwrapped.dataset)} held-out images, "
               f"budgets {budgets}, {args.seeds} seeds")
         for seed in range(args.seeds):
-            for name, policy in (("random", RandomClicker()), ("gt", GroundTruthClicker())):
-                res = evaluate(policy, test_env, seed)
-                runs.append({"dataset": ds_name, "policy": name, "budget": 0, "seed": seed,
-                             "dice@5": res["dice"][-1], "better_share": res["better_share"],
-                             "train_s": 0.0})
+            for label, env in envs:
+                for name in ("random", "gt"):
+                    res = lib.evaluate(make_agent(name), env, seed)
+                    runs.append({"dataset": label, "policy": name, "budget": 0, "seed": seed,
+                                 "dice@5": res["dice"][-1], "better_share": res["better_share"],
+                                 "train_s": 0.0})
             for name in learners:
                 for budget in budgets:
-                    run = out / "runs" / ds_name / f"{run_name(name)}-{budget}-seed{seed}"
+                    folder = out / "runs" / ds_name / f"{lib.run_name(name)}-{budget}-seed{seed}"
                     t0 = time.time()
-                    policy, _ = train_learner(name, cfg, seed, budget, run, not args.no_progress)
+                    policy, _ = lib.train_learner(name, cfg["trainer"], seed, budget, folder,
+                                              not args.no_progress)
                     train_s = time.time() - t0
-                    res = evaluate(policy, test_env, seed)
-                    runs.append({"dataset": ds_name, "policy": name, "budget": budget,
-                                 "seed": seed, "dice@5": res["dice"][-1],
-                                 "better_share": res["better_share"], "train_s": train_s})
-                    print(f"  seed {seed} {name:<22} {budget:>6} clicks  dice@5 "
-                          f"{res['dice'][-1]:.3f}  better {res['better_share']:.2f}  "
-                          f"train {train_s:5.0f}s")
+                    for label, env in envs:
+                        res = lib.evaluate(policy, env, seed)
+                        runs.append({"dataset": label, "policy": name, "budget": budget,
+                                     "seed": seed, "dice@5": res["dice"][-1],
+                                     "better_share": res["better_share"], "train_s": train_s})
+                        print(f"  seed {seed} {label:<12} {name:<22} {budget:>6} answers  "
+                              f"dice@5 {res['dice'][-1]:.3f}  better "
+                              f"{res['better_share']:.2f}  train {train_s:5.0f}s")
 
     summary: list[dict[str, Any]] = []
-    for ds_name in cfgs:
+    for ds_name in labels:
         ref = {}
         for name in ("random", "gt"):
             ref[name] = float(np.mean([r["dice@5"] for r in runs
@@ -110,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             for budget in ([0] if name in ("random", "gt") else budgets):
                 rows = [r for r in runs if r["dataset"] == ds_name and r["policy"] == name
                         and r["budget"] == budget]
-                mean, lo, hi = t_interval([r["dice@5"] for r in rows])
+                mean, lo, hi = lib.t_interval([r["dice@5"] for r in rows])
                 gap = ((mean - ref["random"]) / (ref["gt"] - ref["random"])
                        if ref["gt"] > ref["random"] else float("nan"))
                 summary.append({"dataset": ds_name, "policy": name, "budget": budget,
@@ -120,32 +115,36 @@ def main(argv: list[str] | None = None) -> None:
                                 "train_s_median": float(np.median([r["train_s"] for r in rows]))})
 
     w = max(10, *(len(n) for n in learners))
-    print(f"\n{'dataset':<11} {'policy':<{w}} {'clicks':>7} {'dice@5 [95% CI]':>22} "
+    print(f"\n{'dataset':<11} {'policy':<{w}} {'answers':>7} {'dice@5 [95% CI]':>22} "
           f"{'gap':>6} {'better':>7} {'train s':>8}")
     for s in summary:
         print(f"{s['dataset']:<11} {s['policy']:<{w}} {s['budget'] or '-':>7} {s['dice@5']:>7.3f} "
               f"[{s['dice@5_ci_low']:.3f},{s['dice@5_ci_high']:.3f}] {s['gap_closed']:>6.2f} "
               f"{s['better_share']:>7.2f} {s['train_s_median']:>8.0f}")
 
-    write_csv(out / "click_budget.csv", summary)
-    write_csv(out / "runs.csv", runs)
-    write_json(out / "click_budget.json", {"summary": summary, "runs": runs,
-                                           "settings": vars(args), "machine": machine()})
-    _figure(out, summary, list(cfgs), learners, save_figure)
-    print(f"wrote {out}/click_budget.csv, runs.csv, click_budget.json, click_budget.png")
+    lib.write_csv(out / "click_budget.csv", summary)
+    lib.write_csv(out / "runs.csv", runs)
+    lib.write_json(out / "click_budget.json", {
+        "summary": summary, "runs": runs,
+        "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "machine": lib.machine()})
+    _figure(out, summary, labels, learners)
+    run.record(seeds=range(args.seeds), protocol=lib.protocol_name(transfer=bool(evals)),
+               datasets=[src.name for src in sources + evals])
+    print(f"wrote {out}/click_budget.csv, runs.csv, click_budget.json, click_budget.png, run.json")
     ds = "kvasir-seg" if "kvasir-seg" in cfgs else next(iter(cfgs))
     # Learners trained on a ground-truth reward (reward=dice_gain) are references, not results.
     learned = [s for s in summary if s["dataset"] == ds and s["budget"] > 0
-               and not is_reference(s["policy"])]
+               and not lib.is_reference(s["policy"])]
     if learned:
         best = max(learned, key=lambda s: s["gap_closed"])
         print(f"best_gap_closed: {best['gap_closed']:.3f} ({best['policy']} at {best['budget']} "
-              f"clicks, {ds})")
+              f"answers, {ds})")
     else:
         print("best_gap_closed: nan")
 
 
-def _figure(out, summary, datasets, learners, save_figure) -> None:
+def _figure(out, summary, datasets, learners) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,11 +167,11 @@ def _figure(out, summary, datasets, learners, save_figure) -> None:
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"{ds}: held-out Dice after 5 clicks (95% CI)")
-        ax.set_xlabel("training clicks (expert answers)")
+        ax.set_xlabel("training budget (expert answers)")
         ax.set_ylabel("Dice")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
-    save_figure(fig, out / "click_budget.png")
+    lib.save_figure(fig, out / "click_budget.png")
     plt.close(fig)
 
 

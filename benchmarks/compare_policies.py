@@ -1,16 +1,20 @@
-"""Train and compare click policies on the same data, seeds and click budget.
+"""Train and compare click policies on the same data, seeds and budget of expert answers.
 
-For each data set (the embedded synthetic set; Kvasir-SEG when the real data is present) and each
-seed, every learning agent (REINFORCE, SB3's PPO/A2C/DQN, and the model-based answer-model agent of
-:mod:`agents.answer_model`) is trained for ``--clicks`` clicks on the training part of a seeded
-80/20 split, from better/worse answers alone, then evaluated greedily on the held-out part
-(``--transductive``: the method's protocol, training and evaluating on all images). Random clicking
-and the ground-truth-guided clicker are evaluated on the same images. ``--agents`` picks learners
-from :data:`LEARNERS`, which also names variants (the same trainer with other arguments:
-``reinforce_patches``, ``dqn_features``, ``answer_model_no_offset``, ...), so an ablation is one
-command. ``--splits N`` repeats everything on N seeded splits (how much the held-out figure owes to
-the split); ``--validation`` is for choosing settings: it trains on 80% of the training part and
-evaluates on the other 20%, never on the held-out images.
+For each data set (``--dataset``, repeatable, any registered one; by default the embedded
+synthetic set and Kvasir-SEG when the real data is present) and each seed, every learning agent
+named in ``--agents`` (any trainable agent of :mod:`bow_gym.agent_registry`: REINFORCE, SB3's
+PPO/A2C/DQN, the model-based answer-model agent of :mod:`agents.answer_model`, and their
+registered variants such as ``reinforce_patches``, ``dqn_features``, ``answer_model_no_offset``,
+so an ablation is one command) is trained on ``--answers`` expert answers on the training part
+of a seeded 80/20 split, from better/worse answers alone, then evaluated greedily on the held-out
+part (``--transductive``: the method's protocol, training and evaluating on all images). Random
+clicking and the ground-truth-guided clicker are evaluated on the same images. ``--splits N``
+repeats everything on N seeded splits (how much the held-out figure owes to the split);
+``--validation`` is for choosing settings: it trains on 80% of the training part and evaluates on
+the other 20%, never on the held-out images. ``--eval-dataset NAME`` also evaluates the agents
+trained on each data set on every image of another one (cross-data-set transfer: ``--dataset
+kvasir-seg --eval-dataset cvc-clinicdb`` is the method's polyp setting); those rows are labelled
+``kvasir-seg->cvc-clinicdb``.
 
 Reported per data set and policy (mean over seeds, 95% t-interval over seeds):
 
@@ -18,16 +22,19 @@ Reported per data set and policy (mean over seeds, 95% t-interval over seeds):
 * share of "better" answers during evaluation;
 * NoC@0.80/0.85/0.90: clicks until Dice first reaches the level, counting 6 when 5 clicks do not
   reach it (interactive segmentation's NoC with a budget of 5), and the share of images that reach it;
-* learning curves (reward against training clicks) and clicks-to-90%: the first click count at which
-  the smoothed training reward has covered 90% of the way from its first to its final level
+* learning curves (reward against training answers) and clicks-to-90%: the first answer count at
+  which the smoothed training reward has covered 90% of the way from its first to its final level
   (final = mean of the last 10% of training).
 
 Last line: ``gap_closed: <value>``: the share of the gap in Dice after 5 clicks between random
 clicking and the ground-truth-guided clicker that the best learned agent closes on held-out
-Kvasir-SEG images (on the synthetic set when Kvasir-SEG is absent, and the line says so).
+Kvasir-SEG images (on the first other data set when Kvasir-SEG is absent, and the line says so).
+
+Writes to ``benchmarks/results/compare_policies/<run>/`` (``--run``, ``--out``): ``summary.csv``,
+``per_seed.csv``, ``compare_policies.json``, figures and ``run.json``.
 
 Run: ``python -m benchmarks.compare_policies`` (``--help``); a quick look:
-``python -m benchmarks.compare_policies --seeds 1 --clicks 400 --datasets synthetic``.
+``python -m benchmarks.compare_policies --seeds 1 --answers 400 --dataset synthetic``.
 """
 
 from __future__ import annotations
@@ -35,7 +42,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -43,111 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import t_interval
-
-LEVELS = (0.80, 0.85, 0.90)
-# Learners by name: (trainer, arguments). Variants are the same trainer with other arguments, so
-# an ablation is a list of names (``--agents answer_model,answer_model_no_offset``).
-LEARNERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "reinforce": ("reinforce", {}),
-    "reinforce_patches": ("reinforce", {"policy": "patches"}),
-    "reinforce_belief": ("reinforce", {"policy": "belief"}),
-    "reinforce_belief_aux": ("reinforce", {"policy": "belief", "aux_coef": 1.0}),
-    "ppo": ("sb3", {"algo": "ppo"}),
-    "a2c": ("sb3", {"algo": "a2c"}),
-    "dqn": ("sb3", {"algo": "dqn"}),
-    "ppo_features": ("sb3", {"algo": "ppo", "obs": "features"}),
-    "dqn_features": ("sb3", {"algo": "dqn", "obs": "features"}),
-    "ppo_belief": ("sb3", {"algo": "ppo", "obs": "belief", "width": 64}),
-    "ppo_belief_aux": ("sb3", {"algo": "ppo", "obs": "belief", "width": 64, "aux_coef": 1.0}),
-    "a2c_belief_aux": ("sb3", {"algo": "a2c", "obs": "belief", "width": 64, "aux_coef": 1.0}),
-    "maskable_ppo": ("sb3", {"algo": "maskable_ppo"}),
-    "maskable_ppo_features": ("sb3", {"algo": "maskable_ppo", "obs": "features"}),
-    "maskable_ppo_belief_aux": ("sb3", {"algo": "maskable_ppo", "obs": "belief", "width": 64,
-                                        "aux_coef": 1.0}),
-    "answer_model": ("answer_model", {}),
-    "answer_model_no_offset": ("answer_model", {"global_offset": False}),
-    "answer_model_unet": ("answer_model", {"belief": "image", "global_offset": False}),
-    "answer_model_context": ("answer_model", {"belief": "context"}),
-    "answer_model_hybrid": ("answer_model", {"belief": "hybrid"}),
-    "answer_model_residual": ("answer_model", {"belief": "residual"}),
-}
-
-
-def learner_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``(trainer, arguments)`` of a learner: a :data:`LEARNERS` name, optionally followed by
-    ``:field=value`` overrides of its argument dataclass (``answer_model:updates_per_step=4``;
-    values are Python literals, anything else is a string).
-
-    Raises:
-        SystemExit: naming the spec, on an unknown learner or a malformed override.
-    """
-    import ast
-
-    name, *overrides = spec.split(":")
-    if name not in LEARNERS:
-        raise SystemExit(f"--agents: unknown learner {name!r} in {spec!r}; choose from "
-                         f"{', '.join(LEARNERS)}")
-    trainer, kwargs = LEARNERS[name]
-    kwargs = dict(kwargs)
-    for item in overrides:
-        key, eq, text = item.partition("=")
-        if not eq or not key.isidentifier():
-            raise SystemExit(f"--agents: {item!r} in {spec!r} is not field=value")
-        try:
-            kwargs[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            kwargs[key] = text
-    fields = {f.name for f in dataclasses.fields(_args_class(trainer))}
-    unknown = sorted(set(kwargs) - fields)
-    if unknown:
-        raise SystemExit(f"--agents: {spec!r} sets {unknown}, not arguments of the {trainer} "
-                         f"trainer; its arguments: {', '.join(sorted(fields))}")
-    from agents.common import ArgumentValueError
-
-    try:  # a value the trainer would refuse, refused now rather than inside a worker, mid-run
-        _args_class(trainer)(**kwargs).validate()
-    except ArgumentValueError as e:
-        raise SystemExit(f"--agents: {spec!r}: {e}") from None
-    return trainer, kwargs
-
-
-def is_reference(spec: str) -> bool:
-    """Whether a learner spec trains on a reward that reads the ground truth (``reward=dice_gain``):
-    a reference for diagnosing, never counted as the best learned agent."""
-    return learner_spec(spec)[1].get("reward", "answer") != "answer"
-
-
-def run_name(spec: str) -> str:
-    """A folder name for a learner spec (``answer_model:width=32`` -> ``answer_model_width-32``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.replace("=", "-"))
-
-
-def _args_class(trainer: str) -> type:
-    if trainer == "reinforce":
-        from agents.reinforce import ReinforceArgs
-
-        return ReinforceArgs
-    if trainer == "answer_model":
-        from agents.answer_model import AnswerModelArgs
-
-        return AnswerModelArgs
-    from agents.sb3 import SB3Args
-
-    return SB3Args
-
-
-def clicks_to_90(clicks: list[int], reward: list[float], window: int = 10) -> float:
-    """First click count where the smoothed reward covers 90% of its rise (nan if it never rises)."""
-    r = np.convolve(reward, np.ones(window) / window, mode="valid")
-    if len(r) < 2:
-        return math.nan
-    start = float(r[0])
-    final = float(np.mean(reward[-max(1, len(reward) // 10):]))
-    if final <= start:
-        return math.nan
-    hit = np.nonzero(r >= start + 0.9 * (final - start))[0]
-    return float(clicks[int(hit[0]) + window - 1]) if hit.size else math.nan
+from benchmarks import lib
 
 
 def gaps_closed(summary: list[dict[str, Any]], learners: list[str]) -> dict[str, tuple[str, float]]:
@@ -185,92 +87,6 @@ def gaps_closed_per_split(per_seed: list[dict[str, Any]], best: dict[str, str],
     return out
 
 
-def checked_data(parser: argparse.ArgumentParser, datasets: str, data: str | None
-                 ) -> tuple[dict[str, dict], list[str], Path | None]:
-    """A benchmark CLI's ``--datasets`` and ``--data``: the held-out :func:`data_configs` of split
-    0, the data set names and the real-data folder; unknown names, a named but missing folder
-    and nothing left to evaluate are usage errors (before anything is written)."""
-    from benchmarks._common import data_folder, dataset_names
-
-    names, folder = dataset_names(parser, datasets), data_folder(parser, data)
-    cfgs = data_configs(names, folder, transductive=False)
-    if not cfgs:
-        parser.error(f"--datasets: nothing to evaluate among {datasets!r}")
-    return cfgs, names, folder
-
-
-def data_configs(names: list[str], data: Path | None, transductive: bool,
-                 split_seed: int = 0, validation: bool = False) -> dict[str, dict]:
-    """Per data set: ``train``/``test`` env kwargs and ``reinforce`` (trainer data arguments).
-
-    ``validation`` trains on the ``fit`` part and evaluates on the ``val`` part, both inside the
-    training part of the split (:func:`bow_gym.datasets.make_dataset`).
-    """
-    cfgs: dict[str, dict] = {}
-    train_split, test_split = (("all", "all") if transductive else
-                               ("fit", "val") if validation else ("train", "test"))
-    sources: dict[str, dict[str, Any]] = {}
-    if "synthetic" in names:
-        sources["synthetic"] = {"dataset_kwargs": {"n_images": 200}}
-    if "kvasir-seg" in names:
-        if data is None or not (data / "kvasir-seg").is_dir():
-            print("Kvasir-SEG not found (set BOW_GYM_SHARED_DATA or --data): skipped")
-        else:
-            sources["kvasir-seg"] = {"dataset": "kvasir-seg", "root": str(data / "kvasir-seg"),
-                                     "dataset_kwargs": {}}
-    for ds_name, src in sources.items():
-        ds_kwargs = {**src.pop("dataset_kwargs"), "split_seed": split_seed}
-        cfgs[ds_name] = {
-            "train": {**src, "dataset_kwargs": {**ds_kwargs, "split": train_split}},
-            "test": {**src, "dataset_kwargs": {**ds_kwargs, "split": test_split}},
-            "reinforce": {**src, "env_kwargs": {"dataset_kwargs": ds_kwargs},
-                          "split": train_split},
-        }
-    return cfgs
-
-
-def train_learner(name: str, cfg: dict, seed: int, clicks: int, out: Path, progress: bool):
-    """A trained :class:`~agents.ClickPolicy` and its learning curve."""
-    trainer, kwargs = learner_spec(name)
-    common = dict(total_clicks=clicks, seed=seed, out=str(out), progress=progress,
-                  **cfg["reinforce"], **kwargs)
-    if trainer == "reinforce":
-        from agents.reinforce import ReinforceArgs, train
-
-        agent, history = train(ReinforceArgs(**common))
-        agent.greedy, agent.online_batch = True, 0
-        return agent, history
-    if trainer == "answer_model":
-        from agents.answer_model import AnswerModelArgs
-        from agents.answer_model import train as train_answer_model
-
-        agent, history = train_answer_model(AnswerModelArgs(**common))
-        agent.greedy, agent.online_batch = True, 0
-        return agent, history
-    from agents.sb3 import SB3Args, train_sb3
-
-    return train_sb3(SB3Args(**common))
-
-
-def evaluate(policy, env, seed: int) -> dict[str, Any]:
-    from agents import run_episode
-
-    n = len(env.unwrapped.dataset)
-    dice, better = [], []
-    for i in range(n):
-        rec = run_episode(env, policy, seed=seed * 100003 + i, options={"index": i})
-        dice.append(rec.dice)
-        better.extend(r > 0 for r in rec.rewards)
-    d = np.asarray(dice)
-    res: dict[str, Any] = {"dice": d.mean(0).tolist(), "better_share": float(np.mean(better))}
-    for level in LEVELS:
-        reached = d >= level
-        first = np.where(reached.any(1), reached.argmax(1) + 1, d.shape[1] + 1)
-        res[f"noc@{level:.2f}"] = float(first.mean())
-        res[f"reached@{level:.2f}"] = float(reached.any(1).mean())
-    return res
-
-
 @dataclasses.dataclass(frozen=True)
 class Unit:
     """One run of the benchmark: a data set, a split and a seed (every learner, then evaluation)."""
@@ -285,35 +101,37 @@ class Unit:
         return out / "runs" / self.dataset / f"unit-split{self.split}-seed{self.seed}.json"
 
 
-def run_unit(unit: Unit, learners: list[str], clicks: int, out: Path, progress: bool
+def run_unit(unit: Unit, learners: list[str], answers: int, out: Path, progress: bool
              ) -> tuple[list[dict[str, Any]], dict[str, dict]]:
-    """Train every learner of ``unit``, evaluate them with random and gt: (rows, histories)."""
+    """Train every learner of ``unit``, evaluate them with random and gt on its test part and on
+    each transfer data set: (rows, histories)."""
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
-    from agents import GroundTruthClicker, RandomClicker
+    from bow_gym.agent_registry import make_agent
 
-    test_env = gym.make("BetterWorseSeg-v0", **unit.cfg["test"])
-    policies: list[tuple[str, Any, float]] = [("random", RandomClicker(), 0.0),
-                                              ("gt", GroundTruthClicker(), 0.0)]
+    policies: list[tuple[str, Any, float]] = [("random", make_agent("random"), 0.0),
+                                              ("gt", make_agent("gt"), 0.0)]
     histories: dict[str, dict] = {}
     for name in learners:
-        run = f"{run_name(name)}-seed{unit.seed}" + (f"-split{unit.split}" if unit.split else "")
+        run = f"{lib.run_name(name)}-seed{unit.seed}" + (f"-split{unit.split}" if unit.split else "")
         t0 = time.time()
-        policy, histories[name] = train_learner(name, unit.cfg, unit.seed, clicks,
+        policy, histories[name] = lib.train_learner(name, unit.cfg["trainer"], unit.seed, answers,
                                                 out / "runs" / unit.dataset / run, progress)
         policies.append((name, policy, time.time() - t0))
     rows = []
-    for name, policy, train_s in policies:
-        res = evaluate(policy, test_env, unit.seed)
-        row = {"dataset": unit.dataset, "policy": name, "split": unit.split, "seed": unit.seed,
-               "train_s": train_s,
-               **{f"dice@{k + 1}": v for k, v in enumerate(res.pop("dice"))}, **res}
-        if name in learners:
-            row["clicks_to_90"] = clicks_to_90(histories[name]["clicks"],
-                                               histories[name]["reward"])
-        rows.append(row)
-    test_env.close()
+    for label, env_kwargs in lib.evaluation_sets(unit.dataset, unit.cfg):
+        env = gym.make("BetterWorseSeg-v0", **env_kwargs)
+        for name, policy, train_s in policies:
+            res = lib.evaluate(policy, env, unit.seed)
+            row = {"dataset": label, "policy": name, "split": unit.split, "seed": unit.seed,
+                   "train_s": train_s,
+                   **{f"dice@{k + 1}": v for k, v in enumerate(res.pop("dice"))}, **res}
+            if name in learners:
+                row["clicks_to_90"] = lib.clicks_to_90(histories[name]["clicks"],
+                                                   histories[name]["reward"])
+            rows.append(row)
+        env.close()
     return rows, histories
 
 
@@ -323,13 +141,11 @@ def _worker_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_and_save(unit: Unit, learners: list[str], clicks: int, out: Path, fingerprint: dict,
+def _run_and_save(unit: Unit, learners: list[str], answers: int, out: Path, fingerprint: dict,
                   progress: bool):
-    from benchmarks._common import write_json
-
-    rows, histories = run_unit(unit, learners, clicks, out, progress)
+    rows, histories = run_unit(unit, learners, answers, out, progress)
     # Written as soon as the run ends (atomically), so an interrupted benchmark can --resume.
-    write_json(unit.result_path(out),
+    lib.write_json(unit.result_path(out),
                {"settings": fingerprint, "rows": rows, "histories": histories})
     return rows, histories
 
@@ -354,7 +170,7 @@ def _report(rows: list[dict[str, Any]], reused: bool = False, write=print) -> No
     sys.stdout.flush()  # a long run's log file shows each run when it ends, not when buffers fill
 
 
-def run_units(units: list[Unit], learners: list[str], clicks: int, out: Path, fingerprint: dict,
+def run_units(units: list[Unit], learners: list[str], answers: int, out: Path, fingerprint: dict,
               jobs: int = 1, resume: bool = False, progress: bool = True,
               threads: int | None = None):
     """(rows, histories) of every unit, in the order of ``units``.
@@ -378,7 +194,7 @@ def run_units(units: list[Unit], learners: list[str], clicks: int, out: Path, fi
     todo = [i for i, r in enumerate(results) if r is None]
     if jobs == 1 or len(todo) <= 1:
         for i in todo:
-            results[i] = _run_and_save(units[i], learners, clicks, out, fingerprint, progress)
+            results[i] = _run_and_save(units[i], learners, answers, out, fingerprint, progress)
             _report(results[i][0])
         return results
 
@@ -390,7 +206,7 @@ def run_units(units: list[Unit], learners: list[str], clicks: int, out: Path, fi
     with ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
                              mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(_run_and_save, units[i], learners, clicks, out, fingerprint,
+        futures = {pool.submit(_run_and_save, units[i], learners, answers, out, fingerprint,
                                False): i for i in todo}
         bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
         for future in as_completed(futures):
@@ -405,16 +221,12 @@ def run_units(units: list[Unit], learners: list[str], clicks: int, out: Path, fi
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare_policies", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--datasets", default="synthetic,kvasir-seg",
-                   help="comma-separated: synthetic (embedded) and/or kvasir-seg (needs the real "
-                        "data; skipped with a note when absent); default both")
+    lib.add_data_arguments(p, transfer=True)
     p.add_argument("--agents", default="reinforce,ppo,dqn,answer_model",
-                   help="comma-separated learners (default reinforce,ppo,dqn,answer_model), "
-                        "each NAME or NAME:field=value:... (overrides of its arguments):\n" +
-                        "\n".join(f"  {k}: {t} {a}" for k, (t, a) in LEARNERS.items()))
+                   help=lib.learners_help("reinforce,ppo,dqn,answer_model"))
     p.add_argument("--seeds", type=int, default=3,
                    help="training and evaluation seeds 0..N-1 per split (default 3)")
-    p.add_argument("--clicks", type=int, default=2000, help="training clicks per agent")
+    lib.add_answers_argument(p)
     p.add_argument("--transductive", action="store_true",
                    help="train and evaluate on all images (the method's protocol)")
     p.add_argument("--validation", action="store_true",
@@ -424,14 +236,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="seeded 80/20 splits to repeat everything on (split seeds 0..N-1; "
                         "default 1): intervals then cover splits x seeds, and the gap closed is "
                         "also reported per split")
-    p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or ../shared/data)")
-    p.add_argument("--out", help="output folder (default benchmarks/results/compare_policies)")
+    lib.add_output_arguments(p, "compare_policies")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs (split x seed) trained at once, in separate processes, each with "
                         "cpu_count // jobs torch threads (default 1: one run at a time)")
     p.add_argument("--resume", action="store_true",
                    help="reuse the runs an earlier, interrupted call with the same --out, "
-                        "--agents, --clicks and protocol finished (OUT/runs/<data set>/"
+                        "--agents, --answers and protocol finished (OUT/runs/<data set>/"
                         "unit-split<k>-seed<s>.json); others are trained")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--replot", metavar="DIR",
@@ -443,36 +254,38 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--transductive and --validation exclude each other")
     if args.transductive and args.splits > 1:
         p.error("--splits > 1 needs held-out evaluation: --transductive uses every image")
-    if args.seeds < 1 or args.clicks < 1:
-        p.error("--seeds and --clicks must be positive")
+    if args.seeds < 1 or args.answers < 1:
+        p.error("--seeds and --answers must be positive")
     if args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
 
-    from benchmarks._common import machine, out_dir, save_figure, write_csv, write_json
-
     if args.replot:
-        _replot(Path(args.replot), save_figure)
+        _replot(Path(args.replot))
         return
 
-    learners = list(dict.fromkeys(a for a in args.agents.split(",") if a))
-    for spec in learners:
-        learner_spec(spec)
-    _, names, data = checked_data(p, args.datasets, args.data)
-    out = out_dir("compare_policies", args.out)
+    learners = lib.learner_specs(args.agents)
+    sources, evals = lib.data_sources(p, args)
+    if evals and args.validation:
+        p.error("--eval-dataset evaluates on other data sets' images: not with --validation "
+                "(model selection never looks at test images)")
+    run = lib.start_run("compare_policies", argv, args.out, args.run)
+    out = run.out
     units = []
     datasets: list[str] = []
     for split in range(args.splits):
-        cfgs = data_configs(names, data, args.transductive, split_seed=split,
-                            validation=args.validation)
-        datasets = list(cfgs)
+        cfgs = lib.data_configs(sources, args.transductive, split_seed=split,
+                            validation=args.validation, evals=evals)
+        datasets = [label for name, cfg in cfgs.items() for label, _ in lib.evaluation_sets(name, cfg)]
         units += [Unit(ds_name, cfg, split, seed) for ds_name, cfg in cfgs.items()
                   for seed in range(args.seeds)]
     where = ("all" if args.transductive else "validation" if args.validation else "held-out")
-    print(f"== {', '.join(datasets) or 'no data set'}: {len(units)} runs (data sets x "
+    print(f"== {', '.join(datasets)}: {len(units)} runs (data sets x "
           f"{args.splits} splits x {args.seeds} seeds), evaluated on {where} images, "
-          f"{args.clicks} training clicks, {args.jobs} at a time")
-    fingerprint = {k: getattr(args, k) for k in ("agents", "clicks", "transductive", "validation")}
-    results = run_units(units, learners, args.clicks, out, fingerprint, jobs=args.jobs,
+          f"{args.answers} training answers, {args.jobs} at a time")
+    fingerprint = {"agents": args.agents, "answers": args.answers,
+                   "transductive": args.transductive, "validation": args.validation,
+                   "eval_datasets": [e.name for e in evals]}
+    results = run_units(units, learners, args.answers, out, fingerprint, jobs=args.jobs,
                         resume=args.resume, progress=not args.no_progress)
     per_seed: list[dict[str, Any]] = []
     curves: dict[tuple[str, str], list[dict]] = {}
@@ -483,14 +296,14 @@ def main(argv: list[str] | None = None) -> None:
 
     summary: list[dict[str, Any]] = []
     metrics = [f"dice@{k}" for k in range(1, 6)] + ["better_share"] + \
-        [f"noc@{lv:.2f}" for lv in LEVELS] + [f"reached@{lv:.2f}" for lv in LEVELS]
+        [f"noc@{lv:.2f}" for lv in lib.LEVELS] + [f"reached@{lv:.2f}" for lv in lib.LEVELS]
     for ds_name in datasets:
         for name in ["random", "gt", *learners]:
             rows = [r for r in per_seed if r["dataset"] == ds_name and r["policy"] == name]
             s: dict[str, Any] = {"dataset": ds_name, "policy": name, "seeds": args.seeds,
                                  "splits": args.splits, "runs": len(rows)}
             for m in metrics:
-                mean, lo, hi = t_interval([r[m] for r in rows])
+                mean, lo, hi = lib.t_interval([r[m] for r in rows])
                 s[m], s[f"{m}_ci_low"], s[f"{m}_ci_high"] = mean, lo, hi
             if name in learners:
                 c90 = [r["clicks_to_90"] for r in rows if not math.isnan(r["clicks_to_90"])]
@@ -508,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{s.get('clicks_to_90_median', float('nan')):>11.0f}")
 
     # Learners trained on a ground-truth reward are references: they never count as "learned".
-    learned = [name for name in learners if not is_reference(name)]
+    learned = [name for name in learners if not lib.is_reference(name)]
     gap = gaps_closed(summary, learned)
     gap_per_split = gaps_closed_per_split(per_seed, {ds: best for ds, (best, _) in gap.items()},
                                           args.splits)
@@ -519,18 +332,21 @@ def main(argv: list[str] | None = None) -> None:
             line += " (per split: " + ", ".join(f"{g:.3f}" for g in gap_per_split[ds_name]) + ")"
         print(line)
 
-    write_csv(out / "per_seed.csv", per_seed)
-    write_csv(out / "summary.csv", summary)
-    write_json(out / "compare_policies.json", {
+    lib.write_csv(out / "per_seed.csv", per_seed)
+    lib.write_csv(out / "summary.csv", summary)
+    lib.write_json(out / "compare_policies.json", {
         "summary": summary, "per_seed": per_seed,
         "gap_closed": {ds: value for ds, (_, value) in gap.items()},
         "best_agent": {ds: best for ds, (best, _) in gap.items()},
         "gap_closed_per_split": gap_per_split,
         "curves": {f"{d}/{a}": h for (d, a), h in curves.items()},
-        "settings": vars(args), "machine": machine()})
-    _figures(out, summary, per_seed, curves, datasets, learners, save_figure)
+        "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "machine": lib.machine()})
+    _figures(out, summary, per_seed, curves, datasets, learners)
+    run.record(seeds=range(args.seeds), datasets=[src.name for src in sources + evals],
+               protocol=lib.protocol_name(args.transductive, args.validation, bool(evals)))
     print(f"wrote {out}/summary.csv, per_seed.csv, compare_policies.json, learning_curves.png, "
-          "dice_vs_clicks.png, reward_vs_dice.png")
+          "dice_vs_clicks.png, reward_vs_dice.png, run.json")
     # The issue's figure is on held-out test images; other protocols say so on the same line.
     note = (" (validation images, not the test part)" if args.validation else
             " (transductive: evaluated on the training images)" if args.transductive else "")
@@ -543,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"gap_closed: nan{note}")
 
 
-def _replot(folder: Path, save_figure) -> None:
+def _replot(folder: Path) -> None:
     """Redraw the figures of an earlier run from its ``compare_policies.json``."""
     import json
 
@@ -554,11 +370,11 @@ def _replot(folder: Path, save_figure) -> None:
     curves = {tuple(k.split("/", 1)): v for k, v in res["curves"].items()}
     datasets = list(dict.fromkeys(s["dataset"] for s in res["summary"]))
     learners = list(dict.fromkeys(a for _, a in curves))
-    _figures(folder, res["summary"], res["per_seed"], curves, datasets, learners, save_figure)
+    _figures(folder, res["summary"], res["per_seed"], curves, datasets, learners)
     print(f"redrew the figures in {folder}")
 
 
-def _figures(out: Path, summary, per_seed, curves, datasets, learners, save_figure) -> None:
+def _figures(out: Path, summary, per_seed, curves, datasets, learners) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -575,8 +391,11 @@ def _figures(out: Path, summary, per_seed, curves, datasets, learners, save_figu
                "answer_model_no_offset": "tab:olive", "answer_model_unet": "tab:cyan",
                "answer_model_context": "hotpink", "answer_model_hybrid": "darkgoldenrod",
                "answer_model_residual": "teal"}
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
-    for ax, ds in zip(axes[0], datasets, strict=True):
+    # Learning curves belong to the training data sets, not to the transfer evaluations.
+    trained_on = list(dict.fromkeys(d for d, _ in curves)) or datasets
+    fig, axes = plt.subplots(1, len(trained_on), figsize=(5.5 * len(trained_on), 3.8),
+                             squeeze=False)
+    for ax, ds in zip(axes[0], trained_on, strict=True):
         for name in learners:
             hs = curves.get((ds, name), [])
             if not hs:
@@ -590,10 +409,10 @@ def _figures(out: Path, summary, per_seed, curves, datasets, learners, save_figu
             if len(hs) > 1:
                 ax.fill_between(x, smooth.min(0), smooth.max(0), alpha=0.2, color=colours.get(name))
         ax.set_title(f"{ds}: training reward (min-max over seeds)")
-        ax.set_xlabel("training clicks")
+        ax.set_xlabel("training answers")
         ax.set_ylabel("mean reward per click (+1/-1)")
         ax.legend()
-    save_figure(fig, out / "learning_curves.png")
+    lib.save_figure(fig, out / "learning_curves.png")
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
@@ -611,7 +430,7 @@ def _figures(out: Path, summary, per_seed, curves, datasets, learners, save_figu
         ax.set_ylim(0, 1)
         ax.set_xticks(range(1, 6))
         ax.legend(loc="lower right", fontsize=8)
-    save_figure(fig, out / "dice_vs_clicks.png")
+    lib.save_figure(fig, out / "dice_vs_clicks.png")
     plt.close(fig)
 
     # The reward a learner maximises against the Dice it is judged by: one point per run.
@@ -626,7 +445,7 @@ def _figures(out: Path, summary, per_seed, curves, datasets, learners, save_figu
         ax.set_ylabel("Dice after 5 clicks")
         ax.set_ylim(0, 1)
         ax.legend(loc="lower right", fontsize=8)
-    save_figure(fig, out / "reward_vs_dice.png")
+    lib.save_figure(fig, out / "reward_vs_dice.png")
     plt.close(fig)
 
 

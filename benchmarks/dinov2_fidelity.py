@@ -336,7 +336,7 @@ def plot(rows: list[dict[str, Any]], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks._common import save_figure
+    from benchmarks.lib import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     labels = list(dict.fromkeys(f"{r['name']}\n{r['size']}px" for r in rows))
@@ -368,8 +368,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=2, help="synthetic images per size (default 2)")
     p.add_argument("--seed", type=int, default=0, help="weights, embeddings and images")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--run", default="random_weights", help="run folder name")
-    p.add_argument("--out", help="output folder (default benchmarks/results/dinov2_fidelity/<run>)")
+    p.add_argument("--run", default="random_weights",
+                   help="run name: writes to benchmarks/results/dinov2_fidelity/NAME/")
+    p.add_argument("--out", metavar="DIR", help="output folder (overrides --run's)")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.names.split(",") if n.strip()]
     unknown = [n for n in names if n not in DINOV2_MODELS]
@@ -386,23 +387,23 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from benchmarks._common import out_dir, write_csv, write_json
-    from benchmarks._record import write_run_record
+    from benchmarks import lib
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = out_dir(f"dinov2_fidelity/{args.run}", args.out)
+    run = lib.start_run("dinov2_fidelity", argv, args.out, args.run)
+    out = run.out
     rows = []
     for short in names:
         rows.extend(measure(short, sizes, args.images, args.seed))
-    write_csv(out / "fidelity.csv", rows)
-    write_json(out / "fidelity.json", {"rows": rows, "settings": vars(args)})
+    lib.write_csv(out / "fidelity.csv", rows)
+    lib.write_json(out / "fidelity.json", {"rows": rows, "settings": vars(args),
+                                           "threads": torch.get_num_threads()})
     plot(rows, out / "fidelity.png")
-    write_run_record(
-        out, "dinov2_fidelity", argv=argv, seeds=[args.seed],
-        protocol="random perturbed weights (seeded), smooth and rough 37x37 position embeddings; "
-                  "reference: the official forward written out in this script",
-        datasets=["synthetic"], threads=torch.get_num_threads())
+    run.record(seeds=[args.seed],
+               protocol="random perturbed weights (seeded), smooth and rough 37x37 position "
+                        "embeddings; reference: the official forward written out in this script",
+               datasets=["synthetic"])
     new_min = min(r["cos_min"] for r in rows if r["rule"] == "new")
     print(f"wrote {out}/fidelity.csv, fidelity.json, fidelity.png, run.json")
     print(f"min_cosine_new: {new_min:.7f}")

@@ -1,7 +1,7 @@
 """How much a "better" answer says about the first click: why reward-maximising agents plateau.
 
-For every held-out image (the 20% test part of the seeded split; the embedded synthetic set and
-Kvasir-SEG when the real data is present) and every patch, a foreground click from an empty mask is
+For every held-out image (the 20% test part of the seeded split of each ``--dataset``; by default
+the embedded synthetic set and Kvasir-SEG when the real data is present) and every patch, a foreground click from an empty mask is
 simulated with the environment's defaults (``lab_texture``, threshold 0.8, 128 px). Reported per
 data set:
 
@@ -22,8 +22,9 @@ image-wide offset (its default as an agent), ``--augment`` the agent's random fl
 beliefs), ``--seeds N`` averages the ceiling over N seeds.
 
 Run: ``python -m benchmarks.first_click`` (``--help``); last line
-``kvasir_dice_if_better: <value>``. Writes ``first_click.csv``/``.json`` and ``first_click.png``
-(per data set, the distribution of first-click Dice over the "better" patches).
+``kvasir_dice_if_better: <value>``. Writes ``first_click.csv``/``.json``, ``first_click.png``
+(per data set, the distribution of first-click Dice over the "better" patches) and ``run.json`` to
+``benchmarks/results/first_click/<run>/``.
 """
 
 from __future__ import annotations
@@ -34,22 +35,38 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import lib
+
+
+def ground_truth_per_patch(env) -> np.ndarray:
+    """``(P,)`` ground-truth pixels in each patch of the env's current image (working
+    resolution). **Evaluation only**: it reads the ground truth."""
+    base = env.unwrapped
+    (gh, gw), (ch, cw) = base.grid, base.cell
+    gt = base.ground_truth_for_evaluation()
+    return gt.reshape(gh, ch, gw, cw).sum(axis=(1, 3), dtype=np.int64).ravel().astype(np.float32)
+
 
 def first_click_stats(env) -> tuple[dict[str, float], np.ndarray]:
     """Per-image means of the statistics above, and the Dice of every "better" first click."""
-    from agents import GroundTruthClicker, run_episode
+    from bow_gym.agent_registry import make_agent
+    from bow_gym.policy import run_episode
 
     base = env.unwrapped
     rows, pooled = [], []
     for i in range(len(base.dataset)):
         base.reset(options={"index": i})
-        ctx = base._ctx  # evaluation code: reads the ground truth on purpose
-        gt_pixels = float(ctx.gt_count.sum())
+        # Evaluation code: reads the ground truth on purpose.
+        gt_count = ground_truth_per_patch(env)
+        graph = base.propagation_graph().astype(np.float32)
+        selection_gt = graph @ gt_count  # ground-truth pixels inside each click's reach
+        selection_size = graph.sum(axis=1).astype(np.int64)
+        gt_pixels = float(gt_count.sum())
         if gt_pixels == 0:
             continue
-        dice = 2.0 * ctx.selection_gt / (ctx.selection_size * base.patch_area + gt_pixels)
-        better = ctx.selection_gt > 0
-        gt_first = run_episode(env, GroundTruthClicker(), seed=i, options={"index": i}).dice[0]
+        dice = 2.0 * selection_gt / (selection_size * base.patch_area + gt_pixels)
+        better = selection_gt > 0
+        gt_first = run_episode(env, make_agent("gt"), seed=i, options={"index": i}).dice[0]
         rows.append((better.mean(), dice[better].mean(), dice.max(), gt_first))
         pooled.append(dice[better])
     r = np.array(rows)
@@ -69,7 +86,7 @@ def ceiling_training_set(train_env, belief: str) -> tuple[np.ndarray, np.ndarray
     for i in range(len(base.dataset)):
         obs, _ = base.reset(options={"index": i})
         images.append(reader.belief_inputs(obs, base))
-        targets.append(base._ctx.gt_count / base.patch_area)  # ground truth: the bound's point
+        targets.append(ground_truth_per_patch(train_env) / base.patch_area)  # the bound's point
     return np.stack(images), np.stack(targets).astype(np.float32)
 
 
@@ -86,7 +103,6 @@ def belief_ceiling(train_set: tuple[np.ndarray, np.ndarray], test_env, steps: in
     import torch
 
     from agents.answer_model import AnswerModelAgent, flip_augment
-    from benchmarks.compare_policies import evaluate
 
     torch.manual_seed(seed)
     # The agent refuses augment with a belief that reads no image.
@@ -108,7 +124,7 @@ def belief_ceiling(train_set: tuple[np.ndarray, np.ndarray], test_env, steps: in
         loss.backward()
         opt.step()
     agent.net.eval()
-    res = evaluate(agent, test_env, seed)
+    res = lib.evaluate(agent, test_env, seed)
     return {"ceiling_dice@1": res["dice"][0], "ceiling_dice@5": res["dice"][-1],
             "ceiling_better_share": res["better_share"], "ceiling_steps": steps}
 
@@ -116,8 +132,7 @@ def belief_ceiling(train_set: tuple[np.ndarray, np.ndarray], test_env, steps: in
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.first_click", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--datasets", default="synthetic,kvasir-seg",
-                   help="comma-separated: synthetic and/or kvasir-seg (default both)")
+    lib.add_data_arguments(p)
     p.add_argument("--belief-ceiling", action="store_true",
                    help="also train the answer-model belief on ground truth (an upper bound)")
     p.add_argument("--belief", default="image",
@@ -133,8 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="gradient steps (batches of 32) of the belief ceiling")
     p.add_argument("--seeds", type=int, default=1,
                    help="belief-ceiling seeds 0..N-1; their mean is reported (default 1)")
-    p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or ../shared/data)")
-    p.add_argument("--out", help="output folder (default benchmarks/results/first_click)")
+    lib.add_output_arguments(p, "first_click")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.steps < 1:
         p.error(f"--seeds and --steps must be >= 1, got {args.seeds} and {args.steps}")
@@ -147,11 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
-    from benchmarks._common import machine, out_dir, save_figure, write_csv, write_json
-    from benchmarks.compare_policies import checked_data
 
-    cfgs, _, _ = checked_data(p, args.datasets, args.data)
-    out = out_dir("first_click", args.out)
+    sources, _ = lib.data_sources(p, args)
+    cfgs = lib.data_configs(sources)
+    run = lib.start_run("first_click", argv, args.out, args.run)
+    out = run.out
     rows, pooled = [], {}
     for name, cfg in cfgs.items():
         test_env = gym.make("BetterWorseSeg-v0", **cfg["test"])
@@ -171,9 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in row.items()))
-    write_csv(out / "first_click.csv", rows)
-    write_json(out / "first_click.json", {"rows": rows, "settings": vars(args),
-                                          "machine": machine()})
+    lib.write_csv(out / "first_click.csv", rows)
+    lib.write_json(out / "first_click.json", {
+        "rows": rows, "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "machine": lib.machine()})
 
     import matplotlib
 
@@ -190,9 +205,11 @@ def main(argv: list[str] | None = None) -> None:
         ax.set_xlabel("Dice after one foreground click from an empty mask")
         ax.set_ylabel("patches (all held-out images)")
         ax.legend(fontsize=8)
-    save_figure(fig, out / "first_click.png")
+    lib.save_figure(fig, out / "first_click.png")
     plt.close(fig)
-    print(f"wrote {out}/first_click.csv, first_click.json, first_click.png")
+    run.record(seeds=range(args.seeds) if args.belief_ceiling else [], protocol="heldout",
+               datasets=list(cfgs))
+    print(f"wrote {out}/first_click.csv, first_click.json, first_click.png, run.json")
     kv = next((r for r in rows if r["dataset"] == "kvasir-seg"), None)
     print(f"kvasir_dice_if_better: {kv['dice_if_better']:.3f}" if kv else
           f"kvasir_dice_if_better: {math.nan}")

@@ -116,7 +116,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from benchmarks._common import save_figure
+    from benchmarks.lib import save_figure
 
     bars = [(f"{r['config']}\nround {i + 1}", t) for r in rows if r["ok"]
             for i, t in enumerate(r["rounds_seconds"])]
@@ -146,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="small inputs (backbone 56 px, segmenter 64 px): a CPU smoke test")
     p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or "
                                   "../shared/data); 'synthetic' forces the embedded set")
-    p.add_argument("--run", default=None, help="run folder name (default: the device type)")
-    p.add_argument("--out", help="output folder (default benchmarks/results/gpu_check/<run>)")
+    p.add_argument("--run", default=None, help="run name: writes to benchmarks/results/gpu_check/"
+                                               "NAME/ (default: the device type)")
+    p.add_argument("--out", metavar="DIR", help="output folder (overrides --run's)")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     if not names or any(n not in CONFIGS for n in names):
@@ -157,18 +158,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from benchmarks._common import data_folder, machine, out_dir, write_csv, write_json
-    from benchmarks._record import write_run_record
+    from benchmarks import lib
     from bow_gym.segmenters.config import resolve_device
 
     try:
         device = resolve_device(args.device)
     except (ValueError, RuntimeError) as e:
         p.error(f"--device: {e}")
-    data = None if args.data == "synthetic" else data_folder(p, args.data)
-    run = args.run or ("cuda" if device.startswith("cuda") else "cpu") + ("_tiny" * args.tiny)
-    out = out_dir(f"gpu_check/{run}", args.out)
-    info = machine()
+    data = None if args.data == "synthetic" else lib.data_folder(p, args.data)
+    run = lib.start_run("gpu_check", argv, args.out, args.run or (
+        "cuda" if device.startswith("cuda") else "cpu") + ("_tiny" * args.tiny))
+    out = run.out
+    info = lib.machine()
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     print(f"device {device}" + (f" ({info['gpu']})" if "gpu" in info else "")
@@ -193,15 +194,13 @@ def main(argv: list[str] | None = None) -> int:
 
     table = [{"config": r["config"], "round": i, **t} for r in rows
              for i, t in enumerate(r.get("rounds_seconds", []), start=1)]
-    write_csv(out / "gpu_check.csv", table)
-    write_json(out / "gpu_check.json", {"rows": rows, "settings": vars(args), "device": device,
+    lib.write_csv(out / "gpu_check.csv", table)
+    lib.write_json(out / "gpu_check.json", {"rows": rows, "settings": vars(args), "device": device,
                                         "machine": info})
     _plot(rows, out / "gpu_check.png")
-    write_run_record(out, "gpu_check", argv=argv, seeds=[0],
-                     protocol="original configs shortened (2 rounds, few images), random "
-                              "weights: timings only",
-                     datasets=sorted({d for r in rows for d in r.get("datasets", [])}),
-                     device=device, gpu=info.get("gpu"))
+    run.record(seeds=[0], protocol=f"original configs shortened (2 rounds, few images), random "
+                                   f"weights, device {device}: timings only",
+               datasets=sorted({d for r in rows for d in r.get("datasets", [])}))
     failed = sum(not r["ok"] for r in rows)
     print(f"wrote {out}/gpu_check.csv, gpu_check.json, gpu_check.png, run.json")
     print(f"failed: {failed}")

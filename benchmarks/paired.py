@@ -6,14 +6,15 @@ of the run-to-run spread is shared by both policies (which split is hard, which 
 which images), so the paired difference is a sharper test than two overlapping intervals::
 
     python -m benchmarks.paired \\
-        --a benchmarks/results/compare_policies_splits_answer_model_8000 \\
-        --b benchmarks/results/compare_policies_splits_answer_model_hybrid_augment_8000
+        --a benchmarks/results/compare_policies/<run A> \\
+        --b benchmarks/results/compare_policies/<run B>
 
 ``--a`` and ``--b`` may be the same folder, with ``--a-policy`` and ``--b-policy`` naming two
 learners of one run. It prints, per data set, the mean difference B - A of Dice after k = 1..5
 clicks with its 95% Student-t interval over the pairs and how many pairs B wins, and writes
 ``paired.json``, ``paired.csv`` (one row per pair) and ``paired.png`` (B against A per pair, and
-the mean difference against clicks) to ``--out``. Pairs are checked to be the same evaluation: the random
+the mean difference against clicks) and ``run.json`` to ``benchmarks/results/paired/<run>/``
+(``--run``, ``--out``). Pairs are checked to be the same evaluation: the random
 and ground-truth-guided clickers, which both folders run, must give the same Dice in both.
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import out_dir, save_figure, t_interval, write_csv, write_json
+from benchmarks import lib
 
 METRICS = tuple(f"dice@{k}" for k in range(1, 6))
 # Settings that decide which images a run evaluates on; runs that differ here do not pair.
@@ -109,7 +110,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         sub = [r for r in rows if r["dataset"] == ds]
         for m in METRICS:
             d = [r[f"diff_{m}"] for r in sub]
-            mean, lo, hi = t_interval(d)
+            mean, lo, hi = lib.t_interval(d)
             out.append({"dataset": ds, "metric": m, "pairs": len(d),
                         "a": float(np.mean([r[f"a_{m}"] for r in sub])),
                         "b": float(np.mean([r[f"b_{m}"] for r in sub])),
@@ -149,7 +150,7 @@ def _figure(rows, summary, a: tuple[str, str], b: tuple[str, str], path: Path) -
                  title=f"{ds}: paired difference over {len(sub)} pairs")
     fig.suptitle(f"A: {a[0]} in {a[1]}\nB: {b[0]} in {b[1]}", fontsize=9)
     fig.tight_layout()
-    save_figure(fig, path)
+    lib.save_figure(fig, path)
     plt.close(fig)
 
 
@@ -160,17 +161,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--b", required=True, type=Path, help="second result folder (the challenger)")
     p.add_argument("--a-policy", help="policy in --a (default: that run's best learned agent)")
     p.add_argument("--b-policy", help="policy in --b (default: that run's best learned agent)")
-    p.add_argument("--out", help="output folder (default benchmarks/results/paired)")
+    lib.add_output_arguments(p, "paired")
     args = p.parse_args(argv)
 
     a, b = load_run(args.a, "--a"), load_run(args.b, "--b")
     pa, pb = pick_policy(a, args.a_policy, "--a"), pick_policy(b, args.b_policy, "--b")
     rows = pair_rows(a, pa, b, pb)
     summary = summarise(rows)
-    out = out_dir("paired", args.out)
+    run = lib.start_run("paired", argv, args.out, args.run)
+    out = run.out
     label_a, label_b = f"{pa} ({args.a.name})", f"{pb} ({args.b.name})"
-    write_csv(out / "paired.csv", rows)
-    write_json(out / "paired.json", {"a": {"folder": str(args.a), "policy": pa},
+    lib.write_csv(out / "paired.csv", rows)
+    lib.write_json(out / "paired.json", {"a": {"folder": str(args.a), "policy": pa},
                                      "b": {"folder": str(args.b), "policy": pb},
                                      "summary": summary, "pairs": rows})
     _figure(rows, summary, (pa, args.a.name), (pb, args.b.name), out / "paired.png")
@@ -187,6 +189,11 @@ def main(argv: list[str] | None = None) -> None:
                    "A better" if s["diff_ci_high"] < 0 else "no difference shown")
         print(f"{s['dataset']}: dice@5 B - A {s['diff']:+.4f} "
               f"[{s['diff_ci_low']:+.4f}, {s['diff_ci_high']:+.4f}], {verdict}")
+    settings = a.get("settings", {})
+    protocol = ("transductive" if settings.get("transductive") else
+                "validation" if settings.get("validation") else "heldout")
+    run.record(seeds=sorted({r["seed"] for r in rows}), protocol=protocol,
+               datasets=list(dict.fromkeys(r["dataset"] for r in rows)))
     print(f"wrote {out}")
 
 

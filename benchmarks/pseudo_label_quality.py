@@ -7,20 +7,22 @@ signal, the Spearman rank correlation between the signal and the pseudo-mask's D
 Dice of the pseudo-masks a ``top_k`` filter on that signal would keep, against all of them.
 
 Run: ``python -m benchmarks.pseudo_label_quality RUN_DIR [RUN_DIR ...]`` (e.g. the runs that
-``python -m benchmarks.ablation --out OUT`` leaves under ``OUT/runs``; they are not committed). Writes ``pseudo_label_quality.csv``/``.json`` and a
-PNG; last line: ``best_round1_signal_top50_gain: <Dice gain of the best signal in round 1>``.
+``python -m benchmarks.ablation --out OUT`` leaves under ``OUT/runs``; they are not committed).
+Writes ``pseudo_label_quality.csv``/``.json``, a PNG and ``run.json`` to
+``benchmarks/results/pseudo_label_quality/<run>/``; last line: ``best_round1_signal_top50_gain: <Dice gain of the best signal in round 1>``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import out_dir, save_figure, write_csv, write_json
+from benchmarks import lib
+from bow_gym.io_utils import read_csv
 from bow_gym.pseudo_labels import SIGNALS, average_ranks
 
 
@@ -44,11 +46,9 @@ def analyse(run: Path, top_ks: tuple[float, ...]) -> list[dict]:
     for rd in sorted(run.glob("round_*")):
         if not (rd / "done.json").is_file():
             continue
-        with open(rd / "quality.csv", newline="") as f:
-            quality = {row["image_id"]: row for row in csv.DictReader(f)}
-        with open(rd / "per_image.csv", newline="") as f:
-            dice = {row["image_id"]: float(row["dice"]) for row in csv.DictReader(f)
-                    if row["target"] == "pseudo" and row["fill_holes"] == "0"}
+        quality = {row["image_id"]: row for row in read_csv(rd / "quality.csv")}
+        dice = {row["image_id"]: float(row["dice"]) for row in read_csv(rd / "per_image.csv")
+                if row["target"] == "pseudo" and row["fill_holes"] == "0"}
         ids = [i for i in quality if i in dice]
         d = np.array([dice[i] for i in ids])
         for signal in SIGNALS:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("runs", nargs="+", help="finished run folders")
     p.add_argument("--top-k", default="0.5,0.7",
                    help="shares kept, each in (0, 1] (comma-separated; default 0.5,0.7)")
-    p.add_argument("--out", help="output folder (default benchmarks/results/pseudo_label_quality)")
+    lib.add_output_arguments(p, "pseudo_label_quality")
     args = p.parse_args(argv)
     try:
         top_ks = tuple(float(k) for k in args.top_k.split(","))
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [row for run in args.runs for row in analyse(Path(run), top_ks)]
     if not rows:
         raise SystemExit("no finished rounds found in " + ", ".join(args.runs))
-    out = out_dir("pseudo_label_quality", args.out)
+    run = lib.start_run("pseudo_label_quality", argv, args.out, args.run)
+    out = run.out
     keys = [f"dice_top{int(k * 100)}" for k in top_ks]
     print(f"{'run':<22} {'round':>5} {'signal':<11} {'n':>5} {'rho':>6} {'all':>6} "
           + " ".join(f"{k:>10}" for k in keys))
@@ -92,9 +93,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{r['run']:<22} {r['round']:>5} {r['signal']:<11} {r['n']:>5} "
               f"{r['spearman']:>6.2f} {r['dice_all']:>6.3f} "
               + " ".join(f"{r[k]:>10.3f}" for k in keys))
-    write_csv(out / "pseudo_label_quality.csv", rows)
-    write_json(out / "pseudo_label_quality.json", {"runs": args.runs, "rows": rows})
+    lib.write_csv(out / "pseudo_label_quality.csv", rows)
+    lib.write_json(out / "pseudo_label_quality.json", {"runs": args.runs, "rows": rows})
     _plot(rows, out / "pseudo_label_quality.png")
+    configs = [json.loads((Path(r) / "config.json").read_text()) for r in args.runs
+               if (Path(r) / "config.json").is_file()]
+    run.record(seeds=sorted({int(c["seed"]) for c in configs}),
+               protocol="+".join(sorted({c["protocol"] for c in configs})) or None,
+               datasets=sorted({c["dataset"] for c in configs}) or None)
     first = [r for r in rows if r["round"] == 1 and "dice_top50" in r
              and np.isfinite(r["dice_top50"])]
     gain = max((r["dice_top50"] - r["dice_all"] for r in first), default=math.nan)
@@ -120,7 +126,7 @@ def _plot(rows: list[dict], path: Path) -> None:
                  fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    save_figure(fig, path)
+    lib.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Dice after 1..5 clicks: random clicking vs the clickers that read the ground truth.
 
-For each data set (the embedded synthetic one; the first N Kvasir-SEG images when the real data
-is present) and each backbone that can run here, every image is labelled once by the
+For each data set (``--dataset``, repeatable; by default the embedded synthetic one and the first
+N Kvasir-SEG images when the real data is present) and each backbone that can run here, every image is labelled once by the
 ground-truth-guided clicker (``gt``, RITM-style), by the propagation-aware greedy clicker
 (``gt_greedy``: each click the one with the largest Dice after it, :class:`agents.GreedyDiceClicker`)
 and by the random clicker under several seeds, each episode starting from an empty mask, with the
@@ -19,7 +19,8 @@ DINOv2 backbones need pretrained weights, which cannot be downloaded here: pass
 ``--dinov2-checkpoint FILE`` (a local ``vit_small_patch14_dinov2`` state dict) to include them;
 without it their rows say "not run" instead of showing a number.
 
-Run: ``python -m benchmarks.reference_clickers`` (``--help`` for options). Last line:
+Run: ``python -m benchmarks.reference_clickers`` (``--help`` for options). Writes to
+``benchmarks/results/reference_clickers/<run>/``. Last line:
 ``kvasir_gt_clicker_dice_at_5: <value>`` (``nan`` when Kvasir-SEG is not available).
 """
 
@@ -30,6 +31,9 @@ import math
 
 import numpy as np
 
+from benchmarks import lib
+from bow_gym.cli import add_renamed_flag
+
 POLICIES = ("random", "gt", "gt_greedy")
 COLOURS = {"random": "tab:gray", "gt": "tab:green", "gt_greedy": "tab:blue"}
 
@@ -38,12 +42,13 @@ def evaluate(env, policy_name: str, seeds: list[int], progress: bool) -> np.ndar
     """(images, clicks) Dice after each click; random: mean over seeds."""
     from tqdm.auto import tqdm
 
-    from agents import make_policy, run_episode
+    from bow_gym.agent_registry import make_agent
+    from bow_gym.policy import run_episode
 
     n = len(env.unwrapped.dataset)
     runs = []
     for seed in seeds if policy_name == "random" else [0]:
-        policy = make_policy(policy_name)
+        policy = make_agent(policy_name)
         per_image = []
         for i in tqdm(range(n), desc=f"{policy_name} seed {seed}", disable=not progress,
                       leave=False):
@@ -56,52 +61,45 @@ def evaluate(env, policy_name: str, seeds: list[int], progress: bool) -> np.ndar
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.reference_clickers", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--synthetic-images", type=int, default=96)
-    p.add_argument("--kvasir-images", type=int, default=200, help="first N Kvasir-SEG images")
+    lib.add_data_arguments(p)
+    p.add_argument("--synthetic-images", type=int, default=96,
+                   help="images of the synthetic data set (default 96; with --splits: 200, as in "
+                        "compare_policies)")
+    p.add_argument("--limit", type=int, default=200,
+                   help="first N images of each real data set (default 200; with --splits: all)")
+    add_renamed_flag(p, "--kvasir-images", "--limit", "limit", type=int)
     p.add_argument("--splits", type=int, default=0,
                    help="evaluate on the held-out parts of compare_policies' seeded splits "
                         "0..N-1 instead (default 0: the first images)")
-    p.add_argument("--data", help="real-data folder (default $BOW_GYM_SHARED_DATA or ../shared/data)")
     p.add_argument("--seeds", type=int, default=3, help="random-clicker seeds (default 3)")
     p.add_argument("--dinov2-checkpoint", help="local DINOv2 ViT-S/14 weights file")
-    p.add_argument("--out", help="output folder (default benchmarks/results/reference_clickers)")
+    lib.add_output_arguments(p, "reference_clickers")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
-    from benchmarks._common import (
-        bootstrap_ci,
-        data_folder,
-        machine,
-        out_dir,
-        save_figure,
-        write_csv,
-        write_json,
-    )
 
     if args.splits < 0:
         p.error(f"--splits must be >= 0, got {args.splits}")
-    data = data_folder(p, args.data)
-    out = out_dir("reference_clickers", args.out)
+    if args.limit < 1 or args.synthetic_images < 1:
+        p.error(f"--limit and --synthetic-images must be >= 1, got {args.limit} and "
+                f"{args.synthetic_images}")
+    # Without splits: the first images (the synthetic set's size, the real sets' first N).
+    first = {"synthetic": {"n_images": args.synthetic_images},
+             **{name: {"limit": args.limit} for name in lib.DEFAULT_FOLDERS}}
+    sources, _ = lib.data_sources(p, args, kwargs=None if args.splits else first)
+    run = lib.start_run("reference_clickers", argv, args.out, args.run)
+    out = run.out
     # Per data set, the env kwargs of each part evaluated (one part, or one per split).
     datasets: dict[str, list[dict]] = {}
     if args.splits:
-        from benchmarks.compare_policies import data_configs
-
         for k in range(args.splits):
-            for name, cfg in data_configs(["synthetic", "kvasir-seg"], data, transductive=False,
-                                          split_seed=k).items():
+            for name, cfg in lib.data_configs(sources, split_seed=k).items():
                 datasets.setdefault(name, []).append(cfg["test"])
     else:
-        datasets["synthetic"] = [{"dataset": "synthetic",
-                                  "dataset_kwargs": {"n_images": args.synthetic_images}}]
-        if data is not None and (data / "kvasir-seg").is_dir():
-            datasets["kvasir-seg"] = [{"dataset": "kvasir-seg", "root": str(data / "kvasir-seg"),
-                                       "dataset_kwargs": {"limit": args.kvasir_images}}]
-        else:
-            print("Kvasir-SEG not found: pass --data or set BOW_GYM_SHARED_DATA")
+        datasets = {s.name: [s.env_kwargs()] for s in sources}
     backbones = {"lab_texture": {}}
     skipped = []
     if args.dinov2_checkpoint:
@@ -126,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                 dice = np.concatenate(per_part)
                 curves[(ds_name, bb_name, policy)] = dice
                 for k in range(dice.shape[1]):
-                    lo, hi = bootstrap_ci(dice[:, k])
+                    lo, hi = lib.bootstrap_ci(dice[:, k])
                     rows.append({"dataset": ds_name, "images": n, "backbone": bb_name,
                                  "policy": policy, "clicks": k + 1,
                                  "mean_dice": float(dice[:, k].mean()), "ci95_low": lo,
@@ -151,10 +149,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['dataset']} {r['policy']} split {r['split']} {r['dice@5']:.3f}"
             for r in split_means))
 
-    write_csv(out / "reference_clickers.csv", rows)
-    write_json(out / "reference_clickers.json", {
+    lib.write_csv(out / "reference_clickers.csv", rows)
+    lib.write_json(out / "reference_clickers.json", {
         "rows": rows, "split_means": split_means, "greedy_gap_closed": gaps,
-        "skipped": skipped, "seeds": args.seeds, "splits": args.splits, "machine": machine()})
+        "skipped": skipped, "seeds": args.seeds, "splits": args.splits, "machine": lib.machine()})
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,8 +177,10 @@ def main(argv: list[str] | None = None) -> None:
         ax.set_ylim(0, 1)
         ax.set_xticks(range(1, 6))
         ax.legend(loc="lower right")
-    save_figure(fig, out / "reference_clickers.png")
-    print(f"wrote {out}/reference_clickers.csv, .json, .png")
+    lib.save_figure(fig, out / "reference_clickers.png")
+    run.record(seeds=range(args.seeds), datasets=list(datasets),
+               protocol="heldout" if args.splits else "first-images")
+    print(f"wrote {out}/reference_clickers.csv, .json, .png, run.json")
     kv = curves.get(("kvasir-seg", "lab_texture", "gt"))
     value = float(kv[:, -1].mean()) if kv is not None else math.nan
     print(f"kvasir_gt_clicker_dice_at_5: {value:.4f}")

@@ -1,7 +1,10 @@
 """bow-gym: "just say better or worse" medical image segmentation as a Gymnasium environment.
 
 Importing the package registers the environments, so ``gym.make("BetterWorseSeg-v0")`` works
-after ``import bow_gym`` (or directly as ``gym.make("bow_gym:BetterWorseSeg-v0")``).
+after ``import bow_gym`` (or directly as ``gym.make("bow_gym:BetterWorseSeg-v0")``). Every variant
+also names the native vector env (:class:`bow_gym.envs.vector.BetterWorseSegVectorEnv`) as its
+``vector_entry_point``, which ``gym.make_vec(id, num_envs=N)`` uses unless a
+``vectorization_mode`` ("sync", "async") says otherwise.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from gymnasium.envs.registration import register, registry
 __version__ = "0.1.0"
 
 _ENTRY_POINT = "bow_gym.envs.better_worse_seg:BetterWorseSegEnv"
+_VECTOR_ENTRY_POINT = "bow_gym.envs.vector:BetterWorseSegVectorEnv"
 
 #: Registered variants: the same class with different keyword arguments (as Minigrid does).
 ENV_VARIANTS: dict[str, dict] = {
@@ -31,7 +35,8 @@ ENV_VARIANTS: dict[str, dict] = {
 def _register() -> None:
     for env_id, kwargs in ENV_VARIANTS.items():
         if env_id not in registry:
-            register(id=env_id, entry_point=_ENTRY_POINT, kwargs=kwargs)
+            register(id=env_id, entry_point=_ENTRY_POINT, vector_entry_point=_VECTOR_ENTRY_POINT,
+                     kwargs=kwargs)
 
 
 _register()

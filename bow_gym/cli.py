@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     import bow_gym  # noqa: F401 - registers the envs
-    from agents import GroundTruthClicker, RandomClicker, run_episode
+    from bow_gym.agent_registry import make_agent
+    from bow_gym.policy import run_episode
     from bow_gym.render import EpisodeRow, episodes_figure, write_png
 
     env = gym.make(args.env, render_mode="rgb_array", render_scale=2,
@@ -45,7 +47,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     n = min(args.episodes, len(base.dataset))
     rng = np.random.default_rng(args.seed)
     indices = sorted(rng.choice(len(base.dataset), size=n, replace=False).tolist())
-    policies = [RandomClicker(), GroundTruthClicker()]
+    policies = [make_agent("random"), make_agent("gt")]
     rows, figure_rows = [], []
     print(f"{args.env}: {base.dataset.name}, backbone {base.backbone.name}, "
           f"{base.clicks_per_episode} clicks, threshold {base.threshold}")
@@ -80,14 +82,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """Registered envs, data sets and backbones."""
+    """Registered envs, data sets, backbones and agents."""
     import bow_gym
+    from bow_gym.agent_registry import list_agents
     from bow_gym.backbones import list_backbones
     from bow_gym.datasets import list_datasets
 
     print("envs:      " + ", ".join(bow_gym.ENV_VARIANTS))
     print("datasets:  " + ", ".join(list_datasets()))
     print("backbones: " + ", ".join(list_backbones()))
+    print("agents:    " + ", ".join(list_agents()))
+    print("  (bow-gym rounds --agent: " + ", ".join(list_agents(buildable=True)) + ")")
     return 0
 
 
@@ -105,22 +110,12 @@ def cmd_featurize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_value(text: str) -> Any:
-    """A ``--set`` value as TOML would read it (numbers, booleans, strings, lists, tables)."""
-    from bow_gym.rounds import tomllib
-
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare word is a string
-
-
 def cmd_rounds(args: argparse.Namespace) -> int:
     """The multi-round method: clicks, pseudo-masks, segmenter, evaluation; resumable."""
-    from bow_gym.rounds import load_config, run_rounds
+    from bow_gym.rounds import load_config, parse_set, run_rounds
 
     overrides: dict[str, Any] = {
-        "dataset": args.dataset, "rounds": args.rounds, "clicks": args.clicks,
+        "dataset": args.dataset, "rounds": args.rounds, "clicks_per_image": args.clicks_per_image,
         "agent": args.agent, "protocol": args.protocol, "limit": args.limit,
         "backbone": args.backbone, "segmenter": args.segmenter, "top_k": args.top_k,
         "seed": args.seed, "device": args.device, "name": args.name,
@@ -136,10 +131,8 @@ def cmd_rounds(args: argparse.Namespace) -> int:
     if args.dataset:
         overrides["dataset_kwargs"] = {}  # the config's data-set arguments belong to its data set
     for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = _parse_value(value.strip())
+        key, value = parse_set(item)
+        overrides[key] = value
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.root:
         overrides["root"] = args.root
@@ -149,7 +142,7 @@ def cmd_rounds(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/rounds/{config.name}")
     print(f"run {out}: {config.dataset} ({config.protocol}), agent {config.agent}, backbone "
           f"{config.backbone}, segmenter {config.segmenter}, {config.rounds} rounds x "
-          f"{config.clicks} clicks")
+          f"{config.clicks_per_image} clicks per image")
     rows = run_rounds(config, out, resume=not args.no_resume)
     print(f"{'round':>5} {'target':<11} {'split':<5} {'n':>5} {'dice':>6} {'95% CI':>15} "
           f"{'hd95':>7} {'better':>6} {'sec':>7}")
@@ -193,7 +186,30 @@ def _add_env_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=_positive_int, help="use only the first N images")
 
 
+class RenamedFlag(argparse.Action):
+    """A deprecated flag: stores into the new flag's ``dest`` and warns, naming the new flag."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        warnings.warn(f"{option_string} is deprecated: use {self.new}", FutureWarning,
+                      stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed_flag(parser: argparse.ArgumentParser, old: str, new: str, dest: str,
+                     **kwargs: Any) -> None:
+    """``old`` as a hidden, deprecated spelling of ``new`` (same ``dest``; using it warns,
+    naming ``new``); ``kwargs`` as for ``add_argument`` (``type``)."""
+    parser.add_argument(old, action=RenamedFlag, new=new, dest=dest, help=argparse.SUPPRESS,
+                        **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from bow_gym.agent_registry import list_agents
+
     parser = argparse.ArgumentParser(prog="bow-gym", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
@@ -216,8 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="data set name")
     p.add_argument("--root", help="data set folder")
     p.add_argument("--rounds", type=int, help="rounds (default 5)")
-    p.add_argument("--clicks", type=int, help="clicks per image and round (default 5)")
-    p.add_argument("--agent", choices=["reinforce", "answer_model", "random", "gt"], help="clicking agent")
+    p.add_argument("--clicks-per-image", type=int, help="clicks per image and round (default 5)")
+    add_renamed_flag(p, "--clicks", "--clicks-per-image", "clicks_per_image", type=int)
+    p.add_argument("--agent", choices=list_agents(buildable=True),
+                   help="clicking agent (bow_gym.agent_registry; the learners learn online)")
     p.add_argument("--protocol", choices=["heldout", "transductive"], help="evaluation protocol")
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--backbone", help="backbone name (lab_texture, dinov2_vits14, ...)")

@@ -1,12 +1,20 @@
-"""Atomic file writing: every cache, checkpoint, list and result in bow-gym goes through here."""
+"""Atomic file writing: every cache, checkpoint, list and result in bow-gym goes through here.
+
+Also the one JSON, CSV and safetensors writer of the package, the multi-round loop, the agents and
+the benchmarks: a result table or checkpoint is either complete or absent, never half-written.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -68,3 +76,84 @@ def read_checked_metadata(path: str | os.PathLike, *, fmt: str, version: str, wh
         raise ValueError(f"{path}: {what} format version {meta.get(version_key)!r}, this "
                          f"bow_gym reads version {version}")
     return meta
+
+
+def _json_default(x: Any) -> Any:
+    """numpy scalars and arrays as Python numbers and lists; other numbers (torch scalars) as
+    floats."""
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"not JSON serialisable: {type(x).__name__}") from None
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented JSON, atomically (numpy values become Python numbers and lists)."""
+    atomic_write_bytes(path, json.dumps(obj, indent=1, default=_json_default).encode())
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rows as CSV, atomically; the columns are the union of the rows' keys, in first-seen order.
+
+    No rows still writes the file (with an empty header), so that its presence says the table
+    was made.
+    """
+    buf = io.StringIO()
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buf, fieldnames=names)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of a CSV file as dicts of strings (what :func:`write_csv` wrote)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def save_tensors(path: str | os.PathLike, state: Mapping[str, Any],
+                 metadata: Mapping[str, str]) -> None:
+    """Torch tensors as a safetensors file with string ``metadata``, atomically.
+
+    The tensors are detached, moved to the CPU, copied and made contiguous: safetensors refuses
+    tensors that share memory (PPO's actor and critic share one extractor).
+    """
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata))
+
+
+def load_tensors(path: str | os.PathLike, what: str, device: str = "cpu"
+                 ) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors and metadata of a :func:`save_tensors` file.
+
+    Args:
+        path: The file.
+        what: What the file should hold, for the errors (``"REINFORCE checkpoint"``).
+        device: Where the tensors are loaded.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ValueError: Not a readable safetensors file; the message names the file and ``what``.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+    except Exception as e:
+        raise ValueError(f"{path} is not a bow-gym {what}: {e}") from e
+    return load_file(str(path), device=str(device)), meta

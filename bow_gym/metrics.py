@@ -1,4 +1,4 @@
-"""Segmentation metrics on 2-D boolean masks: Dice, IoU, HD95, plus hole filling.
+"""Segmentation metrics on 2-D boolean masks: Dice, IoU, HD95, plus hole filling and resizing.
 
 The conventions follow nnU-Net's evaluation code: numpy on boolean masks, with every empty-mask
 case decided explicitly rather than left to a ``0 / 0``.
@@ -41,6 +41,7 @@ __all__ = [
     "iou",
     "iou_from_counts",
     "overlap_counts",
+    "resize_mask",
     "summarize_by_ground_truth",
 ]
 
@@ -389,6 +390,18 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     padded = np.pad(m, 1).astype(np.uint8)
     cv2.floodFill(padded, None, (0, 0), 2, flags=4)
     return padded[1:-1, 1:-1] != 2
+
+
+def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A mask resized to ``shape`` ``(H, W)`` as bool, nearest neighbour (labels stay crisp).
+
+    A mask already of that shape is only converted.
+    """
+    m = np.asarray(mask)
+    if m.shape == tuple(shape):
+        return m.astype(bool)
+    return cv2.resize(m.astype(np.uint8), (shape[1], shape[0]),
+                      interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
 def bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:

@@ -17,6 +17,7 @@ Decisions, for every oracle:
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -55,6 +56,20 @@ class Overlap(NamedTuple):
         return 1.0 if denom == 0 else 2.0 * self.tp / denom
 
 
+def dice_of_counts(tp: np.ndarray, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """:attr:`Overlap.dice` of many count triples at once (float64; 1.0 where both are empty).
+
+    The same float64 operations in the same order as the scalar property, so the values are
+    bit-identical to it.
+    """
+    denom = np.asarray(pred, np.int64) + gt
+    if denom.all():  # the usual case, one division
+        return 2.0 * np.asarray(tp) / denom
+    out = np.ones(denom.shape, np.float64)
+    np.divide(2.0 * np.asarray(tp), denom, out=out, where=denom != 0)
+    return out
+
+
 class Oracle(abc.ABC):
     """Base class: ``judge(before, after, rng) -> +1 | -1``."""
 
@@ -63,6 +78,34 @@ class Oracle(abc.ABC):
     @abc.abstractmethod
     def judge(self, before: Overlap, after: Overlap, rng: np.random.Generator | None = None) -> int:
         """+1 ("better") or -1 ("worse") for a change from ``before`` to ``after``."""
+
+    def judge_batch(
+        self,
+        before: Overlap,
+        after: Overlap,
+        rngs: Sequence[np.random.Generator | None],
+    ) -> np.ndarray:
+        """:meth:`judge` of many changes at once, as a vector environment needs.
+
+        Args:
+            before: An :class:`Overlap` whose fields are ``(n,)`` integer arrays.
+            after: The same after each change.
+            rngs: One generator per change; change ``i`` draws from ``rngs[i]`` exactly what
+                :meth:`judge` would draw, so batched and one-at-a-time answers are identical.
+
+        Returns:
+            ``(n,)`` int64 array of +1 / -1.
+
+        The default calls :meth:`judge` once per change; the built-in oracles override it with
+        array operations.
+        """
+        b = [np.asarray(f) for f in before]
+        a = [np.asarray(f) for f in after]
+        out = np.empty(len(b[0]), np.int64)
+        for i, rng in enumerate(rngs):
+            out[i] = self.judge(Overlap(*(int(f[i]) for f in b)),
+                                Overlap(*(int(f[i]) for f in a)), rng)
+        return out
 
     def judge_masks(
         self,
@@ -86,6 +129,21 @@ def _gain(before: Overlap, after: Overlap) -> float:
     return after.dice - before.dice
 
 
+def _gain_batch(before: Overlap, after: Overlap) -> np.ndarray:
+    """:func:`_gain` of array-valued overlaps (float64, bit-identical to the scalar form)."""
+    dice_gain = dice_of_counts(*after) - dice_of_counts(*before)
+    gt = np.asarray(after.gt)
+    if gt.all():  # the usual case: no empty ground truth in the batch
+        return dice_gain
+    b_pred = np.asarray(before.pred, np.int64)
+    fp_share = (b_pred - after.pred) / np.maximum(b_pred, 1)
+    return np.where(gt == 0, fp_share, dice_gain)
+
+
+def _answers(better: np.ndarray) -> np.ndarray:
+    return np.where(better, np.int64(BETTER), np.int64(WORSE))
+
+
 class DiceOracle(Oracle):
     """The method's expert: "better" iff Dice against the ground truth strictly increased."""
 
@@ -93,6 +151,10 @@ class DiceOracle(Oracle):
 
     def judge(self, before: Overlap, after: Overlap, rng: np.random.Generator | None = None) -> int:
         return BETTER if _gain(before, after) > 0.0 else WORSE
+
+    def judge_batch(self, before: Overlap, after: Overlap,
+                    rngs: Sequence[np.random.Generator | None]) -> np.ndarray:
+        return _answers(_gain_batch(before, after) > 0.0)
 
 
 class MarginOracle(Oracle):
@@ -113,6 +175,10 @@ class MarginOracle(Oracle):
 
     def judge(self, before: Overlap, after: Overlap, rng: np.random.Generator | None = None) -> int:
         return BETTER if _gain(before, after) > self.delta else WORSE
+
+    def judge_batch(self, before: Overlap, after: Overlap,
+                    rngs: Sequence[np.random.Generator | None]) -> np.ndarray:
+        return _answers(_gain_batch(before, after) > self.delta)
 
 
 class NoisyOracle(Oracle):
@@ -139,6 +205,18 @@ class NoisyOracle(Oracle):
             if rng.random() < self.p:
                 answer = -answer
         return answer
+
+    def judge_batch(self, before: Overlap, after: Overlap,
+                    rngs: Sequence[np.random.Generator | None]) -> np.ndarray:
+        answers = self.base.judge_batch(before, after, rngs)
+        if self.p > 0.0:
+            if any(rng is None for rng in rngs):
+                raise ValueError("NoisyOracle needs a random generator (rng) to flip answers")
+            # One draw per change from its own generator, as judge() draws: a sub-env of a
+            # vector env then hears the same answers as the single env with its seed.
+            draws = np.fromiter((rng.random() for rng in rngs), np.float64, len(rngs))
+            answers = np.where(draws < self.p, -answers, answers)
+        return answers
 
 
 ORACLES: dict[str, type[Oracle]] = {"dice": DiceOracle, "margin": MarginOracle, "noisy": NoisyOracle}

@@ -2,7 +2,7 @@
 
 One round (:func:`run_rounds`):
 
-1. **label**: the clicking agent labels every labelling image with ``clicks`` clicks in
+1. **label**: the clicking agent labels every labelling image with ``clicks_per_image`` clicks in
    :class:`~bow_gym.envs.BetterWorseSegEnv`, learning online from the oracle's answers, starting
    from the previous round's segmenter predictions (empty in round 1). Its pseudo-masks are the
    env's masks after the clicks (working resolution, 128 px by default).
@@ -49,14 +49,12 @@ Configs are TOML files (:func:`load_config`); named ones ship in ``bow_gym/confi
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +63,12 @@ import numpy as np
 
 from bow_gym.datasets.base import Sample, SegmentationDataset
 from bow_gym.datasets.io import DatasetError
-from bow_gym.io_utils import atomic_path, atomic_write_bytes
+from bow_gym.io_utils import atomic_path
+from bow_gym.io_utils import read_csv as _read_csv
+from bow_gym.io_utils import write_csv as _write_csv
+from bow_gym.io_utils import write_json as _write_json
+from bow_gym.metrics import resize_mask
+from bow_gym.policy import BatchedLearner, ClickPolicy, OnlineLearner, choose_click, public_info
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,15 +76,14 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-AGENTS = ("reinforce", "answer_model", "random", "gt")
-#: Agents that learn while labelling; their weights carry over from round to round.
-LEARNING_AGENTS = ("reinforce", "answer_model")
 PROTOCOLS = ("heldout", "transductive")
 TARGETS = ("initial", "pseudo", "prediction")
 STARTS = ("prediction", "merged", "previous")
 TRUST_KEYS = ("accepted", "rejected", "untouched")
 #: Config fields that may change when a run is resumed (they do not change its results).
 RESUMABLE_KEYS = frozenset({"rounds", "progress", "tensorboard", "device", "name"})
+#: Config fields that were renamed: old name -> new name (refused, naming the new one).
+RENAMED_KEYS = {"clicks": "clicks_per_image", "lora": "adapt"}
 
 
 @dataclass
@@ -108,16 +110,18 @@ class RoundsConfig:
     """use only the first N images (before splitting)"""
     rounds: int = 5
     """rounds of clicks + segmenter training"""
-    clicks: int = 5
-    """clicks per image and round"""
+    clicks_per_image: int = 5
+    """clicks per image and round (each image's episode: the env's clicks_per_episode)"""
     agent: str = "reinforce"
-    """clicking agent: reinforce or answer_model (both learn online), random, or gt (reads the
-    ground truth: a ceiling)"""
+    """clicking agent, a name of bow_gym.agent_registry that needs no training first:
+    reinforce or answer_model (and their variants; they learn online), random, gt or gt_greedy
+    (these two read the ground truth: ceilings)"""
     agent_checkpoint: str | None = None
     """start the learning agent from this checkpoint instead of from scratch"""
     agent_kwargs: dict[str, Any] = field(default_factory=dict)
     """arguments of the agent's class (ReinforceAgent: policy (unet or patches), lr, temperature,
-    online_batch, width, ...; AnswerModelAgent: lr, epsilon, posterior_steps, ...)"""
+    online_batch (default 8 here), width, ...; AnswerModelAgent: lr, epsilon, posterior_steps,
+    ...)"""
     label_envs: int = 8
     """images labelled in lockstep (one batched forward pass of the agent per click)"""
     backbone: str = "lab_texture"
@@ -147,8 +151,6 @@ class RoundsConfig:
     adapt: bool = False
     """adapt the backbone each round with the triplet loss on the pseudo-masks: q/v LoRA on
     DINOv2 (as published), a feature head on lab_texture (its CPU stand-in)"""
-    lora: bool = False
-    """deprecated spelling of adapt (it also adapts lab_texture, with its feature head)"""
     lora_kwargs: dict[str, Any] = field(default_factory=dict)
     """LoRAConfig arguments (r, alpha, ...) of DINOv2's adapter"""
     head_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -175,21 +177,23 @@ class RoundsConfig:
     tensorboard: bool = True
     """TensorBoard logs in <run>/tb"""
 
-    def __post_init__(self) -> None:
-        if self.lora:
-            import warnings
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # Before the dataclass's __init__, which would only say "unexpected keyword argument".
+        _check_renamed(kwargs, cls.__name__)
+        return super().__new__(cls)
 
-            warnings.warn("the config field 'lora' is deprecated: use 'adapt = true' (it adapts "
-                          "DINOv2 with LoRA and lab_texture with its feature head)",
-                          DeprecationWarning, stacklevel=3)
-            self.adapt, self.lora = True, False
+    def __post_init__(self) -> None:
+        from bow_gym.agent_registry import agent_spec, list_agents
+
         if isinstance(self.feature_cache, str) and self.feature_cache.lower() in ("none", ""):
             self.feature_cache = None
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
-        if self.agent not in AGENTS:
-            raise ValueError(f"agent must be one of {AGENTS}, got {self.agent!r}")
-        for key in ("rounds", "clicks", "label_envs"):
+        buildable = list_agents(buildable=True)
+        if self.agent not in buildable:
+            known = "needs training first" if self.agent in list_agents() else "is not registered"
+            raise ValueError(f"agent must be one of {buildable}, got {self.agent!r} (it {known})")
+        for key in ("rounds", "clicks_per_image", "label_envs"):
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{key} must be an int >= 1, got {v!r}")
@@ -210,8 +214,9 @@ class RoundsConfig:
                              f"got {self.quality!r}")
         if self.limit is not None and self.limit < 2:
             raise ValueError(f"limit must be None or >= 2, got {self.limit!r}")
-        if self.agent_checkpoint and self.agent not in LEARNING_AGENTS:
-            raise ValueError(f"agent_checkpoint applies only to the learning agents {LEARNING_AGENTS}")
+        if self.agent_checkpoint and not agent_spec(self.agent).learns_online():
+            raise ValueError(f"agent_checkpoint applies only to agents that learn online, not to "
+                             f"{self.agent!r}")
         for item in self.extra_datasets:
             if not isinstance(item, Mapping) or "dataset" not in item:
                 raise ValueError(f"each extra_datasets entry needs a 'dataset' key, got {item!r}")
@@ -252,7 +257,32 @@ def load_config(source: str | os.PathLike | None = None, **overrides: Any) -> Ro
     return RoundsConfig(**values)
 
 
+def _check_renamed(values: Mapping[str, Any], where: str) -> None:
+    renamed = [f"{old!r} was renamed {new!r}" for old, new in RENAMED_KEYS.items() if old in values]
+    if renamed:
+        raise ValueError(f"{where}: {'; '.join(renamed)}")
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """A ``KEY=VALUE`` override (``--set``): the key, and the value as TOML reads it (numbers,
+    booleans, strings, lists, tables; a bare word is a string).
+
+    Raises:
+        ValueError: ``item`` has no ``=``.
+    """
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+    text = text.strip()
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word is a string
+    return key.strip(), value
+
+
 def _check_keys(values: Mapping[str, Any], where: str) -> None:
+    _check_renamed(values, where)
     valid = [f.name for f in fields(RoundsConfig)]
     unknown = sorted(set(values) - set(valid))
     if unknown:
@@ -377,32 +407,6 @@ def load_in_memory(dataset: SegmentationDataset, progress: bool = True) -> Memor
 
 
 # --------------------------------------------------------------------------- small I/O
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, default=_json_default).encode())
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    names = list(dict.fromkeys(k for row in rows for k in row)) if rows else []
-    writer = csv.DictWriter(buf, fieldnames=names)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
@@ -527,100 +531,87 @@ class Labels:
                    z["labels"], z["confidence"], z.get("evidence"), z.get("evidence_total"))
 
 
-def _agent_class(name: str) -> Any:
-    if name == "answer_model":
-        from agents.answer_model import AnswerModelAgent
+def make_agent(config: RoundsConfig, env: Any, device: str) -> ClickPolicy:
+    """A fresh clicking agent of ``config.agent`` for ``env`` (an online learner from
+    ``agent_checkpoint`` when set), built by name from :mod:`bow_gym.agent_registry`.
 
-        return AnswerModelAgent
-    from agents.reinforce import ReinforceAgent
-
-    return ReinforceAgent
-
-
-def make_agent(config: RoundsConfig, in_channels: int, device: str,
-               grid: tuple[int, int] = (16, 16)) -> Any:
-    """A fresh clicking agent of ``config.agent`` (or a learning agent from ``agent_checkpoint``).
+    Online learners take an online step every 8 answered clicks unless ``agent_kwargs`` sets
+    ``online_batch``.
 
     Args:
         config: The run's config.
-        in_channels: Observation channels (REINFORCE's input).
+        env: The unwrapped labelling env (its channels and patch grid size the agent).
         device: Torch device of a learning agent.
-        grid: The env's patch grid (the answer-model agent's output).
     """
-    from agents.reference import GroundTruthClicker, RandomClicker
-
-    if config.agent == "random":
-        return RandomClicker(seed=config.seed)
-    if config.agent == "gt":
-        return GroundTruthClicker()
     import torch
 
-    cls = _agent_class(config.agent)
-    kwargs = {"online_batch": 8, **config.agent_kwargs}
-    if config.agent_checkpoint:
-        return cls.load(_expand(config.agent_checkpoint), device=device, **kwargs)
-    first = in_channels if config.agent == "reinforce" else tuple(grid)
+    from bow_gym.agent_registry import agent_spec
+
+    spec = agent_spec(config.agent)
+    kwargs = dict(config.agent_kwargs)
+    if spec.learns_online():
+        kwargs = {"online_batch": 8, **kwargs}
+        if config.agent_checkpoint:
+            return spec.load().load(_expand(config.agent_checkpoint), device=device,
+                                    **{**spec.kwargs, **kwargs})
     # The network's initial weights come from the run's seed, not from whatever the caller's
     # global torch RNG holds (which would make a run depend on what ran before it).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed(config, 0, 6))
-        return cls(first, device=device, seed=config.seed, **kwargs)
+        return spec.make(env, seed=config.seed, device=device, **kwargs)
 
 
-def save_agent(agent: Any, round_dir: Path) -> None:
-    """Weights (safetensors) and optimiser state, so that the next round resumes exactly."""
+def save_agent(agent: ClickPolicy, round_dir: Path) -> None:
+    """An online learner's weights (safetensors) and optimiser state, so that the next round
+    resumes exactly; nothing for other agents."""
     import torch
 
-    if not hasattr(agent, "save"):
+    if not isinstance(agent, OnlineLearner):
         return
     agent.save(round_dir / "agent.safetensors")
     with atomic_path(round_dir / "agent_optimizer.pt") as tmp:
         torch.save(agent.opt.state_dict(), tmp)
 
 
-def load_agent(config: RoundsConfig, round_dir: Path, in_channels: int, device: str,
-               grid: tuple[int, int] = (16, 16)) -> Any:
-    """The learning agent as a round left it (the answer model's replay buffer starts empty)."""
+def load_agent(config: RoundsConfig, round_dir: Path, env: Any, device: str) -> ClickPolicy:
+    """The online learner as a round left it (the answer model's replay buffer starts empty);
+    a fresh agent (:func:`make_agent`) for agents that do not learn online."""
     import torch
 
-    if config.agent not in LEARNING_AGENTS:
-        return make_agent(config, in_channels, device, grid)
-    kwargs = {"online_batch": 8, **config.agent_kwargs}
-    agent = _agent_class(config.agent).load(round_dir / "agent.safetensors", device=device,
-                                            **kwargs)
+    from bow_gym.agent_registry import agent_spec
+
+    spec = agent_spec(config.agent)
+    if not spec.learns_online():
+        return make_agent(config, env, device)
+    kwargs = {"online_batch": 8, **spec.kwargs, **config.agent_kwargs}
+    agent = spec.load().load(round_dir / "agent.safetensors", device=device, **kwargs)
     opt = round_dir / "agent_optimizer.pt"
     if opt.is_file():
         agent.opt.load_state_dict(torch.load(opt, map_location=device, weights_only=True))
     return agent
 
 
-def label_round(envs: Sequence[Any], agent: Any, order: Sequence[int], *, seed: int,
+def label_round(envs: Sequence[Any], agent: ClickPolicy, order: Sequence[int], *, seed: int,
                 progress: bool = True, desc: str = "label") -> Labels:
     """Each image of ``order`` gets one episode of ``clicks_per_episode`` clicks.
 
-    The episodes run in lockstep over ``envs`` (copies of one env), so that a learning agent
-    acts on a batch with one forward pass and learns online from every answered click
-    (:meth:`~agents.reinforce.ReinforceAgent.learn_online`). Other policies act one episode at
-    a time, each env with its own copy of the policy, or with a :meth:`fork` twin that shares
-    what it learns (:class:`~agents.answer_model.AnswerModelAgent`). Only policies that declare
-    ``reads_ground_truth`` (the ceiling) get the ground truth.
+    The episodes run in lockstep over ``envs`` (copies of one env), so that a
+    :class:`~bow_gym.policy.BatchedLearner` acts on a batch with one forward pass and learns
+    online from every answered click (its ``learn_online``). Other policies act one episode at
+    a time, each env with a :meth:`~bow_gym.policy.ClickPolicy.fork` twin (an independent copy,
+    or one that shares what it learns). Only policies that declare ``reads_ground_truth`` (the
+    ceiling) get the ground truth.
 
     Returns:
         The :class:`Labels`, in ``order``.
     """
-    import copy
-
     from tqdm.auto import tqdm
 
-    from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY
-
-    batched = hasattr(agent, "act_batch")
+    batched = isinstance(agent, BatchedLearner)
     if batched:
         policies = [agent] * len(envs)
-    elif hasattr(agent, "fork"):  # a learner with per-episode state: twins share what it learns
-        policies = [agent] + [agent.fork() for _ in envs[1:]]
     else:
-        policies = [agent] + [copy.deepcopy(agent) for _ in envs[1:]]
+        policies = [agent] + [agent.fork() for _ in envs[1:]]
     n, k = len(order), envs[0].unwrapped.clicks_per_episode
     ids: list[str] = [""] * n
     pseudo = np.zeros((n, *envs[0].unwrapped.observation_space.shape[1:]), bool)
@@ -658,14 +649,8 @@ def label_round(envs: Sequence[Any], agent: Any, order: Sequence[int], *, seed: 
                                           [envs[s].unwrapped for s in live],
                                           episodes=[slots[s]["memory"] for s in live])
         else:
-            acts, confs = [], []
-            for s in live:
-                base = envs[s].unwrapped
-                gt = base.ground_truth_for_evaluation() if policies[s].reads_ground_truth else None
-                public = {key: v for key, v in slots[s]["info"].items() if key != EVAL_ONLY_KEY}
-                acts.append(int(policies[s].act(slots[s]["obs"], public, base, ground_truth=gt)))
-                c = policies[s].last_confidence
-                confs.append(np.nan if c is None else c)
+            acts, confs = zip(*[choose_click(policies[s], slots[s]["obs"], slots[s]["info"],
+                                             envs[s].unwrapped) for s in live], strict=True)
         for s, a, c in zip(live, acts, confs, strict=True):
             slot = slots[s]
             obs, r, term, trunc, info = envs[s].step(int(a))
@@ -677,14 +662,13 @@ def label_round(envs: Sequence[Any], agent: Any, order: Sequence[int], *, seed: 
             record_evidence(evidence[pos], base.propagation_graph()[int(info["patch"])],
                             fg_before, int(info["click"]["label"]), bool(info["accepted"]),
                             ch * cw)
-            public = {key: v for key, v in info.items() if key != EVAL_ONLY_KEY}
             if batched:
                 agent.answer_batch([slot["memory"]], [float(r)])
                 agent.learn_online(slot["obs"], int(a), float(r))
                 if r < 0:
                     slot["rejected"].append((int(info["click"]["label"]), int(info["patch"])))
             else:
-                policies[s].observe(int(a), float(r), bool(term), public)
+                policies[s].observe(int(a), float(r), bool(term), public_info(info))
             slot.update(obs=obs, info=info, click=j + 1)
             if term or trunc:
                 pseudo[pos] = envs[s].unwrapped.current_mask()
@@ -694,16 +678,8 @@ def label_round(envs: Sequence[Any], agent: Any, order: Sequence[int], *, seed: 
             done = rewards[:bar.n] if bar.n else rewards[:1]
             bar.set_postfix(better=f"{np.mean(done > 0):.2f}")
     bar.close()
-    if hasattr(agent, "flush"):
-        agent.flush()
+    agent.flush()
     return Labels(ids, pseudo, initial, rewards, labels, conf, evidence, evidence.copy())
-
-
-def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if mask.shape == shape:
-        return mask.astype(bool)
-    return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]),
-                      interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
 def _resize_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -727,7 +703,7 @@ def evaluate_masks(masks: Sequence[np.ndarray], gts: Sequence[np.ndarray], *,
     rows = []
     for m, gt in zip(masks, gts, strict=True):
         shape = gt.shape[:2]
-        pred = _resize_prob(m, shape) if probabilities else _resize_mask(m, shape)
+        pred = _resize_prob(m, shape) if probabilities else resize_mask(m, shape)
         if fill:
             pred = fill_holes(pred)
         rows.append(evaluate(pred, gt))
@@ -789,6 +765,13 @@ class RoundsRun:
                 raise FileExistsError(f"{self.out} already holds a run; pass resume=True "
                                       "(CLI: drop --no-resume) or choose another --out")
             old = json.loads(stored.read_text())
+            for before, after in RENAMED_KEYS.items():  # a run started before the renaming
+                if before in old and after not in old:
+                    old[after] = old.pop(before)
+            for f in fields(RoundsConfig):  # a field added since: the run used its default
+                if f.name not in old:
+                    old[f.name] = json.loads(json.dumps(
+                        f.default_factory() if f.default_factory is not MISSING else f.default))
             new = json.loads(json.dumps(asdict(config)))
             differ = sorted(k for k in set(old) | set(new)
                             if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
@@ -862,7 +845,7 @@ class RoundsRun:
             env = self._make_env(datasets[0], None)
         names = ("agent", "agent_kwargs") + (("agent_checkpoint",) if cfg.agent_checkpoint else ())
         with _config_error(_fields(cfg, *names)):
-            make_agent(cfg, env.n_channels, self.device, tuple(env.grid))
+            make_agent(cfg, env, self.device)
         return datasets
 
     # ------------------------------------------------------------------ helpers
@@ -933,7 +916,7 @@ class RoundsRun:
 
         cfg = self.config
         return BetterWorseSegEnv(dataset, backbone=self.backbone, threshold=cfg.threshold,
-                                 clicks_per_episode=cfg.clicks, initial_masks=initial,
+                                 clicks_per_episode=cfg.clicks_per_image, initial_masks=initial,
                                  feature_cache=cfg.feature_cache, image_order="sequential",
                                  **cfg.env_kwargs)
 
@@ -972,12 +955,10 @@ class RoundsRun:
             envs = [self._make_env(label_ds, initial) for _ in range(cfg.label_envs)]
             for env in envs[1:]:
                 env.features = envs[0].features  # one feature cache: each image featurised once
-            n_channels = envs[0].n_channels
-            grid = tuple(envs[0].grid)
-            if r == 1 or cfg.agent not in LEARNING_AGENTS:
-                agent = make_agent(cfg, n_channels, self.device, grid)
-            else:
-                agent = load_agent(cfg, self.round_dir(r - 1), n_channels, self.device, grid)
+            if r == 1:
+                agent = make_agent(cfg, envs[0], self.device)
+            else:  # an online learner as round r - 1 left it; other agents afresh
+                agent = load_agent(cfg, self.round_dir(r - 1), envs[0], self.device)
             order = np.random.default_rng(_seed(cfg, r, 1)).permutation(n)
             labels = label_round(envs, agent, order, seed=_seed(cfg, r, 2),
                                  progress=cfg.progress, desc=f"round {r}: clicks")
@@ -989,11 +970,12 @@ class RoundsRun:
                         if iid in old:
                             labels.evidence_total[i] = np.where(
                                 labels.evidence[i] != 0, labels.evidence[i], old[iid])
-            step0 = (r - 1) * n * cfg.clicks
-            clicks = [{"step": step0 + i * cfg.clicks + k + 1, "round": r, "image_id": iid,
+            k_clicks = cfg.clicks_per_image
+            step0 = (r - 1) * n * k_clicks
+            clicks = [{"step": step0 + i * k_clicks + k + 1, "round": r, "image_id": iid,
                        "click": k + 1, "label": int(labels.labels[i, k]),
                        "reward": int(labels.rewards[i, k])}
-                      for i, iid in enumerate(labels.ids) for k in range(cfg.clicks)]
+                      for i, iid in enumerate(labels.ids) for k in range(k_clicks)]
             _write_csv(rd / "clicks.csv", clicks)
             save_agent(agent, rd)
             labels.save(labels_path)  # last: marks the stage done
@@ -1189,7 +1171,7 @@ class RoundsRun:
             initial=labels.initial[chosen], pseudo=labels.pseudo[chosen],
             prediction=np.stack([_resize_prob(prob[labels.ids[i]], (s, s)) for i in chosen]),
             ground_truth=np.stack([
-                _resize_mask(label_ds[label_ds.index_of(labels.ids[i])].mask, (s, s))
+                resize_mask(label_ds[label_ds.index_of(labels.ids[i])].mask, (s, s))
                 for i in chosen]))
 
     def _metrics_rows(self) -> list[dict[str, Any]]:

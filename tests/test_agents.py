@@ -12,11 +12,11 @@ from agents import (
     GreedyDiceClicker,
     GroundTruthClicker,
     RandomClicker,
-    make_policy,
     run_episode,
 )
 from agents.common import COUNT, SHARE, ArgumentValueError, Bound, TrainDataArgs, make_envs
 from agents.reference import dice_after_clicks, largest_error_click
+from bow_gym.agent_registry import make_agent
 from bow_gym.datasets.synthetic import SyntheticDataset
 from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY, BetterWorseSegEnv
 
@@ -148,14 +148,14 @@ def test_random_policy_actions_do_not_depend_on_ground_truth():
     assert runs[0] == runs[1]
 
 
-def test_make_policy_registry():
-    assert isinstance(make_policy("random", seed=1), RandomClicker)
-    assert make_policy("gt").reads_ground_truth
-    assert isinstance(make_policy("gt_greedy"), GreedyDiceClicker)
+def test_make_agent_builds_reference_policies_by_name():
+    assert isinstance(make_agent("random", seed=1), RandomClicker)
+    assert make_agent("gt").reads_ground_truth
+    assert isinstance(make_agent("gt_greedy"), GreedyDiceClicker)
     assert GreedyDiceClicker.reads_ground_truth
     assert not RandomClicker.reads_ground_truth
-    with pytest.raises(ValueError, match="unknown policy"):
-        make_policy("oracle-peeker")
+    with pytest.raises(ValueError, match="unknown agent"):
+        make_agent("oracle-peeker")
 
 
 def test_render_frames_recorded():
@@ -172,15 +172,15 @@ AGENT_CLIS = ("reinforce", "sb3", "answer_model")
 def _run_cli(name: str, extra: list[str], out) -> None:
     """Run an agent's CLI on a tiny, fast setup, then ``extra`` (a later flag overrides an
     earlier one), so a value that is wrongly accepted trains briefly instead of for minutes."""
-    argv = ["--total-clicks", "8", "--num-envs", "2", "--limit", "2", "--width", "8",
+    argv = ["--total-answers", "8", "--num-envs", "2", "--limit", "2", "--width", "8",
             "--no-tensorboard", "--no-progress", "--out", str(out), *extra]
     importlib.import_module(f"agents.{name}").main(argv)
 
 
 @pytest.mark.parametrize("name", AGENT_CLIS)
 @pytest.mark.parametrize("flag, value, expected, shown", [
-    ("--total-clicks", "0", "must be an integer >= 1", "0"),
-    ("--total-clicks", "-5", "must be an integer >= 1", "-5"),
+    ("--total-answers", "0", "must be an integer >= 1", "0"),
+    ("--total-answers", "-5", "must be an integer >= 1", "-5"),
     ("--num-envs", "0", "must be an integer >= 1", "0"),
     ("--limit", "0", "must be an integer >= 1 or unset (all images of the split)", "0"),
     ("--lr", "0", "must be > 0", "0.0"),  # sb3 adds: or unset (the algorithm's default)
@@ -253,10 +253,10 @@ def _trainer(name: str):
 
 @pytest.mark.parametrize("name", AGENT_CLIS)
 @pytest.mark.parametrize("field, value, message", [
-    ("total_clicks", 0, "total_clicks must be an integer >= 1, got 0"),
+    ("total_answers", 0, "total_answers must be an integer >= 1, got 0"),
     ("num_envs", 0, "num_envs must be an integer >= 1, got 0"),
     ("limit", 0, "limit must be an integer >= 1 or unset"),
-    ("total_clicks", 2.5, "total_clicks must be an integer >= 1, got 2.5"),
+    ("total_answers", 2.5, "total_answers must be an integer >= 1, got 2.5"),
 ])
 def test_trainers_refuse_bad_arguments_before_writing(name, field, value, message, tmp_path):
     args_cls, train = _trainer(name)

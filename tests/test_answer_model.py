@@ -314,7 +314,7 @@ def test_online_learning_updates_weights():
 
 
 def test_short_training_beats_random_on_easy_variant(tmp_path):
-    args = AnswerModelArgs(env_id="BetterWorseSeg-Easy-v0", total_clicks=320, num_envs=8,
+    args = AnswerModelArgs(env_id="BetterWorseSeg-Easy-v0", total_answers=320, num_envs=8,
                            out=str(tmp_path), tensorboard=True, progress=False, seed=0,
                            env_kwargs={"dataset_kwargs": {"n_images": 60, "size": 96}})
     agent, history = train(args)

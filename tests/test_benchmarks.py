@@ -8,16 +8,14 @@ import re
 
 import numpy as np
 import pytest
+from _support import tiny_units
 
-from benchmarks.compare_policies import (
-    clicks_to_90,
-    data_configs,
-    gaps_closed,
-    learner_spec,
-    main,
-    run_name,
-)
+from benchmarks.compare_policies import gaps_closed, main
+from benchmarks.lib.data import DataSource, data_configs
+from benchmarks.lib.learners import clicks_to_90, learner_spec, run_name
 from bow_gym.datasets import make_dataset
+
+SYNTHETIC = DataSource("synthetic", None, {"n_images": 200})
 
 
 def _summary(ds: str, **dice5: float) -> list[dict]:
@@ -25,9 +23,11 @@ def _summary(ds: str, **dice5: float) -> list[dict]:
 
 
 def test_learner_spec_overrides_arguments():
-    assert learner_spec("answer_model") == ("answer_model", {})
-    assert learner_spec("reinforce_patches:lr=0.003:baseline=value") == (
-        "reinforce", {"policy": "patches", "lr": 0.003, "baseline": "value"})
+    spec, kwargs = learner_spec("answer_model")
+    assert spec.name == "answer_model" and kwargs == {}
+    spec, kwargs = learner_spec("reinforce_patches:lr=0.003:baseline=value")
+    assert spec.args_class().__name__ == "ReinforceArgs"
+    assert kwargs == {"policy": "patches", "lr": 0.003, "baseline": "value"}
     assert run_name("answer_model:width=32:device='cpu'") == "answer_model_width-32_device-_cpu_"
 
 
@@ -71,9 +71,9 @@ def test_clicks_to_90_known_answer():
 def test_split_seeds_give_disjoint_parts_and_different_test_sets():
     tests = []
     for split_seed in (0, 1):
-        cfg = data_configs(["synthetic"], None, transductive=False, split_seed=split_seed)
+        cfg = data_configs([SYNTHETIC], transductive=False, split_seed=split_seed)
         kw = cfg["synthetic"]
-        assert kw["reinforce"]["env_kwargs"]["dataset_kwargs"]["split_seed"] == split_seed
+        assert kw["trainer"]["env_kwargs"]["dataset_kwargs"]["split_seed"] == split_seed
         train = make_dataset("synthetic", **kw["train"]["dataset_kwargs"])
         test = make_dataset("synthetic", **kw["test"]["dataset_kwargs"])
         assert not set(train.ids) & set(test.ids)
@@ -94,7 +94,8 @@ def test_bad_arguments_are_refused(argv, message, capsys):
 
 
 def test_named_data_folders_must_exist(tmp_path, monkeypatch):
-    from benchmarks._common import shared_data, t_interval
+    from benchmarks.lib.data import shared_data
+    from benchmarks.lib.stats import t_interval
 
     with pytest.raises(FileNotFoundError, match="--data /no/such/dir: no such folder"):
         shared_data("/no/such/dir")
@@ -109,10 +110,15 @@ def test_named_data_folders_must_exist(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--datasets", "bogus"], "--datasets: expected a comma-separated subset of synthetic, "
-                              "kvasir-seg, got 'bogus'"),
-    (["--datasets", ","], "--datasets: expected a comma-separated subset"),
+    (["--dataset", "bogus"], "--dataset: unknown data set 'bogus'; registered: "),
+    (["--dataset", "synthetic", "--dataset", "nope"], "--dataset: unknown data set 'nope'"),
+    (["--datasets", "bogus"], "--dataset: unknown data set 'bogus'"),  # the deprecated spelling
+    (["--datasets", ","], "--datasets: expected comma-separated data set names"),
     (["--data", "/no/such/dir"], "--data /no/such/dir: no such folder"),
+    (["--dataset", "kvasir-seg", "--root", "/no/such/dir"], "--root /no/such/dir: no such folder"),
+    (["--root", ".", "--dataset", "kvasir-seg"], "--root PATH must follow the --dataset NAME"),
+    (["--dataset", "synthetic", "--root", "."], "--dataset synthetic: data set 'synthetic' is "
+                                                   "generated, not read from files"),
 ])
 @pytest.mark.parametrize("module", ["compare_policies", "first_click", "click_budget"])
 def test_benchmarks_refuse_bad_data_before_writing(module, argv, message, tmp_path, capsys):
@@ -126,15 +132,15 @@ def test_benchmarks_refuse_bad_data_before_writing(module, argv, message, tmp_pa
 
 
 def test_validation_runs_say_so_on_their_last_line(tmp_path, capsys):
-    main(["--datasets", "synthetic", "--agents", "reinforce_patches", "--clicks", "16",
+    main(["--dataset", "synthetic", "--agents", "reinforce_patches", "--answers", "16",
           "--seeds", "1", "--validation", "--no-progress", "--out", str(tmp_path)])
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.startswith("gap_closed: ") and last.endswith("(validation images, not the test part)")
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--seeds", "0"], "need --seeds >= 1, --clicks >= 1"),
-    (["--clicks", "-1"], "need --seeds >= 1, --clicks >= 1"),
+    (["--seeds", "0"], "need --seeds >= 1, --answers >= 1"),
+    (["--answers", "-1"], "need --seeds >= 1, --answers >= 1"),
     (["--variants", "default,nope"], "--variants: expected a comma-separated subset of default"),
 ])
 def test_reinforce_ablation_refuses_bad_numbers_before_writing(argv, message, tmp_path, capsys):
@@ -201,20 +207,6 @@ def test_reinforce_ablation_refuses_the_auxiliary_loss_without_a_belief():
         reinforce_ablation(["--policy", "patches", "--variants", "default,aux"])
 
 
-def _tiny_units(seeds: int) -> list:
-    from benchmarks.compare_policies import Unit
-
-    cfg = data_configs(["synthetic"], None, transductive=False)["synthetic"]
-    small = {"n_images": 20, "size": 64}
-    for part in ("train", "test"):
-        cfg[part] = {**cfg[part], "obs_size": 64,
-                     "dataset_kwargs": {**cfg[part]["dataset_kwargs"], **small}}
-    kw = cfg["reinforce"]["env_kwargs"]
-    cfg["reinforce"] = {**cfg["reinforce"], "env_kwargs": {
-        **kw, "obs_size": 64, "dataset_kwargs": {**kw["dataset_kwargs"], **small}}}
-    return [Unit("synthetic", cfg, 0, seed) for seed in range(seeds)]
-
-
 def _without_time(results) -> str:
     # As JSON text, so that a NaN (clicks_to_90 of a flat curve) equals itself.
     return json.dumps([[{k: v for k, v in row.items() if k != "train_s"} for row in rows]
@@ -236,7 +228,7 @@ def test_parallel_runs_match_sequential_ones_and_resume_reuses_them(tmp_path, ca
 def _check_parallel_and_resume(tmp_path, capsys):
     from benchmarks.compare_policies import run_units
 
-    units, fp = _tiny_units(2), {"agents": "reinforce", "clicks": 16}
+    units, fp = tiny_units(2), {"agents": "reinforce", "answers": 16}
     seq = run_units(units, ["reinforce"], 16, tmp_path / "seq", fp, jobs=1, progress=False)
     par = run_units(units, ["reinforce"], 16, tmp_path / "par", fp, jobs=2, threads=1,
                     progress=False)
@@ -251,7 +243,7 @@ def _check_parallel_and_resume(tmp_path, capsys):
     assert capsys.readouterr().out.count("(reused)") == 6
     # A saved run made with other settings is trained again, and the call says why.
     (tmp_path / "par" / "runs" / "synthetic" / "unit-split0-seed1.json").write_text(
-        json.dumps({"settings": {**fp, "clicks": 8}, "rows": [], "histories": {}}))
+        json.dumps({"settings": {**fp, "answers": 8}, "rows": [], "histories": {}}))
     mixed = run_units(units, ["reinforce"], 16, tmp_path / "par", fp, resume=True, progress=False)
     assert "unit-split0-seed1.json: made with other settings" in capsys.readouterr().out
     assert _without_time(mixed) == _without_time(seq)
@@ -263,7 +255,7 @@ def test_reference_clickers_writes_the_greedy_reference(tmp_path, capsys):
     with pytest.raises(SystemExit):
         reference_clickers(["--splits", "-1", "--out", str(tmp_path)])
     assert "--splits must be >= 0" in capsys.readouterr().err
-    reference_clickers(["--synthetic-images", "8", "--kvasir-images", "4", "--seeds", "1",
+    reference_clickers(["--synthetic-images", "8", "--limit", "4", "--seeds", "1",
                         "--no-progress", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "reference_clickers.json").read_text())
     at5 = {r["policy"]: r["mean_dice"] for r in saved["rows"]
@@ -281,7 +273,7 @@ def test_first_click_belief_ceiling_over_seeds(tmp_path, capsys):
     with pytest.raises(SystemExit):
         first_click(["--seeds", "0", "--out", str(tmp_path)])
     assert "--seeds and --steps must be >= 1" in capsys.readouterr().err
-    first_click(["--datasets", "synthetic", "--belief-ceiling", "--belief", "context",
+    first_click(["--dataset", "synthetic", "--belief-ceiling", "--belief", "context",
                  "--global-offset", "--steps", "3", "--seeds", "2", "--out", str(tmp_path)])
     row = json.loads((tmp_path / "first_click.json").read_text())["rows"][0]
     per_seed = [float(v) for v in row["ceiling_dice@5_per_seed"].split()]
@@ -298,7 +290,7 @@ def test_first_click_ceiling_augment(tmp_path, capsys):
     assert "--augment flips images: it needs --belief image, hybrid or residual" in \
         capsys.readouterr().err
     assert not (tmp_path / "first_click.json").exists()
-    first_click(["--datasets", "synthetic", "--belief-ceiling", "--belief", "hybrid", "--augment",
+    first_click(["--dataset", "synthetic", "--belief-ceiling", "--belief", "hybrid", "--augment",
                  "--steps", "3", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "first_click.json").read_text())
     assert saved["settings"]["augment"] is True
@@ -328,3 +320,69 @@ def test_adaptation_names_a_missing_checkpoint(tmp_path, capsys):
     assert exc.value.code == 2 and err.startswith("usage: python -m benchmarks.adaptation")
     assert f"--checkpoint {tmp_path / 'none.pth'}: no such file" in err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ results layout, run.json
+def test_run_names_derive_from_the_arguments_as_typed():
+    from benchmarks.lib.results import derive_run_name
+
+    assert derive_run_name([]) == "default"
+    assert derive_run_name(["--agents", "answer_model,ppo", "--answers", "6000", "--jobs", "2",
+                            "--dataset", "kvasir-seg", "--root", "/data/kvasir-seg",
+                            "--out", "out/x"]) == "agents-answer_model,ppo_answers-6000_dataset-kvasir-seg"
+    assert derive_run_name(["runs/a", "runs/b/", "--top-k=0.5"]) == "a_b_top-k-0.5"
+    long = derive_run_name(["--agents", ",".join(["answer_model_hybrid"] * 9)])
+    assert len(long) == 80 and long != derive_run_name(["--agents", ",".join(["x"] * 60)])
+
+
+def test_every_run_writes_run_json_beside_its_tables(tmp_path, monkeypatch, capsys):
+    from benchmarks.lib import results
+    from benchmarks.lib.results import RUN_KEYS
+    from benchmarks.reference_clickers import main as reference_clickers
+
+    monkeypatch.setattr(results, "RESULTS", tmp_path / "results")
+    argv = ["--dataset", "synthetic", "--synthetic-images", "4", "--seeds", "2", "--no-progress"]
+    reference_clickers(argv)
+    folder = tmp_path / "results" / "reference_clickers" / "dataset-synthetic_synthetic-images-4_seeds-2"
+    record = json.loads((folder / "run.json").read_text())
+    assert list(record) == list(RUN_KEYS)
+    assert record["script"] == "reference_clickers" and record["run"] == folder.name
+    assert record["command"] == "python -m benchmarks.reference_clickers " + " ".join(argv)
+    assert (len(record["git_commit"]) == 40 or record["git_commit"] == "unknown")
+    assert isinstance(record["git_dirty"], bool)
+    assert record["date"].endswith("+00:00") and record["machine"]["cpu_count"] >= 1
+    assert record["seeds"] == [0, 1] and record["protocol"] == "first-images"
+    assert record["datasets"] == ["synthetic"]
+    assert (folder / "reference_clickers.csv").is_file()
+    with pytest.raises(ValueError, match="exactly the keys"):
+        results.write_run_json(tmp_path, {"script": "x"})
+
+
+def test_cross_data_set_transfer_evaluates_on_every_image_of_the_other_set():
+    from benchmarks.compare_policies import run_unit
+    from benchmarks.lib.data import DataSource
+
+    skin = DataSource("synthetic", None, {"n_images": 5, "size": 64, "flavour": "skin"})
+    unit, = tiny_units(1, evals=(skin,))
+    assert unit.cfg["transfer"]["synthetic->synthetic"]["dataset_kwargs"] == skin.kwargs
+    rows, _ = run_unit(unit, [], 8, None, progress=False)
+    assert [(r["dataset"], r["policy"]) for r in rows] == [
+        ("synthetic", "random"), ("synthetic", "gt"),
+        ("synthetic->synthetic", "random"), ("synthetic->synthetic", "gt")]
+    assert rows[0]["dice@5"] != rows[2]["dice@5"]  # other images
+
+
+def test_old_flag_spellings_still_work_with_a_warning(tmp_path):
+    import argparse
+
+    from benchmarks.lib.learners import add_answers_argument
+
+    p = argparse.ArgumentParser()
+    add_answers_argument(p)
+    with pytest.warns(FutureWarning, match="--clicks is deprecated: use --answers"):
+        assert p.parse_args(["--clicks", "40"]).answers == 40
+    assert p.parse_args([]).answers == 2000
+    with pytest.warns(FutureWarning, match="--datasets is deprecated: use --dataset NAME"):
+        main(["--datasets", "synthetic", "--agents", "reinforce_patches", "--answers", "8",
+              "--seeds", "1", "--validation", "--no-progress", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "run.json").read_text())["protocol"] == "validation"

@@ -75,3 +75,29 @@ def test_judge_masks_and_registry():
     assert isinstance(make_oracle("margin", delta=0.1), MarginOracle)
     with pytest.raises(ValueError, match="unknown oracle"):
         make_oracle("telepathic")
+
+
+@pytest.mark.parametrize("oracle", [DiceOracle(), MarginOracle(0.01), NoisyOracle(0.3),
+                                    NoisyOracle(0.2, base=MarginOracle(0.02))])
+def test_judge_batch_equals_judge_one_at_a_time(oracle):
+    from bow_gym.oracles import dice_of_counts
+
+    rng = np.random.default_rng(0)
+    n = 400
+    gt = rng.integers(0, 50, n) * (rng.random(n) < 0.8)  # some empty ground truths
+    pred_b, pred_a = rng.integers(0, 60, n), rng.integers(0, 60, n)
+    pred_b[:5] = pred_a[:5] = 0  # empty prediction too: Dice of two empty masks is 1
+    tp_b = np.minimum(rng.integers(0, 50, n), np.minimum(pred_b, gt))
+    tp_a = np.minimum(rng.integers(0, 50, n), np.minimum(pred_a, gt))
+    before, after = Overlap(tp_b, pred_b, gt), Overlap(tp_a, pred_a, gt)
+    rngs = [np.random.default_rng(i) for i in range(n)]
+    again = [np.random.default_rng(i) for i in range(n)]
+    batch = oracle.judge_batch(before, after, rngs)
+    one = [oracle.judge(Overlap(int(tp_b[i]), int(pred_b[i]), int(gt[i])),
+                        Overlap(int(tp_a[i]), int(pred_a[i]), int(gt[i])), again[i])
+           for i in range(n)]
+    assert batch.tolist() == one and batch.dtype == np.int64
+    assert (batch == BETTER).any() and (batch == WORSE).any()
+    # The batched Dice is bit-identical to the scalar one.
+    assert dice_of_counts(tp_b, pred_b, gt).tolist() == [
+        Overlap(int(t), int(p), int(g)).dice for t, p, g in zip(tp_b, pred_b, gt, strict=True)]

@@ -209,7 +209,7 @@ def test_online_learning_updates_weights():
 
 @pytest.mark.parametrize("policy,aux_coef", [("unet", 0.0), ("patches", 0.0), ("belief", 1.0)])
 def test_short_training_beats_random_on_easy_variant(tmp_path, policy, aux_coef):
-    args = ReinforceArgs(env_id="BetterWorseSeg-Easy-v0", total_clicks=640, num_envs=8, lr=2e-3,
+    args = ReinforceArgs(env_id="BetterWorseSeg-Easy-v0", total_answers=640, num_envs=8, lr=2e-3,
                          policy=policy, aux_coef=aux_coef,
                          out=str(tmp_path), tensorboard=True, progress=False, seed=0,
                          env_kwargs={"dataset_kwargs": {"n_images": 60, "size": 96}})

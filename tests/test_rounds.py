@@ -14,7 +14,7 @@ from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.rounds import RoundsConfig, list_configs, load_config, run_rounds
 
 TINY = dict(dataset="synthetic", dataset_kwargs={"n_images": 12, "size": 96}, rounds=2,
-            clicks=2, segmenter="light", segmenter_kwargs={"epochs": 2, "size": 64},
+            clicks_per_image=2, segmenter="light", segmenter_kwargs={"epochs": 2, "size": 64},
             examples=3, feature_cache=None, progress=False, tensorboard=False, device="cpu")
 
 
@@ -28,7 +28,7 @@ def test_shipped_configs_load():
     assert {"synthetic", "kvasir-cpu", "kvasir-cvc", "busi", "isic2018"} <= set(names)
     for name in names:
         cfg = load_config(name)
-        assert cfg.rounds == 5 and cfg.clicks == 5 and cfg.threshold == 0.8
+        assert cfg.rounds == 5 and cfg.clicks_per_image == 5 and cfg.threshold == 0.8
     assert load_config("kvasir-cvc").adapt
     assert load_config("kvasir-cvc").segmenter == "hsnet_released"
     assert load_config("kvasir-cvc").protocol == "transductive"
@@ -74,8 +74,8 @@ def test_adaptation_runs_on_the_weight_free_backbone(tmp_path):
         assert meta["format"] == "bow_gym.feature_head"
         ids.append(meta["adapter_id"])
     assert ids[0] != ids[1]  # round 2 trained the head further
-    with pytest.warns(DeprecationWarning, match="adapt"):
-        assert RoundsConfig(lora=True).adapt
+    with pytest.raises(ValueError, match="'lora' was renamed 'adapt'"):
+        RoundsConfig(lora=True)
 
 
 def test_evidence_records_what_the_answers_verified():
@@ -219,7 +219,7 @@ def test_seeded_runs_repeat_and_resume_after_a_kill(tiny_run, tmp_path, monkeypa
 
 def test_resume_refuses_another_config(tiny_run):
     with pytest.raises(ValueError, match="clicks"):
-        run_rounds(RoundsConfig(**{**TINY, "clicks": 3}), tiny_run)
+        run_rounds(RoundsConfig(**{**TINY, "clicks_per_image": 3}), tiny_run)
     with pytest.raises(FileExistsError, match="already holds a run"):
         run_rounds(RoundsConfig(**TINY), tiny_run, resume=False)
 
@@ -277,7 +277,7 @@ def test_original_config_code_path_with_random_weights(tmp_path):
     """kvasir-cvc's settings (DINOv2 + LoRA + HSNet) on tiny data with random weights."""
     cfg = load_config(
         "kvasir-cvc", dataset="synthetic", root=None, extra_datasets=[],
-        dataset_kwargs={"n_images": 4, "size": 64}, rounds=2, clicks=2,
+        dataset_kwargs={"n_images": 4, "size": 64}, rounds=2, clicks_per_image=2,
         backbone="dinov2_vits14", backbone_kwargs={"pretrained": False, "seed": 0},
         segmenter_kwargs={"pretrained": False, "epochs": 1, "size": 64, "batch_size": 2},
         triplet_kwargs={"steps": 2, "batch_size": 2}, feature_cache=None, progress=False,
@@ -292,7 +292,8 @@ def test_cli_rounds_and_figures(tmp_path, capsys):
     from bow_gym.cli import main
 
     out = tmp_path / "cli-run"
-    argv = ["rounds", "--rounds", "1", "--clicks", "2", "--agent", "random", "--out", str(out),
+    argv = ["rounds", "--rounds", "1", "--clicks-per-image", "2", "--agent", "random", "--out",
+            str(out),
             "--set", "dataset_kwargs={n_images=10, size=96}", "--set", "feature_cache='none'",
             "--set", "segmenter_kwargs={epochs=1, size=64}", "--set", "progress=false",
             "--set", "tensorboard=false", "--set", "device='cpu'"]
@@ -333,11 +334,12 @@ def test_evaluation_known_answers():
 def test_agent_initialisation_depends_only_on_the_run_seed():
     from bow_gym.rounds import make_agent
 
+    env = BetterWorseSegEnv(dataset_kwargs={"n_images": 2, "size": 64}, feature_cache=None)
     torch.manual_seed(1)
-    a = make_agent(RoundsConfig(**TINY), 4, "cpu")
+    a = make_agent(RoundsConfig(**TINY), env, "cpu")
     torch.rand(100)  # other work in between moves the global generator
-    b = make_agent(RoundsConfig(**TINY), 4, "cpu")
-    c = make_agent(RoundsConfig(**{**TINY, "seed": 1}), 4, "cpu")
+    b = make_agent(RoundsConfig(**TINY), env, "cpu")
+    c = make_agent(RoundsConfig(**{**TINY, "seed": 1}), env, "cpu")
     sa, sb, sc = (x.net.state_dict() for x in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
@@ -425,8 +427,8 @@ def test_cli_bad_root_and_segmenter_keyword_then_the_same_out(tmp_path, capsys):
 
     root = _kvasir_folder(tmp_path / "kvasir")
     out = tmp_path / "run"
-    argv = ["rounds", "--config", "kvasir-cpu", "--rounds", "1", "--clicks", "2", "--agent",
-            "random", "--out", str(out), "--set", "feature_cache='none'", "--set",
+    argv = ["rounds", "--config", "kvasir-cpu", "--rounds", "1", "--clicks-per-image", "2",
+            "--agent", "random", "--out", str(out), "--set", "feature_cache='none'", "--set",
             "progress=false", "--set", "tensorboard=false", "--set", "device='cpu'"]
     small = ["--set", "segmenter_kwargs={epochs=1, size=64}"]
     assert main([*argv, *small, "--root", str(tmp_path / "missing")]) == 2
@@ -438,3 +440,34 @@ def test_cli_bad_root_and_segmenter_keyword_then_the_same_out(tmp_path, capsys):
     assert "segmenter_kwargs=" in err and "bogus" in err and not out.exists()
     assert main([*argv, *small, "--root", str(root)]) == 0
     assert (out / "round_01" / "done.json").is_file()
+
+
+def test_the_renamed_clicks_key_is_refused_naming_the_new_one(tmp_path):
+    from bow_gym.cli import build_parser
+
+    toml = tmp_path / "old.toml"
+    toml.write_text('dataset = "synthetic"\nclicks = 3\n')
+    with pytest.raises(ValueError, match="'clicks' was renamed 'clicks_per_image'"):
+        load_config(toml)
+    with pytest.raises(ValueError, match="'clicks' was renamed 'clicks_per_image'"):
+        load_config(None, clicks=3)
+    with pytest.raises(ValueError, match="'clicks' was renamed 'clicks_per_image'"):
+        RoundsConfig(clicks=3)
+    with pytest.warns(FutureWarning, match="--clicks is deprecated: use --clicks-per-image"):
+        args = build_parser().parse_args(["rounds", "--clicks", "3"])
+    assert args.clicks_per_image == 3
+    from bow_gym.rounds import CONFIG_DIR
+
+    for name in list_configs():  # the shipped configs use the new name
+        assert "clicks_per_image" in (CONFIG_DIR / f"{name}.toml").read_text()
+
+
+def test_a_run_started_before_the_renaming_resumes(tiny_run, tmp_path):
+    import shutil
+
+    old = shutil.copytree(tiny_run, tmp_path / "old")
+    stored = json.loads((old / "config.json").read_text())
+    stored["clicks"] = stored.pop("clicks_per_image")  # as written before the renaming
+    (old / "config.json").write_text(json.dumps(stored))
+    rows = run_rounds(RoundsConfig(**TINY), old)  # resumed: every round is done already
+    assert rows and json.loads((old / "config.json").read_text())["clicks_per_image"] == 2

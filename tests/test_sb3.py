@@ -63,7 +63,7 @@ def _one_thread():
 
 
 def _args(algo: str, out, **overrides) -> SB3Args:
-    kwargs = dict(algo=algo, total_clicks=192, num_envs=4, width=8, channels=4, out=str(out),
+    kwargs = dict(algo=algo, total_answers=192, num_envs=4, width=8, channels=4, out=str(out),
                   progress=False, env_kwargs=TINY, **_PER_ALGO[algo])
     return SB3Args(**{**kwargs, **overrides})
 
@@ -103,7 +103,7 @@ def test_trains_and_writes_run_folder(trained):
     # One entry per vectorised step; rewards are +-1, so the mean is 2 * share - 1.
     assert set(history) == {"clicks", "reward", "better_share"}
     assert history["clicks"] == [args.num_envs * (i + 1) for i in range(len(history["clicks"]))]
-    assert history["clicks"][-1] >= args.total_clicks
+    assert history["clicks"][-1] >= args.total_answers
     np.testing.assert_allclose(history["reward"], 2 * np.array(history["better_share"]) - 1)
     assert json.loads((out / "history.json").read_text()) == history
     assert json.loads((out / "args.json").read_text())["algo"] == args.algo
@@ -360,7 +360,7 @@ def test_short_belief_training_beats_random_on_easy_variant(tmp_path):
     from agents import RandomClicker
 
     data = {"n_images": 60, "size": 96}
-    args = SB3Args(algo="ppo", obs="belief", width=32, aux_coef=1.0, total_clicks=320,
+    args = SB3Args(algo="ppo", obs="belief", width=32, aux_coef=1.0, total_answers=320,
                    env_id="BetterWorseSeg-Easy-v0", env_kwargs={"dataset_kwargs": data},
                    out=str(tmp_path), tensorboard=False, progress=False, seed=0)
     policy, _ = train_sb3(args)
@@ -397,7 +397,7 @@ def test_bad_arguments_are_rejected(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    main(["--algo", "a2c", "--total-clicks", "8", "--num-envs", "2", "--limit", "2",
+    main(["--algo", "a2c", "--total-answers", "8", "--num-envs", "2", "--limit", "2",
           "--width", "8", "--channels", "2", "--no-tensorboard", "--no-progress",
           "--out", str(tmp_path)])
     assert "a2c: trained 8 clicks" in capsys.readouterr().out
@@ -452,12 +452,12 @@ def test_maskable_ppo_never_takes_a_masked_click(tmp_path):
             Check.taken += len(actions)
             return True
 
-    args = _args("maskable_ppo", tmp_path, total_clicks=128, tensorboard=False)
+    args = _args("maskable_ppo", tmp_path, total_answers=128, tensorboard=False)
     vec = make_vec_env(args, args.num_envs)
     build_model(args, vec, tmp_path).learn(total_timesteps=128, callback=Check())
     assert Check.taken >= 128
     # Evaluation masks the same clicks: every click of a long episode changes the mask.
-    policy, _ = train_sb3(_args("maskable_ppo", tmp_path / "run", total_clicks=64))
+    policy, _ = train_sb3(_args("maskable_ppo", tmp_path / "run", total_answers=64))
     env = _tiny_env(clicks_per_episode=30, on_worse="keep")
     base: BetterWorseSegEnv = env.unwrapped
     for seed in range(2):

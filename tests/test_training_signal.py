@@ -8,7 +8,7 @@ import pytest
 
 import bow_gym  # noqa: F401
 from agents.common import TrainDataArgs, make_envs
-from benchmarks.compare_policies import is_reference
+from benchmarks.lib.learners import is_reference
 from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY
 from bow_gym.oracles import DiceOracle, MarginOracle
 from bow_gym.wrappers import DiceGainReward, StripEvalInfo

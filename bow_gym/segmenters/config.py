@@ -207,9 +207,8 @@ class SegmenterConfig:
 #: Named starting points; :func:`preset` copies one with overrides.
 #:
 #: * ``"light"``: the CPU default. A 16-channel U-Net (1.0 M parameters) at 128 px trained from
-#:   scratch: 6 epochs, batch 8, AdamW 1e-3 with cosine decay, one scale. Measured on two CPU
-#:   cores: 21 s for 200 images (150 steps), i.e. about 1 min 50 s for 1000 images; Dice 0.92 on
-#:   those 200 synthetic polyp images (0.93 on 50 unseen ones).
+#:   scratch: 6 epochs, batch 8, AdamW 1e-3 with cosine decay, one scale; a couple of minutes
+#:   for 1000 images on two CPU cores (timings and Dice: see docs/rounds.md).
 #: * ``"hsnet_released"``: what the authors' released training script does (github.com/baiboat/
 #:   HSNet ``Train.py`` and ``utils/``, HEAD 9d3986a, Train.py last changed in c455e78, 2023-07):
 #:   ImageNet PVTv2-B2, 352 px, rates 0.75/1/1.25, AdamW weight decay 1e-4, batch 8 (its
@@ -226,7 +225,7 @@ class SegmenterConfig:
 #:   constant lr is what the script did only from December 2022 (0f5c596: decay "every 200
 #:   epochs"; a16f66f: also lr 1e-4) to July 2023; the first release (f1743d2, September 2022)
 #:   and HEAD halve it at epochs 15 and 30.
-#: Both HSNet presets are meant for a GPU: on two CPU cores one 352 px image takes ~1.5 s
+#: Both HSNet presets are meant for a GPU: on two CPU cores every 352 px image takes seconds
 #: forward and backward.
 _HSNET_COMMON: dict[str, Any] = dict(
     name="hsnet", size=352, lr=5e-5, weight_decay=1e-4, grad_clip=0.5,

@@ -1,0 +1,236 @@
+"""Stable-Baselines3's ``VecEnv`` over the native vector env, so PPO, A2C and MaskablePPO train
+on batched sub-envs in one process (no ``DummyVecEnv`` of single envs, no subprocesses).
+
+``make_sb3_vec_env("BetterWorseSeg-v0", num_envs=8)`` builds the native vector env
+(:class:`~bow_gym.envs.vector.BetterWorseSegVectorEnv`, same-step autoreset as SB3 expects) and
+wraps it in :class:`SB3VecEnv`. What SB3 sees is what the project's training path
+(``DummyVecEnv`` of ``PatchActions(StripEvalInfo(env))`` with ``ClickMasks`` for MaskablePPO)
+gives it, batched:
+
+* patch actions ``Discrete(2P)`` (``label * P + p``, clicked at the centre pixel of the patch),
+  or the env's own pixel actions with ``patch_actions=False``;
+* ``action_masks()`` (with ``action_masks=True``) equal to
+  :class:`~bow_gym.wrappers.ClickMasks`': the clicks that would change the mask and, with
+  ``avoid_rejected``, were not answered "worse" earlier in the episode;
+* ``info["eval_only"]`` never reaches SB3 (the training path strips it too): the per-env infos
+  hold ``"TimeLimit.truncated"`` and, at an episode's end, ``"terminal_observation"``, as
+  ``DummyVecEnv``'s do; ``infos=True`` adds the single env's other keys.
+
+Wrap it in SB3's ``VecMonitor`` for episode statistics (``Monitor`` wraps single envs only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
+
+from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY
+from bow_gym.envs.vector import BetterWorseSegVectorEnv
+
+__all__ = ["SB3VecEnv", "make_sb3_vec_env", "patch_to_pixel_actions"]
+
+
+def patch_to_pixel_actions(actions: np.ndarray, env: BetterWorseSegVectorEnv) -> np.ndarray:
+    """The env's pixel actions of patch actions ``label * P + p`` (the cells' centre pixels):
+    :func:`bow_gym.wrappers.patch_to_pixel_action`, batched."""
+    label, patch = np.divmod(np.asarray(actions, np.int64), env.n_patches)
+    r, c = np.divmod(patch, env.grid[1])
+    (ch, cw), s = env.cell, env.obs_size
+    return label * s * s + (r * ch + ch // 2) * s + (c * cw + cw // 2)
+
+
+class SB3VecEnv(VecEnv):
+    """An SB3 ``VecEnv`` whose sub-envs are the native vector env's.
+
+    Args:
+        venv: A :class:`~bow_gym.envs.vector.BetterWorseSegVectorEnv` made with
+            ``autoreset_mode="SameStep"`` (SB3 resets a sub-env in the step that ends its
+            episode) and ``copy=True`` (SB3 keeps the previous observation batch while stepping).
+        patch_actions: Act on patches, ``Discrete(2P)`` (as ``PatchActions``), instead of pixels.
+        action_masks: Provide ``action_masks()`` for sb3-contrib's MaskablePPO (needs patch
+            actions).
+        avoid_rejected: The masks also drop clicks answered "worse" earlier in the episode.
+        infos: Add the single env's info keys (except ``eval_only``) to each sub-env's info dict;
+            off by default, since SB3 reads none of them and building N dicts costs a loop.
+
+    Raises:
+        TypeError: ``venv`` is not a BetterWorseSeg vector env.
+        ValueError: Its autoreset mode or copy setting does not fit SB3, or masks are asked for
+            without patch actions.
+    """
+
+    def __init__(self, venv: BetterWorseSegVectorEnv, *, patch_actions: bool = True,
+                 action_masks: bool = False, avoid_rejected: bool = True, infos: bool = False):
+        base = getattr(venv, "unwrapped", venv)
+        if not isinstance(base, BetterWorseSegVectorEnv):
+            raise TypeError(f"SB3VecEnv wraps a BetterWorseSegVectorEnv, got {type(base).__name__}")
+        if base.autoreset_mode != AutoresetMode.SAME_STEP:
+            raise ValueError("SB3 resets a sub-env in the step that ends its episode: make the "
+                             "vector env with autoreset_mode='SameStep', got "
+                             f"{base.autoreset_mode.value!r}")
+        if not base.copy:
+            raise ValueError("SB3 keeps the previous observations while stepping: make the vector "
+                             "env with copy=True")
+        if action_masks and not patch_actions:
+            raise ValueError("action_masks=True needs patch_actions=True (masks are over the "
+                             "2P patch clicks, as ClickMasks' are)")
+        self.venv = base
+        self.patch_actions = bool(patch_actions)
+        self.masks = bool(action_masks)
+        self.avoid_rejected = bool(avoid_rejected)
+        self.infos = bool(infos)
+        n, p = base.num_envs, base.n_patches
+        action_space = spaces.Discrete(2 * p) if patch_actions else base.single_action_space
+        self._rejected = np.zeros((n, 2 * p), bool)
+        self._actions: np.ndarray | None = None
+        super().__init__(n, base.single_observation_space, action_space)
+
+    # ------------------------------------------------------------------ stepping
+    def reset(self) -> np.ndarray:
+        options = self._options
+        if any(o != options[0] for o in options):
+            raise NotImplementedError("the sub-envs reset with one options dict: set_options() "
+                                      "with a single dict")
+        seeds: list[int | None] | None = list(self._seeds)
+        if all(s is None for s in seeds):
+            seeds = None
+        obs, _ = self.venv.reset(seed=seeds, options=dict(options[0]) or None)
+        self._reset_seeds()
+        self._reset_options()
+        self.reset_infos = [{} for _ in range(self.num_envs)]
+        self._rejected[:] = False
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        a = np.asarray(actions)
+        if a.shape == (self.num_envs, 1):
+            a = a[:, 0]
+        if a.shape != (self.num_envs,) or a.dtype.kind not in "iu":
+            raise ValueError(f"actions must be an integer array of shape ({self.num_envs},), got "
+                             f"{a.dtype} array of shape {a.shape}")
+        n_actions = int(self.action_space.n)  # type: ignore[attr-defined]
+        if a.min() < 0 or a.max() >= n_actions:
+            raise ValueError(f"actions must be in [0, {n_actions}), got {a.tolist()}")
+        self._actions = a.astype(np.int64, copy=False)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if self._actions is None:
+            raise RuntimeError("call step_async() before step_wait()")
+        a, self._actions = self._actions, None
+        env_actions = patch_to_pixel_actions(a, self.venv) if self.patch_actions else a
+        obs, rewards, terminated, truncated, info = self.venv.step(env_actions)
+        dones = terminated | truncated
+        if self.masks and self.avoid_rejected:
+            # As ClickMasks: a click answered "worse" is not offered again this episode.
+            worse = np.flatnonzero(rewards < 0)
+            self._rejected[worse, a[worse]] = True
+        infos: list[dict[str, Any]] = (_unbatch(info, self.num_envs) if self.infos
+                                       else [{} for _ in range(self.num_envs)])
+        for i, (term, trunc) in enumerate(zip(terminated.tolist(), truncated.tolist(),
+                                              strict=True)):
+            infos[i]["TimeLimit.truncated"] = trunc and not term
+        for i in np.flatnonzero(dones).tolist():
+            infos[i]["terminal_observation"] = info["final_obs"][i]
+        if dones.any():
+            self._rejected[dones] = False
+        return obs, rewards.astype(np.float32), dones, infos
+
+    def action_masks(self) -> np.ndarray:
+        """``(num_envs, 2P)`` bool: the clicks MaskablePPO may take now, as
+        :meth:`bow_gym.wrappers.ClickMasks.action_masks` gives them per sub-env."""
+        if not self.masks:
+            raise AttributeError("action_masks: make the SB3VecEnv with action_masks=True")
+        valid = self.venv.changing_clicks()
+        if self.avoid_rejected:
+            valid &= ~self._rejected
+        valid[~valid.any(axis=1)] = True  # a mask must allow one action
+        return valid
+
+    def close(self) -> None:
+        self.venv.close()
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        if self.venv.render_mode != "rgb_array":
+            return [None] * self.num_envs
+        return list(self.venv.render())
+
+    # ------------------------------------------------------------------ SB3's attribute access
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """The attribute of every sub-env: the adapter's (``action_masks``, ...) or else the
+        vector env's, which is the same for all sub-envs (``render_mode``, ``grid``, ...)."""
+        k = len(list(self._get_indices(indices)))
+        if attr_name == "action_masks":
+            if not self.masks:  # sb3-contrib asks, to know whether masking is supported
+                raise AttributeError("action_masks is not provided (action_masks=False)")
+            value: Any = self.action_masks
+        else:
+            value = getattr(self.venv, attr_name)
+        return [value] * k
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        if len(list(self._get_indices(indices))) != self.num_envs:
+            raise NotImplementedError("the sub-envs share their settings: set an attribute for "
+                                      "all of them (indices=None)")
+        setattr(self.venv, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
+                   **method_kwargs: Any) -> list[Any]:
+        """``action_masks`` and ``render`` per sub-env (what SB3 and sb3-contrib call)."""
+        idx = list(self._get_indices(indices))
+        if method_name == "action_masks":
+            masks = self.action_masks()
+            return [masks[i] for i in idx]
+        if method_name == "render":
+            frames = self.venv.render()
+            return [None if frames is None else frames[i] for i in idx]
+        raise AttributeError(f"{method_name!r}: the sub-envs of SB3VecEnv offer only "
+                             "action_masks and render per sub-env; call batched methods on "
+                             ".venv")
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper],
+                       indices: VecEnvIndices = None) -> list[bool]:
+        return [False] * len(list(self._get_indices(indices)))
+
+
+def _unbatch(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """Per-sub-env dicts of a batched Gymnasium info (``eval_only`` and ``final_*`` left out)."""
+    out: list[dict[str, Any]] = [{} for _ in range(n)]
+    for key, value in info.items():
+        if key.startswith("_") or key in (EVAL_ONLY_KEY, "final_obs", "final_info"):
+            continue
+        mask = info[f"_{key}"]
+        if isinstance(value, dict):
+            nested = _unbatch(value, n)
+            for i in np.flatnonzero(mask).tolist():
+                out[i][key] = nested[i]
+        else:
+            for i in np.flatnonzero(mask).tolist():
+                out[i][key] = value[i].item() if isinstance(value[i], np.generic) else value[i]
+    return out
+
+
+def make_sb3_vec_env(env_id: str = "BetterWorseSeg-v0", num_envs: int = 8, *,
+                     patch_actions: bool = True, action_masks: bool = False,
+                     avoid_rejected: bool = True, infos: bool = False,
+                     **env_kwargs: Any) -> SB3VecEnv:
+    """:class:`SB3VecEnv` over ``gym.make_vec(env_id, num_envs, "vector_entry_point", ...)``.
+
+    Args:
+        env_id: A registered BetterWorseSeg id.
+        num_envs: Sub-envs.
+        patch_actions, action_masks, avoid_rejected, infos: See :class:`SB3VecEnv`.
+        **env_kwargs: The env's arguments (data set, backbone, ...), as for ``gym.make``.
+    """
+    import bow_gym  # noqa: F401 - registers the ids
+
+    venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point",
+                        autoreset_mode=AutoresetMode.SAME_STEP, copy=True, **env_kwargs)
+    return SB3VecEnv(venv, patch_actions=patch_actions, action_masks=action_masks,  # type: ignore[arg-type]
+                     avoid_rejected=avoid_rejected, infos=infos)
+
