@@ -78,7 +78,7 @@ else:  # pragma: no cover - Python 3.10
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PROTOCOLS = ("heldout", "transductive")
 TARGETS = ("initial", "pseudo", "prediction")
-STARTS = ("prediction", "merged", "previous")
+STARTS = ("prediction", "merged", "previous", "ask")
 TRUST_KEYS = ("accepted", "rejected", "untouched")
 #: Config fields that may change when a run is resumed (they do not change its results).
 RESUMABLE_KEYS = frozenset({"rounds", "progress", "tensorboard", "device", "name"})
@@ -135,7 +135,9 @@ class RoundsConfig:
     start: str = "prediction"
     """masks round 2+ clicks start from: prediction (the previous segmenter's, as published),
     merged (that prediction, with every patch an earlier answer verified set to its verified
-    label), or previous (the previous round's pseudo-mask: keep clicking where it left off)"""
+    label), previous (the previous round's pseudo-mask: keep clicking where it left off), or ask
+    (the expert answers one more question per image: is the merged prediction better than the
+    previous pseudo-mask? The better one is the start)"""
     carry_evidence: bool = False
     """accumulate the answers' per-patch evidence over rounds: the segmenter's target keeps
     earlier verified labels where this round's answers said nothing"""
@@ -514,6 +516,9 @@ class Labels:
     evidence: np.ndarray | None = None
     #: (N, P) int8: the same accumulated over this and earlier rounds (later rounds win)
     evidence_total: np.ndarray | None = None
+    #: (N,) int8: with ``start = "ask"``, the answer to "is the merged prediction better than
+    #: the previous pseudo-mask?" (+1 / -1; 0 where nothing was asked)
+    start_answers: np.ndarray | None = None
 
     def save(self, path: Path) -> None:
         extra = {}
@@ -521,6 +526,8 @@ class Labels:
             extra["evidence"] = self.evidence
         if self.evidence_total is not None:
             extra["evidence_total"] = self.evidence_total
+        if self.start_answers is not None:
+            extra["start_answers"] = self.start_answers
         _save_npz(path, ids=np.array(self.ids), pseudo=self.pseudo, initial=self.initial,
                   rewards=self.rewards, labels=self.labels, confidence=self.confidence, **extra)
 
@@ -528,7 +535,8 @@ class Labels:
     def load(cls, path: Path) -> Labels:
         z = _load_npz(path)
         return cls([str(i) for i in z["ids"]], z["pseudo"], z["initial"], z["rewards"],
-                   z["labels"], z["confidence"], z.get("evidence"), z.get("evidence_total"))
+                   z["labels"], z["confidence"], z.get("evidence"), z.get("evidence_total"),
+                   z.get("start_answers"))
 
 
 def make_agent(config: RoundsConfig, env: Any, device: str) -> ClickPolicy:
@@ -904,12 +912,31 @@ class RoundsRun:
         pred = _load_npz(self.round_dir(r - 1) / "predictions.npz")
         masks = {str(i): _resize_prob(p, (size, size))
                  for i, p in zip(pred["label_ids"], pred["label_prob"], strict=True)}
-        if self.config.start == "merged":
+        if self.config.start in ("merged", "ask"):
             prev = Labels.load(self.round_dir(r - 1) / "labels.npz")
             if prev.evidence_total is not None:
                 for i, ev in zip(prev.ids, prev.evidence_total, strict=True):
                     masks[i] = apply_evidence(masks[i], ev, grid)
         return masks
+
+    def _ask_starts(self, r: int, label_ds: SegmentationDataset,
+                    proposals: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
+                                                               dict[str, int]]:
+        """``start = "ask"``: per image, the expert's choice between the previous round's
+        pseudo-mask and ``proposals`` (the merged prediction): the start masks and the answers.
+
+        One question per image, answered by the env's oracle (:meth:`BetterWorseSegEnv.ask`),
+        seeded per round and image like the episodes.
+        """
+        prev = Labels.load(self.round_dir(r - 1) / "labels.npz")
+        env = self._make_env(label_ds, None)
+        seed = _seed(self.config, r, 7)
+        starts, answers = {}, {}
+        for k, (iid, before) in enumerate(zip(prev.ids, prev.pseudo, strict=True)):
+            env.reset(seed=seed + k, options={"image_id": iid})
+            answers[iid] = env.ask(before, proposals[iid])
+            starts[iid] = proposals[iid] if answers[iid] > 0 else before
+        return starts, answers
 
     def _make_env(self, dataset: SegmentationDataset, initial: Mapping[str, np.ndarray] | None):
         from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
@@ -952,6 +979,9 @@ class RoundsRun:
         else:
             size = int(cfg.env_kwargs.get("obs_size", 128))
             initial = self._initial_masks(r, size, tuple(self.backbone.grid))
+            asked: dict[str, int] = {}
+            if cfg.start == "ask" and initial is not None:
+                initial, asked = self._ask_starts(r, label_ds, initial)
             envs = [self._make_env(label_ds, initial) for _ in range(cfg.label_envs)]
             for env in envs[1:]:
                 env.features = envs[0].features  # one feature cache: each image featurised once
@@ -962,6 +992,8 @@ class RoundsRun:
             order = np.random.default_rng(_seed(cfg, r, 1)).permutation(n)
             labels = label_round(envs, agent, order, seed=_seed(cfg, r, 2),
                                  progress=cfg.progress, desc=f"round {r}: clicks")
+            if asked:
+                labels.start_answers = np.array([asked[i] for i in labels.ids], np.int8)
             if cfg.carry_evidence and r > 1:
                 prev = Labels.load(self.round_dir(r - 1) / "labels.npz")
                 if prev.evidence_total is not None:
@@ -1063,7 +1095,11 @@ class RoundsRun:
         self._write_examples(rd, labels, pred, label_ds, label_images)
         times["total"] = float(sum(times.values()))
         for row in rows:
+            asked = labels.start_answers
             row.update(better_share=better_share, kept=float(keep.mean()),
+                       # ask: share of images whose merged prediction the expert preferred
+                       prediction_preferred=(float((asked > 0).mean()) if asked is not None
+                                             and len(asked) else float("nan")),
                        **{f"seconds_{k}": round(v, 2) for k, v in times.items()})
         _write_json(rd / "metrics.json", {"rows": rows})
         _write_json(rd / "times.json", times)

@@ -471,3 +471,26 @@ def test_a_run_started_before_the_renaming_resumes(tiny_run, tmp_path):
     (old / "config.json").write_text(json.dumps(stored))
     rows = run_rounds(RoundsConfig(**TINY), old)  # resumed: every round is done already
     assert rows and json.loads((old / "config.json").read_text())["clicks_per_image"] == 2
+
+
+def test_ask_start_takes_the_mask_the_expert_prefers(tmp_path):
+    out = tmp_path / "ask"
+    run_rounds(RoundsConfig(**{**TINY, "start": "ask", "carry_evidence": True}), out)
+    r1 = np.load(out / "round_01" / "labels.npz")
+    r2 = np.load(out / "round_02" / "labels.npz")
+    assert "start_answers" not in r1.files and set(np.unique(r2["start_answers"])) <= {-1, 1}
+    pos = {str(i): k for k, i in enumerate(r1["ids"])}
+    prev = r1["pseudo"][[pos[str(i)] for i in r2["ids"]]]
+    kept = r2["start_answers"] < 0
+    np.testing.assert_array_equal(r2["initial"][kept], prev[kept])
+    # The expert (the Dice oracle) answered "better" exactly where the start beats the previous
+    # pseudo-mask.
+    from bow_gym.metrics import dice
+
+    env = BetterWorseSegEnv(dataset="synthetic", dataset_kwargs=TINY["dataset_kwargs"],
+                            feature_cache=None)
+    for k, iid in enumerate(r2["ids"]):
+        env.reset(options={"image_id": str(iid)})
+        gt = env.ground_truth_for_evaluation()
+        better = dice(r2["initial"][k], gt) > dice(prev[k], gt)
+        assert better == (r2["start_answers"][k] > 0)

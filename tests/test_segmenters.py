@@ -477,7 +477,10 @@ def test_augment_pair_moves_the_extra_map_with_the_mask():
 
 
 def test_zero_weights_on_a_wrong_region_make_training_ignore_it():
-    """Masks that are wrong in one half, with weight 0 there, teach what the right half says."""
+    """Masks that are wrong in one half teach far less of their error with weight 0 there.
+
+    Not nothing: the boundary emphasis of the structure loss (a 31-pixel window) still sees the
+    wrong labels next to the trusted half, and the right half is never taught its own look."""
     ds = make_dataset("synthetic", n_images=32, size=64, flavour="polyp")
     images = [ds[i].image for i in range(len(ds))]
     truth = [ds[i].mask for i in range(len(ds))]
@@ -495,6 +498,6 @@ def test_zero_weights_on_a_wrong_region_make_training_ignore_it():
         train_segmenter(model, images, wrong, cfg, weights=wts)
         p = predict_probabilities(model, images, size=64)
         fg.append(float((p[:, :, 40:] > 0.5).mean()))
-    assert fg[0] > 0.5 and fg[1] < 0.3, fg
+    assert fg[0] > 0.9 and fg[1] < 0.5 * fg[0], fg
     with pytest.raises(ValueError, match="weights"):
         train_segmenter(build_segmenter(cfg), images, wrong, cfg, weights=weights[:3])
