@@ -1,43 +1,51 @@
-"""The method's ablation table: full vs no LoRA vs random clicking, with a ceiling and an upper bound.
+"""The method's ablation, as a user would run it: does each part of the method earn its place?
 
-Every variant runs the multi-round pipeline (:mod:`bow_gym.rounds`) from the same config, data,
-split and seeds, changing one thing:
+Every row runs the multi-round pipeline (:mod:`bow_gym.rounds`) from one base config, on the same
+data, split and seeds, changing one thing:
 
-* ``full``: the REINFORCE agent learning online, with LoRA adaptation of DINOv2 each round;
-* ``no_lora``: the same without adaptation;
-* ``random``: random clicking instead of the agent (no LoRA);
-* ``gt``: the ground-truth-guided clicker (a ceiling: it reads the ground truth to click);
-* ``*_top50``: the same with only the best half of the pseudo-masks kept for the segmenter, by
-  the ``auto`` quality score (the share of "better" answers in round 1, agreement with the
-  previous segmenter later; :mod:`bow_gym.pseudo_labels`);
-* ``answer_model_lab``: the model-based answer-model agent (:mod:`agents.answer_model`) instead of
-  REINFORCE, learning online in the same way;
-* ``supervised``: the segmenter trained on the ground-truth masks of the labelling images (the
-  upper bound; no clicks).
+* ``full``: the project's best clicking agent (``--agent``, default the answer model) learning
+  online, with the backbone adapted each round (q/v LoRA on DINOv2; on the weight-free
+  ``lab_texture`` backbone its CPU stand-in, a feature head trained with the same triplet loss on
+  the same pseudo-masks: :mod:`bow_gym.backbones.head`);
+* ``full_reinforce``: the same with the method's own agent, REINFORCE with a U-Net policy;
+* ``no_adapt``: ``full`` without adaptation;
+* ``random``: random clicking instead of the agent, with adaptation as in ``full`` (the one
+  change is the agent; the published row's adaptation setting is not stated);
+* ``gt``: the ground-truth-guided clicker with adaptation (a ceiling: it reads the truth to click);
+* ``supervised``: the segmenter trained on the ground truth of the labelling images (the upper
+  bound: no clicks).
 
-With the weight-free ``lab_texture`` backbone (the CPU default) there is nothing to adapt, so the
-DINOv2 rows print "not run" and the table gains ``lab_texture`` rows: REINFORCE (the method
-without LoRA, on the weight-free backbone), random clicking, and the ceiling. ``--dinov2-checkpoint
-FILE`` (weights of ``--dinov2``, default dinov2_vits14) runs the DINOv2 rows instead.
+Protocols (``--protocols``, both by default): ``heldout`` (the agent labels the seeded training
+part, predictions are scored on the held-out part; groups such as video sequences are kept whole)
+and ``transductive`` (the method's: every image is labelled and scored).
 
-Reported: segmenter-prediction Dice on the evaluation images after rounds 3 and 5 (in %), mean over
-seeds with a 95% Student-t interval over seeds (with one seed: a bootstrap interval over images),
-the pseudo-mask Dice, HD95, and wall time per round. Writes ``ablation.csv``/``.json``, the
-figures of :mod:`bow_gym.figures` overlaid for the first seed, ``ablation.png`` and ``run.json``
-to ``benchmarks/results/ablation/<run>/``. Runs live in ``<out>/runs/<variant>-s<seed>`` and are
-resumed, so an interrupted benchmark continues.
+Reported per protocol, row and round 1..R: the segmenter's prediction Dice on the evaluation
+images and the pseudo-mask Dice on the labelling images (%, mean over seeds with a 95% Student-t
+interval over seeds), HD95, and the wall time per round and stage; paired differences between rows
+(``full - no_adapt``, ``no_adapt - random``, ``full - random``, ``full - full_reinforce``) and
+between rounds (``full``: round R - round 1): the mean difference with two 95% intervals, one over
+images (bootstrap of each image's difference averaged over the seeds: every row and seed scores
+the same images) and one over seeds (Student t of the per-seed mean differences); and ``full``
+after round R as a share of ``supervised``. Images with empty ground truth are reported apart when
+a data set has them. Writes ``ablation.json``/``.csv``, ``paired.csv``, ``ablation.png`` (Dice by
+round, every row) and the method's figures 1-4 (:mod:`bow_gym.figures`, the first seed's runs of
+each protocol) to ``benchmarks/results/ablation/<run>/`` with ``run.json``. Runs live in
+``<out>/runs/<protocol>/<row>-s<seed>`` and are resumed: an interrupted benchmark continues.
 
-Last line: ``full_minus_random_round3: <value>`` (Dice points, prediction, round 3): the DINOv2
-``full`` row minus its ``random`` row when they ran, else lab_texture REINFORCE minus lab_texture
-random clicking (the line before it says which).
+Last lines (the held-out protocol when it ran, else the transductive one):
+``full_round5_minus_round1: <points>`` (prediction Dice, round R minus round 1, R = ``--rounds``)
+and ``full_round5_over_supervised: <ratio>``; ``ablation.json`` stores them under the same keys
+with their intervals and ``seeds``.
 
-Run: ``python -m benchmarks.ablation`` (Kvasir-SEG from ``$BOW_GYM_SHARED_DATA``, CPU defaults);
-``--help`` for seeds, limits and protocols.
+Run: ``python -m benchmarks.ablation`` (Kvasir-SEG from ``$BOW_GYM_SHARED_DATA``, the CPU config
+``kvasir-cpu``); any data set with ``--dataset NAME --root PATH``; ``--dinov2-checkpoint FILE``
+runs DINOv2 (with LoRA) in place of the weight-free backbone; ``--help`` for the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import time
 from pathlib import Path
@@ -47,207 +55,344 @@ import numpy as np
 
 from benchmarks import lib
 
-#: variant -> (label, config overrides); DINOv2 variants need weights.
-DINO_VARIANTS = {
-    "full": ("full method (DINOv2 + LoRA)", {"agent": "reinforce", "lora": True}),
-    "no_lora": ("without LoRA (DINOv2)", {"agent": "reinforce", "lora": False}),
-    "random": ("random clicking (DINOv2)", {"agent": "random", "lora": False}),
+#: Rows: name -> (label, config overrides); ``None`` marks the supervised upper bound. ``AGENT``
+#: stands for ``--agent``.
+AGENT = "<agent>"
+ROWS: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "full": ("full method: {agent} + adaptation", {"agent": AGENT, "adapt": True}),
+    "full_reinforce": ("full method, REINFORCE U-Net (as published) + adaptation",
+                       {"agent": "reinforce", "adapt": True}),
+    "no_adapt": ("without adaptation: {agent}", {"agent": AGENT, "adapt": False}),
+    "random": ("random clicking + adaptation", {"agent": "random", "adapt": True}),
+    "gt": ("ground-truth-guided clicker + adaptation (ceiling)", {"agent": "gt", "adapt": True}),
+    "supervised": ("segmenter on the ground truth (upper bound)", None),
 }
-CPU_VARIANTS = {
-    "reinforce_lab": ("REINFORCE, lab_texture (no LoRA: no weights)", {"agent": "reinforce"}),
-    "random_lab": ("random clicking, lab_texture", {"agent": "random"}),
-    "gt_lab": ("GT-guided clicker, lab_texture (ceiling)", {"agent": "gt"}),
-    "reinforce_lab_top50": ("REINFORCE, lab_texture, top-50% pseudo-masks (quality auto)",
-                            {"agent": "reinforce", "top_k": 0.5, "quality": "auto"}),
-    "random_lab_top50": ("random clicking, lab_texture, top-50% pseudo-masks (quality auto)",
-                         {"agent": "random", "top_k": 0.5, "quality": "auto"}),
-    "reinforce_patches_lab": ("REINFORCE, patch policy, lab_texture",
-                              {"agent": "reinforce", "agent_kwargs": {"policy": "patches"}}),
-    "answer_model_lab": ("answer-model agent, lab_texture (learns to predict the answers)",
-                         {"agent": "answer_model"}),
-}
-#: Every row --variants may name.
-VARIANT_NAMES = [*DINO_VARIANTS, *CPU_VARIANTS, "supervised"]
+#: Paired row differences reported (a - b).
+PAIRS = (("full", "no_adapt"), ("no_adapt", "random"), ("full", "random"),
+         ("full", "full_reinforce"))
+PROTOCOLS = ("heldout", "transductive")
+
+
+def read_per_image(run: Path, r: int, target: str = "prediction") -> dict[str, float]:
+    """``image id -> Dice`` of one round's ``per_image.csv`` (without hole filling)."""
+    path = run / f"round_{r:02d}" / "per_image.csv"
+    out: dict[str, float] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["target"] == target and row["fill_holes"] == "0":
+                out[row["image_id"]] = float(row["dice"])
+    return out
+
+
+def supervised_per_image(run: Path) -> dict[str, float]:
+    """``image id -> Dice`` of a supervised run's ``per_image.csv``."""
+    with open(run / "per_image.csv", newline="") as f:
+        return {row["image_id"]: float(row["dice"]) for row in csv.DictReader(f)}
+
+
+def paired(a: list[dict[str, float]], b: list[dict[str, float]], seed: int = 0
+           ) -> dict[str, float]:
+    """Mean of ``a - b`` (Dice points) over images and seeds, with 95% intervals.
+
+    Args:
+        a, b: Per seed, ``image id -> Dice`` (fractions) of the two sides on the same images.
+
+    Returns:
+        ``mean``, ``images_low``/``images_high`` (bootstrap over images of each image's
+        difference averaged over the seeds), ``seeds_low``/``seeds_high`` (Student t of the
+        per-seed mean differences; NaN with one seed), ``n_images``, ``n_seeds``, ``wins``
+        (seeds where ``a`` is ahead).
+    """
+    ids = sorted(set.intersection(*(set(x) for x in a + b))) if a else []
+    if not ids:
+        return {"mean": math.nan, "images_low": math.nan, "images_high": math.nan,
+                "seeds_low": math.nan, "seeds_high": math.nan, "n_images": 0, "n_seeds": 0,
+                "wins": 0}
+    diff = np.array([[x[i] - y[i] for i in ids] for x, y in zip(a, b, strict=True)]) * 100
+    per_image = diff.mean(axis=0)
+    lo, hi = lib.bootstrap_ci(per_image, seed=seed)
+    per_seed = diff.mean(axis=1)
+    _, slo, shi = lib.t_interval(list(per_seed))
+    return {"mean": float(per_image.mean()), "images_low": lo, "images_high": hi,
+            "seeds_low": slo, "seeds_high": shi, "n_images": len(ids),
+            "n_seeds": int(diff.shape[0]), "wins": int((per_seed > 0).sum())}
 
 
 def _summary(rows: list[dict[str, Any]], r: int, target: str, key: str) -> float:
     for row in rows:
-        if row["round"] == r and row["target"] == target and not row["fill_holes"]:
+        if row.get("round") == r and row["target"] == target and not int(row["fill_holes"]):
             return float(row[key])
     return math.nan
 
 
-def aggregate(per_seed: list[list[dict[str, Any]]], r: int, target: str = "prediction"
-              ) -> dict[str, float]:
-    """Mean and 95% interval (over seeds, or over images with one seed) of Dice in %."""
-    means = [_summary(rows, r, target, "dice_mean") * 100 for rows in per_seed]
-    means = [m for m in means if np.isfinite(m)]
-    if not means:
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "ci": "none"}
-    if len(means) == 1:
-        rows = per_seed[0]
-        return {"mean": means[0], "low": _summary(rows, r, target, "dice_ci_low") * 100,
-                "high": _summary(rows, r, target, "dice_ci_high") * 100, "ci": "images"}
-    m, lo, hi = lib.t_interval(means)
-    return {"mean": m, "low": lo, "high": hi, "ci": "seeds"}
+def over_seeds(values: list[float]) -> dict[str, float]:
+    """Mean and 95% Student-t interval over seeds (NaN interval with one seed)."""
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan}
+    m, lo, hi = lib.t_interval(values)
+    return {"mean": m, "low": lo, "high": hi}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--config", default="kvasir-cpu", help="base config (shipped name or TOML)")
-    p.add_argument("--root", help="data folder (default: the config's)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
+    p.add_argument("--config", default="kvasir-cpu",
+                   help="base config, shipped name or TOML (default kvasir-cpu)")
+    lib.add_data_arguments(p, default=("kvasir-seg",))
+    p.add_argument("--protocols", default=",".join(PROTOCOLS),
+                   help="comma-separated: heldout, transductive (default both)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default 0,1,2)")
     p.add_argument("--rounds", type=int, default=5, help="rounds per run (default 5)")
     p.add_argument("--limit", type=int, help="use only the first N images")
-    p.add_argument("--protocol", choices=["heldout", "transductive"], help="default: config's")
-    p.add_argument("--variants", default="full,no_lora,random,reinforce_lab,random_lab,gt_lab,"
-                   "answer_model_lab,supervised",
-                   help="comma-separated rows to run, among: " + ", ".join(
-                       VARIANT_NAMES))
-    p.add_argument("--dinov2", default="dinov2_vits14", help="DINOv2 backbone of the DINOv2 rows")
-    p.add_argument("--dinov2-checkpoint", help="local weights file: runs the DINOv2 rows")
+    p.add_argument("--rows", default=",".join(ROWS),
+                   help="comma-separated rows, among: " + ", ".join(ROWS))
+    p.add_argument("--agent", default="answer_model",
+                   help="the project's best agent, of the full and no_adapt rows "
+                        "(default answer_model; any name of `bow-gym list`)")
+    p.add_argument("--dinov2", default="dinov2_vits14", help="DINOv2 backbone of --dinov2-checkpoint")
+    p.add_argument("--dinov2-checkpoint", help="local DINOv2 weights: run every row on DINOv2 "
+                                               "(adapted with LoRA) instead of lab_texture")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config field for every variant (TOML value), repeatable")
+                   help="extra config field for every row (TOML value), repeatable")
     lib.add_output_arguments(p, "ablation")
     args = p.parse_args(argv)
 
+    from bow_gym.agent_registry import list_agents
     from bow_gym.figures import make_figures
     from bow_gym.rounds import load_config, parse_set, run_rounds, train_supervised
 
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     except ValueError:
-        p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if not wanted or any(v not in VARIANT_NAMES for v in wanted):
-        p.error(f"--variants: expected a comma-separated subset of {', '.join(VARIANT_NAMES)}, "
-                f"got {args.variants!r}")
+        seeds = []
+    if not seeds or len(set(seeds)) < len(seeds):
+        p.error(f"--seeds: expected distinct comma-separated integers, got {args.seeds!r}")
+    protocols = [x.strip() for x in args.protocols.split(",") if x.strip()]
+    if not protocols or any(x not in PROTOCOLS for x in protocols):
+        p.error(f"--protocols: expected a comma-separated subset of {', '.join(PROTOCOLS)}, "
+                f"got {args.protocols!r}")
+    rows_wanted = [v.strip() for v in args.rows.split(",") if v.strip()]
+    if not rows_wanted or any(v not in ROWS for v in rows_wanted):
+        p.error(f"--rows: expected a comma-separated subset of {', '.join(ROWS)}, "
+                f"got {args.rows!r}")
+    if args.agent not in list_agents():
+        p.error(f"--agent: unknown agent {args.agent!r}; registered: {', '.join(list_agents())}")
     if args.rounds < 1:
         p.error(f"--rounds must be >= 1, got {args.rounds}")
-    extra: dict[str, Any] = {}
+    if args.limit is not None and args.limit < 2:
+        p.error(f"--limit must be >= 2, got {args.limit}")
+    if args.dinov2_checkpoint and not Path(args.dinov2_checkpoint).is_file():
+        p.error(f"--dinov2-checkpoint: no such file {args.dinov2_checkpoint!r}")
+    train, _ = lib.data_sources(p, args, kwargs={})
+    if len(train) != 1:
+        p.error(f"--dataset: name one data set per run, got {[s.name for s in train]}")
+    source = train[0]
+    base: dict[str, Any] = {"dataset": source.name, "root": source.root,
+                            "dataset_kwargs": dict(source.kwargs), "rounds": args.rounds}
+    if args.limit is not None:
+        base["limit"] = args.limit
     for item in args.set:
         try:
             key, value = parse_set(item)
         except ValueError as e:
-            p.error(str(e))
-        extra[key] = value
-    base: dict[str, Any] = {k: v for k, v in {"rounds": args.rounds, "limit": args.limit,
-                                              "protocol": args.protocol}.items() if v is not None}
-    base.update(extra)
-    dataset = load_config(args.config).dataset
-    if args.root:
-        base["root"] = args.root
-    elif dataset in lib.DEFAULT_FOLDERS and (data := lib.data_folder(p, None)):
-        base["root"] = str(data / lib.DEFAULT_FOLDERS[dataset])
+            p.error(f"--set: {e}")
+        base[key] = value
+    if args.dinov2_checkpoint:
+        base.update(backbone=args.dinov2, backbone_kwargs={"checkpoint": args.dinov2_checkpoint})
+    try:  # every config is checked before anything runs or is written
+        for protocol in protocols:
+            for key in rows_wanted:
+                over = ROWS[key][1] or {}
+                load_config(args.config, **{**base, **_agent(over, args.agent),
+                                            "protocol": protocol, "seed": seeds[0]})
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
 
-    variants: dict[str, tuple[str, dict[str, Any] | None, str]] = {}
-    for key, (label, over) in DINO_VARIANTS.items():
-        if args.dinov2_checkpoint:
-            variants[key] = (label, {**over, "backbone": args.dinov2, "backbone_kwargs": {
-                "checkpoint": args.dinov2_checkpoint}}, "")
-        else:
-            variants[key] = (label, None, "not run: no DINOv2 weights here (--dinov2-checkpoint)")
-    for key, (label, over) in CPU_VARIANTS.items():
-        variants[key] = (label, {**over, "backbone": "lab_texture", "lora": False}, "")
-    variants["supervised"] = ("supervised segmenter (upper bound)", {}, "")
     run = lib.start_run("ablation", argv, args.out, args.run)
     out = run.out
-
-    table, per_variant, run_dirs, t0 = [], {}, {}, time.time()
-    for key in wanted:
-        label, over, why = variants[key]
-        if over is None:
-            table.append({"variant": key, "label": label, "note": why})
-            print(f"{label}: {why}")
-            continue
-        results, seconds = [], []
-        for seed in seeds:
-            cfg = load_config(args.config, **{**base, **over, "seed": seed,
-                                              "name": f"{key}-s{seed}"})
-            run = out / "runs" / f"{key}-s{seed}"
-            t = time.time()
-            if key == "supervised":
-                rows = train_supervised(cfg, run)
-                rows = [{**r, "round": rr, "target": "prediction"}
-                        for r in rows for rr in (3, 5)]
-            else:
-                rows = run_rounds(cfg, run)
-                run_dirs.setdefault(key, run)
-                seconds += [float(r["seconds_total"]) for r in rows
-                            if r["target"] == "prediction" and not r["fill_holes"]]
-            results.append(rows)
-            print(f"{key} seed {seed}: {time.time() - t:.0f} s")
-        per_variant[key] = results
-        row: dict[str, Any] = {"variant": key, "label": label, "seeds": len(seeds)}
-        for r in (1, 3, 5):
-            for target in ("prediction", "pseudo"):
-                if key == "supervised" and (target == "pseudo" or r == 1):
-                    continue
-                a = aggregate(results, r, target)
-                row.update({f"{target}_r{r}": a["mean"], f"{target}_r{r}_low": a["low"],
-                            f"{target}_r{r}_high": a["high"]})
-                row["ci_over"] = a["ci"]
-        hd95 = [h for x in results if np.isfinite(h := _summary(x, 5, "prediction", "hd95_mean"))]
-        row["hd95_r5"] = float(np.mean(hd95)) if hd95 else math.nan  # nan with --rounds < 5
-        row["seconds_per_round"] = float(np.median(seconds)) if seconds else math.nan
-        table.append(row)
-
-    print(f"\nDice (%) of segmenter predictions on the evaluation images; mean [95% CI over "
-          f"seeds {seeds}]")
-    print(f"{'variant':<48} {'round 3':>22} {'round 5':>22} {'pseudo r5':>10} {'s/round':>8}")
-    for row in table:
-        if "note" in row:
-            print(f"{row['label']:<48} {row['note']}")
-            continue
-        cells = [f"{row[f'prediction_r{r}']:6.2f} [{row[f'prediction_r{r}_low']:5.1f},"
-                 f"{row[f'prediction_r{r}_high']:5.1f}]" for r in (3, 5)]
-        print(f"{row['label']:<48} {cells[0]:>22} {cells[1]:>22} "
-              f"{row.get('pseudo_r5', math.nan):>10.2f} {row['seconds_per_round']:>8.0f}")
-    print("original work, polyps, round 3: full 80.45, without LoRA 76.51, random 68.87")
-
-    result = {"table": table, "seeds": seeds, "config": args.config, "base": base,
-              "machine": lib.machine(), "seconds": time.time() - t0}
+    t0 = time.time()
+    result: dict[str, Any] = {"seeds": seeds, "config": args.config, "agent": args.agent,
+                              "base": base, "rounds": args.rounds, "protocols": {}}
+    table, paired_rows = [], []
+    for protocol in protocols:
+        res = _run_protocol(protocol, rows_wanted, seeds, args, base, out / "runs" / protocol,
+                            load_config, run_rounds, train_supervised)
+        result["protocols"][protocol] = res["summary"]
+        table += res["table"]
+        paired_rows += res["paired"]
+        firsts = {k: d[0] for k, d in res["dirs"].items() if k != "supervised"}
+        if firsts:
+            folder = out / protocol
+            folder.mkdir(parents=True, exist_ok=True)
+            make_figures(list(firsts.values()), folder, labels=list(firsts))
+    headline = protocols[0] if "heldout" not in protocols else "heldout"
+    summary = result["protocols"][headline]
+    for key in ("full_round5_minus_round1", "full_round5_over_supervised"):
+        result[key] = summary.get(key, {}).get("mean", math.nan)
+        result[f"{key}_detail"] = summary.get(key, {})
+    result.update(headline_protocol=headline, machine=lib.machine(),
+                  seconds=round(time.time() - t0, 1))
     lib.write_json(out / "ablation.json", result)
     lib.write_csv(out / "ablation.csv", table)
-    if run_dirs:
-        figs = make_figures(list(run_dirs.values()), out, labels=list(run_dirs))
-        print("figures: " + ", ".join(str(f) for f in figs))
-        _plot(table, out / "ablation.png")
-
-    got = {row["variant"]: row for row in table if "note" not in row}
-    if "full" in got and "random" in got:
-        pair, which = ("full", "random"), "DINOv2 full minus DINOv2 random clicking"
-    else:
-        pair, which = ("reinforce_lab", "random_lab"), (
-            "lab_texture REINFORCE (the method without LoRA) minus lab_texture random clicking")
-    a, b = (got.get(k, {}).get("prediction_r3", math.nan) for k in pair)
-    config = load_config(args.config, **base)
-    run.record(seeds=seeds, protocol=config.protocol,
-               datasets=[config.dataset, *(e["dataset"] for e in config.extra_datasets)])
-    print(f"difference in round-3 prediction Dice (points): {which}")
-    print(f"full_minus_random_round3: {a - b:.2f}")
+    lib.write_csv(out / "paired.csv", paired_rows)
+    _plot(table, protocols, args.rounds, out / "ablation.png")
+    run.record(seeds=seeds, protocol=",".join(protocols), datasets=[source.name])
+    _print(table, paired_rows, protocols, args.rounds)
+    print("original work (DINOv2 + HSNet, polyps, round 3, transductive): full 80.45, without "
+          "LoRA 76.51, random clicking 68.87 -- not comparable (other backbone and segmenter)")
+    print(f"wrote {out}/: ablation.json, ablation.csv, paired.csv, ablation.png, figures, run.json")
+    print(f"({headline} protocol, rounds {args.rounds} vs 1, seeds {seeds})")
+    print(f"full_round5_minus_round1: {result['full_round5_minus_round1']:.2f}")
+    print(f"full_round5_over_supervised: {result['full_round5_over_supervised']:.3f}")
 
 
-def _plot(table: list[dict[str, Any]], path: Path) -> None:
+def _agent(over: dict[str, Any], agent: str) -> dict[str, Any]:
+    return {k: (agent if v == AGENT else v) for k, v in over.items()}
+
+
+def _run_protocol(protocol: str, rows_wanted: list[str], seeds: list[int],
+                  args: argparse.Namespace, base: dict[str, Any], runs: Path,
+                  load_config, run_rounds, train_supervised) -> dict[str, Any]:
+    """Every row x seed of one protocol, then its table and paired differences."""
+    from tqdm.auto import tqdm
+
+    dirs: dict[str, list[Path]] = {}
+    metrics: dict[str, list[list[dict[str, Any]]]] = {}
+    bar = tqdm(total=len(rows_wanted) * len(seeds), desc=f"ablation ({protocol})", unit="run")
+    for key in rows_wanted:
+        over = ROWS[key][1]
+        for seed in seeds:
+            cfg = load_config(args.config, **{**base, **_agent(over or {}, args.agent),
+                                              "protocol": protocol, "seed": seed,
+                                              "name": f"{key}-s{seed}", "progress": False})
+            folder = runs / f"{key}-s{seed}"
+            bar.set_postfix(row=key, seed=seed)
+            if over is None:
+                rows = train_supervised(cfg, folder)
+            else:
+                rows = run_rounds(cfg, folder)
+            dirs.setdefault(key, []).append(folder)
+            metrics.setdefault(key, []).append(rows)
+            bar.update(1)
+    bar.close()
+
+    rounds = args.rounds
+    table: list[dict[str, Any]] = []
+    for key in rows_wanted:
+        label = ROWS[key][0].format(agent=args.agent)
+        per_seed = metrics[key]
+        if ROWS[key][1] is None:
+            dice = over_seeds([float(r[0]["dice_mean"]) * 100 for r in per_seed])
+            hd = over_seeds([float(r[0]["hd95_mean"]) for r in per_seed])
+            secs = [float(r[0]["seconds"]) for r in per_seed]
+            table.append({"protocol": protocol, "row": key, "label": label, "round": rounds,
+                          "prediction": dice["mean"], "prediction_low": dice["low"],
+                          "prediction_high": dice["high"], "hd95": hd["mean"],
+                          "seconds": float(np.median(secs)), "seeds": len(per_seed)})
+            continue
+        for r in range(1, rounds + 1):
+            entry: dict[str, Any] = {"protocol": protocol, "row": key, "label": label,
+                                     "round": r, "seeds": len(per_seed)}
+            for target in ("prediction", "pseudo", "initial"):
+                s = over_seeds([_summary(x, r, target, "dice_mean") * 100 for x in per_seed])
+                entry.update({target: s["mean"], f"{target}_low": s["low"],
+                              f"{target}_high": s["high"]})
+            entry["hd95"] = over_seeds([_summary(x, r, "prediction", "hd95_mean")
+                                        for x in per_seed])["mean"]
+            entry["better_share"] = over_seeds([_summary(x, r, "prediction", "better_share")
+                                                for x in per_seed])["mean"]
+            for stage in ("label", "adapt", "train", "predict", "evaluate", "total"):
+                vals = [_summary(x, r, "prediction", f"seconds_{stage}") for x in per_seed]
+                vals = [v for v in vals if np.isfinite(v)]
+                entry[f"seconds_{stage}"] = float(np.median(vals)) if vals else math.nan
+            table.append(entry)
+
+    def images(key: str, r: int) -> list[dict[str, float]]:
+        if ROWS[key][1] is None:
+            return [supervised_per_image(d) for d in dirs[key]]
+        return [read_per_image(d, r) for d in dirs[key]]
+
+    paired_rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {"table": [t for t in table if t["protocol"] == protocol]}
+    for r in range(1, rounds + 1):
+        for a, b in PAIRS:
+            if a in dirs and b in dirs:
+                d = paired(images(a, r), images(b, r), seed=r)
+                paired_rows.append({"protocol": protocol, "round": r, "a": a, "b": b, **d})
+    if "full" in dirs:
+        d = paired(images("full", rounds), images("full", 1))
+        paired_rows.append({"protocol": protocol, "round": rounds, "a": f"full r{rounds}",
+                            "b": "full r1", **d})
+        summary["full_round5_minus_round1"] = d
+        if "supervised" in dirs:
+            full = np.array([np.mean(list(x.values())) for x in images("full", rounds)])
+            sup = np.array([np.mean(list(x.values())) for x in images("supervised", rounds)])
+            ratio = full / sup
+            _, lo, hi = lib.t_interval(list(ratio))
+            summary["full_round5_over_supervised"] = {
+                "mean": float(full.mean() / sup.mean()), "seeds_low": lo, "seeds_high": hi,
+                "full": float(full.mean() * 100), "supervised": float(sup.mean() * 100)}
+    summary["paired"] = [x for x in paired_rows if x["protocol"] == protocol]
+    return {"table": table, "paired": paired_rows, "summary": summary, "dirs": dirs}
+
+
+def _print(table: list[dict[str, Any]], paired_rows: list[dict[str, Any]],
+           protocols: list[str], rounds: int) -> None:
+    for protocol in protocols:
+        print(f"\n{protocol}: prediction Dice (%) on the evaluation images by round, mean over "
+              "seeds [95% t-interval]; pseudo-mask Dice in round R; seconds per round")
+        head = " ".join(f"{'round ' + str(r):>20}" for r in range(1, rounds + 1))
+        print(f"{'row':<16} {head} {'pseudo R':>9} {'s/round':>8}")
+        for key in dict.fromkeys(t["row"] for t in table if t["protocol"] == protocol):
+            rows = [t for t in table if t["protocol"] == protocol and t["row"] == key]
+            if len(rows) == 1 and "pseudo" not in rows[0]:
+                t = rows[0]
+                cell = f"{t['prediction']:6.2f} [{t['prediction_low']:5.1f},{t['prediction_high']:5.1f}]"
+                print(f"{key:<16} {cell:>20} (upper bound, {t['seconds']:.0f} s)")
+                continue
+            cells = " ".join(f"{t['prediction']:6.2f} [{t['prediction_low']:5.1f},"
+                             f"{t['prediction_high']:5.1f}]" for t in rows)
+            print(f"{key:<16} {cells} {rows[-1]['pseudo']:9.2f} {rows[-1]['seconds_total']:8.0f}")
+        print(f"paired differences ({protocol}), Dice points: mean [95% CI over images] "
+              "[95% CI over seeds]")
+        for x in paired_rows:
+            if x["protocol"] == protocol and (x["round"] in (1, 3, rounds)):
+                print(f"  round {x['round']}: {x['a']} - {x['b']}: {x['mean']:+.2f} "
+                      f"[{x['images_low']:+.2f}, {x['images_high']:+.2f}] "
+                      f"[{x['seeds_low']:+.2f}, {x['seeds_high']:+.2f}]")
+
+
+def _plot(table: list[dict[str, Any]], protocols: list[str], rounds: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in table if "note" not in r]
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
-    for i, row in enumerate(rows):
-        for j, r in enumerate((3, 5)):
-            m = row.get(f"prediction_r{r}", math.nan)
-            lo, hi = row.get(f"prediction_r{r}_low", m), row.get(f"prediction_r{r}_high", m)
-            ax.errorbar(m, i + (j - 0.5) * 0.3, xerr=[[m - lo], [hi - m]], fmt="os"[j],
-                        color=f"C{j}", label=f"round {r}" if i == 0 else None, capsize=3)
-    ax.set_yticks(range(len(rows)), [r["label"] for r in rows])
-    ax.set_xlabel("prediction Dice (%) on the evaluation images, 95% CI")
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title("Ablation (python -m benchmarks.ablation)")
+    fig, axes = plt.subplots(1, len(protocols), figsize=(6.5 * len(protocols), 4.5),
+                             squeeze=False, sharey=True)
+    for ax, protocol in zip(axes[0], protocols, strict=True):
+        keys = list(dict.fromkeys(t["row"] for t in table if t["protocol"] == protocol))
+        for i, key in enumerate(keys):
+            rows = [t for t in table if t["protocol"] == protocol and t["row"] == key]
+            if len(rows) == 1 and "pseudo" not in rows[0]:
+                t = rows[0]
+                ax.axhspan(t["prediction_low"], t["prediction_high"], color="0.85", zorder=0)
+                ax.axhline(t["prediction"], color="0.4", ls="--", label=t["label"])
+                continue
+            r = [t["round"] for t in rows]
+            m = np.array([t["prediction"] for t in rows])
+            lo = np.array([t["prediction_low"] for t in rows])
+            hi = np.array([t["prediction_high"] for t in rows])
+            ax.plot(r, m, "o-", color=f"C{i}", label=rows[0]["label"])
+            if np.isfinite(lo).all():
+                ax.fill_between(r, lo, hi, color=f"C{i}", alpha=0.15)
+        ax.set_xticks(range(1, rounds + 1))
+        ax.set_xlabel("round")
+        ax.set_title(f"{protocol}: segmenter prediction Dice (95% CI over seeds)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("Dice (%)")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
     lib.save_figure(fig, path)
 
 

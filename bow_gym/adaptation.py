@@ -45,7 +45,14 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+    from bow_gym.backbones.head import HeadConfig, HeadHandle
     from bow_gym.backbones.lora import LoRAConfig, LoRAHandle
+
+#: Triplet settings for the feature head (:mod:`bow_gym.backbones.head`) where the caller sets
+#: none: the head sees precomputed descriptors, so a step costs milliseconds and it takes more of
+#: them, on larger batches, than LoRA's 100 steps through a ViT. Chosen on Kvasir-SEG training
+#: images (see docs/multi-round.md).
+HEAD_TRIPLET_DEFAULTS: dict[str, Any] = {"steps": 1000, "batch_size": 32, "lr": 3e-3}
 
 
 @dataclass
@@ -122,7 +129,7 @@ class AdaptationHistory:
     device: str = "cpu"
     amp: str | None = None
     adapter_id: str = ""
-    handle: LoRAHandle | None = field(default=None, repr=False)
+    handle: LoRAHandle | HeadHandle | None = field(default=None, repr=False)
 
 
 def patch_labels(mask: np.ndarray, grid: tuple[int, int], purity: float = 0.75) -> np.ndarray:
@@ -278,9 +285,14 @@ def adapt_backbone(
     config: TripletConfig | None = None,
     *,
     lora: LoRAConfig | None = None,
+    head: HeadConfig | None = None,
     progress: bool = True,
 ) -> AdaptationHistory:
     """Trains q/v LoRA adapters of ``backbone`` with a triplet loss on pseudo-labelled patches.
+
+    A backbone without weights that can carry a feature head (the weight-free ``lab_texture``)
+    gets its head trained instead, with the same loss, pseudo-labels and triplets
+    (:mod:`bow_gym.backbones.head`; ``head`` gives its shape when it has none yet).
 
     See the module docstring for the protocol. The backbone keeps its adapter afterwards (merged
     again if it was merged before), and its ``adapter_id``, hence its feature-cache key, names
@@ -311,10 +323,12 @@ def adapt_backbone(
     from torch import nn
     from tqdm.auto import tqdm
 
+    from bow_gym.backbones.head import supports_head
     from bow_gym.backbones.lora import LoRAConfig, _resolve_target, apply_lora, get_lora
 
     config = config or TripletConfig()
-    _resolve_target(backbone)  # NotAdaptableError for weight-free backbones, before any work
+    if not supports_head(backbone):
+        _resolve_target(backbone)  # NotAdaptableError for weight-free backbones, before any work
     if len(images) != len(pseudo_masks):
         raise ValueError(f"{len(images)} images but {len(pseudo_masks)} pseudo-masks")
     if not len(images):
@@ -329,6 +343,8 @@ def adapt_backbone(
             f"fewer than two pure patches of one class and one of the other on the {grid} grid "
             f"(purity={config.purity}); adaptation needs images with both pseudo-foreground and "
             "pseudo-background")
+    if supports_head(backbone):
+        return _adapt_head(backbone, images, labels, usable, skipped, config, head, progress)
 
     handle = get_lora(backbone)
     if handle is None:
@@ -410,3 +426,97 @@ def adapt_backbone(
         history.adapter_id = handle.refresh()
         history.seconds = time.perf_counter() - start
     return history
+
+
+def _adapt_head(backbone: Any, images: Sequence[np.ndarray], labels: list[np.ndarray],
+                usable: list[int], skipped: list[int], config: TripletConfig,
+                head: HeadConfig | None, progress: bool) -> AdaptationHistory:
+    """:func:`adapt_backbone` for a backbone that carries a feature head (CPU, float32)."""
+    import torch
+    from torch import nn
+    from tqdm.auto import tqdm
+
+    from bow_gym.backbones.head import apply_head, get_head, image_tensor
+
+    if config.amp:
+        raise ValueError("amp=True: the feature head trains in float32 on the CPU")
+    handle = get_head(backbone)
+    if handle is None:
+        handle = apply_head(backbone, head, seed=config.seed)
+    elif head is not None and head != handle.config:
+        raise ValueError(f"head={head} differs from the backbone's head {handle.config}; "
+                         "remove it first or pass head=None")
+    model = handle.model
+    # The descriptors do not depend on the head: computed once, the steps only run the head.
+    desc = backbone.base_descriptors([images[i] for i in usable])
+    b, g0, g1, d = desc.shape
+    desc_t = torch.from_numpy(desc.reshape(b, g0 * g1, d))
+    img_t = (image_tensor(backbone.resized([images[i] for i in usable]))
+             if model.cnn is not None else None)
+    loss_fn = nn.TripletMarginWithDistanceLoss(distance_function=_cosine_distance,
+                                               margin=config.margin)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed)
+    history = AdaptationHistory(images_used=usable, images_skipped=skipped, device="cpu",
+                                amp=None, handle=handle)
+    order: list[int] = []
+    start = time.perf_counter()
+    try:
+        model.train()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            bar = tqdm(range(config.steps), desc="adapt (triplet feature head)", unit="step",
+                       disable=not progress)
+            for _ in bar:
+                batch: list[int] = []
+                while len(batch) < min(config.batch_size, len(usable)):
+                    if not order:
+                        order = list(rng.permutation(len(usable)))
+                    j = int(order.pop())
+                    if j not in batch:
+                        batch.append(j)
+                trip = [sample_triplets(labels[usable[j]], rng, config.triplets_per_image)
+                        for j in batch]
+                b_idx = torch.from_numpy(np.concatenate(
+                    [np.full(len(t), k) for k, t in enumerate(trip)]))
+                t_idx = torch.from_numpy(np.concatenate(trip))
+                sel = torch.as_tensor(batch)
+                feats = model(desc_t[sel], None if img_t is None else img_t[sel])
+                a, p, n = (feats[b_idx, t_idx[:, k]] for k in range(3))
+                loss = loss_fn(a, p, n)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    active = (_cosine_distance(a, p) - _cosine_distance(a, n) + config.margin > 0)
+                history.losses.append(float(loss.detach()))
+                history.active_fraction.append(float(active.float().mean()))
+                bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
+    finally:
+        model.eval()
+        history.adapter_id = handle.refresh()
+        history.seconds = time.perf_counter() - start
+    return history
+
+
+def save_adapter(backbone: Any, path: str | Any) -> Any:
+    """Writes the backbone's adapter (LoRA or feature head) to a safetensors file, atomically."""
+    from bow_gym.backbones.head import save_head, supports_head
+
+    if supports_head(backbone):
+        return save_head(backbone, path)
+    from bow_gym.backbones.lora import save_lora
+
+    return save_lora(backbone, path)
+
+
+def load_adapter(backbone: Any, path: str | Any) -> Any:
+    """Loads an adapter file (:func:`save_adapter`) of the backbone's kind onto it."""
+    from bow_gym.backbones.head import load_head, supports_head
+
+    if supports_head(backbone):
+        return load_head(backbone, path)
+    from bow_gym.backbones.lora import load_lora
+
+    return load_lora(backbone, path)

@@ -121,7 +121,11 @@ def cmd_rounds(args: argparse.Namespace) -> int:
         "seed": args.seed, "device": args.device, "name": args.name,
     }
     if args.lora is not None:
-        overrides["lora"] = args.lora
+        print("--lora is deprecated: use --adapt (LoRA on DINOv2, the feature head on "
+              "lab_texture)", file=sys.stderr)
+        args.adapt = args.lora if args.adapt is None else args.adapt
+    if args.adapt is not None:
+        overrides["adapt"] = args.adapt
     if args.checkpoint:
         overrides["backbone_kwargs"] = {"checkpoint": args.checkpoint}
     if args.dataset:
@@ -241,8 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmenter", choices=["light", "hsnet", "hsnet_released"],
                    help="segmenter preset")
     p.add_argument("--top-k", dest="top_k", type=float, help="share of pseudo-masks kept")
+    p.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=None,
+                   help="adapt the backbone each round (LoRA on DINOv2, a feature head on "
+                        "lab_texture)")
     p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
-                   help="adapt the backbone with LoRA each round")
+                   help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help="seed of the run")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--name", help="name of the run in tables and figures")

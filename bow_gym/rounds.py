@@ -8,9 +8,10 @@ One round (:func:`run_rounds`):
    env's masks after the clicks (working resolution, 128 px by default).
 2. **filter** (optional, ``top_k < 1``): keep the best ``top_k`` share of pseudo-masks by a
    quality score from feedback and model signals only (:mod:`bow_gym.pseudo_labels`).
-3. **adapt** (optional, ``lora = true``): train q/v LoRA adapters of the DINOv2 backbone with the
-   triplet loss on the kept pseudo-masks (:func:`bow_gym.adaptation.adapt_backbone`); the next
-   round's clicks propagate with the adapted features.
+3. **adapt** (optional, ``adapt = true``): train the backbone's adapter with the triplet loss on
+   the kept pseudo-masks (:func:`bow_gym.adaptation.adapt_backbone`): q/v LoRA on DINOv2, as
+   published, or the feature head that stands in for it on the weight-free ``lab_texture``
+   (:mod:`bow_gym.backbones.head`); the next round's clicks propagate with the adapted features.
 4. **train**: a fresh segmenter learns from the kept pseudo-masks, then predicts the labelling
    images (the next round's starting masks) and the evaluation images.
 5. **evaluate**: starting masks, pseudo-masks and predictions against the ground truth, at the
@@ -33,7 +34,7 @@ A run directory holds::
         clicks.csv             step, round, image_id, click, label, reward
         agent.safetensors      the agent after this round's clicks (+ agent_optimizer.pt)
         quality.csv            signals, score and kept flag per image
-        adapter.safetensors    the LoRA adapter after this round (lora = true)
+        adapter.safetensors    the adapter after this round (adapt = true): LoRA or feature head
         segmenter.safetensors  the segmenter trained this round
         predictions.npz        probabilities (uint8) on labelling and evaluation images
         per_image.csv          per-image metrics; empty_gt = 1 for an empty ground truth
@@ -57,7 +58,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +82,12 @@ else:  # pragma: no cover - Python 3.10
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PROTOCOLS = ("heldout", "transductive")
 TARGETS = ("initial", "pseudo", "prediction")
+STARTS = ("prediction", "merged", "previous", "ask")
+TRUST_KEYS = ("accepted", "rejected", "untouched")
 #: Config fields that may change when a run is resumed (they do not change its results).
 RESUMABLE_KEYS = frozenset({"rounds", "progress", "tensorboard", "device", "name"})
 #: Config fields that were renamed: old name -> new name (refused, naming the new one).
-RENAMED_KEYS = {"clicks": "clicks_per_image"}
+RENAMED_KEYS = {"clicks": "clicks_per_image", "lora": "adapt"}
 
 
 @dataclass
@@ -133,15 +136,31 @@ class RoundsConfig:
     """cosine-similarity threshold of propagation"""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """other BetterWorseSegEnv arguments (oracle, on_worse, obs_size, ...)"""
+    start: str = "prediction"
+    """masks round 2+ clicks start from: prediction (the previous segmenter's, as published),
+    merged (that prediction, with every patch an earlier answer verified set to its verified
+    label), previous (the previous round's pseudo-mask: keep clicking where it left off), or ask
+    (the expert answers one more question per image: is the merged prediction better than the
+    previous pseudo-mask? The better one is the start)"""
+    carry_evidence: bool = False
+    """accumulate the answers' per-patch evidence over rounds: the segmenter's target keeps
+    earlier verified labels where this round's answers said nothing"""
+    label_trust: dict[str, float] = field(default_factory=dict)
+    """per-pixel loss weight of the pseudo-masks by what verified them: accepted (an answer
+    "better" covered the pixel), rejected (only a "worse" answer did), untouched (no answer:
+    the label echoes the start mask); each in [0, 1], missing ones 1 (uniform, as published)"""
     top_k: float = 1.0
     """share of pseudo-masks the segmenter trains on (1 = all)"""
     quality: str = "feedback"
     """quality score for top_k: feedback, confidence, agreement, combined, or auto (feedback in
     round 1, where there is no earlier segmenter to agree with; agreement from round 2 on)"""
-    lora: bool = False
-    """adapt the backbone (q/v LoRA, triplet loss) on each round's pseudo-masks"""
+    adapt: bool = False
+    """adapt the backbone each round with the triplet loss on the pseudo-masks: q/v LoRA on
+    DINOv2 (as published), a feature head on lab_texture (its CPU stand-in)"""
     lora_kwargs: dict[str, Any] = field(default_factory=dict)
-    """LoRAConfig arguments (r, alpha, ...)"""
+    """LoRAConfig arguments (r, alpha, ...) of DINOv2's adapter"""
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
+    """HeadConfig arguments (hidden, depth, image_width) of lab_texture's feature head"""
     triplet_kwargs: dict[str, Any] = field(default_factory=dict)
     """TripletConfig arguments (steps, margin, ...)"""
     segmenter: str = "light"
@@ -188,6 +207,14 @@ class RoundsConfig:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
         if not 0.0 < self.top_k <= 1.0:
             raise ValueError(f"top_k must be a share in (0, 1], got {self.top_k!r}")
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
+        bad = sorted(set(self.label_trust) - set(TRUST_KEYS))
+        if bad:
+            raise ValueError(f"label_trust: unknown key(s) {bad}; valid: {list(TRUST_KEYS)}")
+        for key, v in self.label_trust.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+                raise ValueError(f"label_trust[{key!r}] must be a number in [0, 1], got {v!r}")
         if self.quality not in ("feedback", "confidence", "agreement", "combined", "auto"):
             raise ValueError("quality must be feedback, confidence, agreement, combined or auto, "
                              f"got {self.quality!r}")
@@ -454,6 +481,83 @@ def _seed(config: RoundsConfig, round_: int, stage: int) -> int:
 
 
 # --------------------------------------------------------------------------- stages
+#: Per-patch evidence codes (int8) of :attr:`Labels.evidence`: what the expert's answers say of a
+#: patch's label. ``+2``/``-2``: a foreground/background click whose selection held the patch was
+#: answered "better" (the expert accepted that label for the whole selection). ``-1``/``+1``: a
+#: foreground/background click that would have changed the patch was answered "worse" (weak: the
+#: selection as a whole was rejected, so the patch is probably the other label). ``0``: no answer
+#: touched the patch, its label only echoes the mask the episode started from. Accepted answers
+#: overwrite everything; rejected ones only patches without an accepted answer.
+EVIDENCE = {"accepted_fg": 2, "rejected_bg": 1, "none": 0, "rejected_fg": -1, "accepted_bg": -2}
+
+
+def record_evidence(evidence: np.ndarray, selection: np.ndarray, fg_before: np.ndarray,
+                    label: int, accepted: bool, patch_area: int) -> None:
+    """Updates one image's ``(P,)`` evidence in place after one answered click (pure).
+
+    Args:
+        evidence: ``(P,)`` int8 codes (:data:`EVIDENCE`), updated in place.
+        selection: ``(P,)`` bool, the patches the click selected.
+        fg_before: ``(P,)`` foreground pixels per patch before the click.
+        label: The click's label (1 foreground).
+        accepted: Whether the expert answered "better".
+        patch_area: Pixels per patch.
+    """
+    if accepted:
+        evidence[selection] = 2 if label else -2
+        return
+    # Only patches the click would have changed carry information about the rejection.
+    changes = selection & ((fg_before < patch_area) if label else (fg_before > 0))
+    weak = changes & (np.abs(evidence) < 2)
+    evidence[weak] = -1 if label else 1
+
+
+def _patch_map(values: np.ndarray, grid: tuple[int, int], size: int) -> np.ndarray:
+    """``(P,)`` per-patch values -> ``(size, size)`` (each patch's cell filled with its value)."""
+    gh, gw = grid
+    return np.repeat(np.repeat(values.reshape(gh, gw), size // gh, axis=0), size // gw, axis=1)
+
+
+def apply_evidence(mask: np.ndarray, evidence: np.ndarray, grid: tuple[int, int],
+                   strong_only: bool = True) -> np.ndarray:
+    """``mask`` with every patch the evidence verified set to its verified label (pure).
+
+    Args:
+        mask: ``(S, S)`` bool mask, ``S`` a multiple of the grid.
+        evidence: ``(P,)`` int8 codes (:data:`EVIDENCE`).
+        grid: The patch grid.
+        strong_only: Use only accepted answers (``+-2``); else also rejected ones (``+-1``).
+    """
+    ev = _patch_map(evidence, grid, mask.shape[0])
+    limit = 2 if strong_only else 1
+    out = mask.copy()
+    out[ev >= limit] = True
+    out[ev <= -limit] = False
+    return out
+
+
+def training_targets(labels: Labels, config: RoundsConfig, grid: tuple[int, int]
+                     ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """The segmenter's masks and per-pixel weights from one round's labels (no ground truth).
+
+    Masks: the pseudo-masks; with ``config.carry_evidence`` earlier rounds' accepted answers
+    are applied where this round's answers said nothing. Weights: ``config.label_trust`` per
+    evidence class (``None`` when every class has weight 1, i.e. a plain unweighted loss).
+    """
+    masks = list(labels.pseudo)
+    ev_all = labels.evidence_total if config.carry_evidence else labels.evidence
+    if config.carry_evidence and ev_all is not None:
+        masks = [apply_evidence(m, ev, grid) for m, ev in zip(masks, ev_all, strict=True)]
+    trust = {k: float(config.label_trust.get(k, 1.0)) for k in TRUST_KEYS}
+    if all(v == 1.0 for v in trust.values()) or ev_all is None:
+        return masks, None
+    table = np.array([trust["accepted"], trust["rejected"], trust["untouched"],
+                      trust["rejected"], trust["accepted"]], np.float32)  # codes -2..2
+    weights = [_patch_map(table[ev.astype(np.int64) + 2], grid, m.shape[0])
+               for m, ev in zip(masks, ev_all, strict=True)]
+    return masks, weights
+
+
 @dataclass
 class Labels:
     """What one round of clicking produced (working resolution)."""
@@ -464,10 +568,24 @@ class Labels:
     rewards: np.ndarray  # (N, clicks) int8
     labels: np.ndarray  # (N, clicks) int8, 1 = foreground click
     confidence: np.ndarray  # (N, clicks) float32, NaN where the agent has none
+    #: (N, P) int8 per patch: what this round's answers say of its label (:data:`EVIDENCE`)
+    evidence: np.ndarray | None = None
+    #: (N, P) int8: the same accumulated over this and earlier rounds (later rounds win)
+    evidence_total: np.ndarray | None = None
+    #: (N,) int8: with ``start = "ask"``, the answer to "is the merged prediction better than
+    #: the previous pseudo-mask?" (+1 / -1; 0 where nothing was asked)
+    start_answers: np.ndarray | None = None
 
     def save(self, path: Path) -> None:
+        extra = {}
+        if self.evidence is not None:
+            extra["evidence"] = self.evidence
+        if self.evidence_total is not None:
+            extra["evidence_total"] = self.evidence_total
+        if self.start_answers is not None:
+            extra["start_answers"] = self.start_answers
         _save_npz(path, ids=np.array(self.ids), pseudo=self.pseudo, initial=self.initial,
-                  rewards=self.rewards, labels=self.labels, confidence=self.confidence)
+                  rewards=self.rewards, labels=self.labels, confidence=self.confidence, **extra)
 
     @classmethod
     def load(cls, path: Path) -> Labels:
@@ -483,7 +601,8 @@ class Labels:
             with _reading(path):
                 raise ValueError(f"its arrays have different lengths: {lengths}")
         return cls([str(i) for i in z["ids"]], z["pseudo"], z["initial"], z["rewards"],
-                   z["labels"], z["confidence"])
+                   z["labels"], z["confidence"], z.get("evidence"), z.get("evidence_total"),
+                   z.get("start_answers"))
 
 
 def make_agent(config: RoundsConfig, env: Any, device: str) -> ClickPolicy:
@@ -576,6 +695,9 @@ def label_round(envs: Sequence[Any], agent: ClickPolicy, order: Sequence[int], *
     rewards = np.zeros((n, k), np.int8)
     labels = np.zeros((n, k), np.int8)
     conf = np.full((n, k), np.nan, np.float32)
+    base0 = envs[0].unwrapped
+    evidence = np.zeros((n, base0.n_patches), np.int8)
+    (gh, gw), (ch, cw) = base0.grid, base0.cell
     queue = list(range(n))
     slots: list[dict[str, Any] | None] = [None] * len(envs)
     bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False)
@@ -611,6 +733,11 @@ def label_round(envs: Sequence[Any], agent: ClickPolicy, order: Sequence[int], *
             pos, j = slot["pos"], slot["click"]
             rewards[pos, j], conf[pos, j] = int(r), c
             labels[pos, j] = int(info["click"]["label"])
+            base = envs[s].unwrapped
+            fg_before = (slot["obs"][3] > 127).reshape(gh, ch, gw, cw).sum(axis=(1, 3)).ravel()
+            record_evidence(evidence[pos], base.propagation_graph()[int(info["patch"])],
+                            fg_before, int(info["click"]["label"]), bool(info["accepted"]),
+                            ch * cw)
             if batched:
                 agent.answer_batch([slot["memory"]], [float(r)])
                 agent.learn_online(slot["obs"], int(a), float(r))
@@ -628,7 +755,7 @@ def label_round(envs: Sequence[Any], agent: ClickPolicy, order: Sequence[int], *
             bar.set_postfix(better=f"{np.mean(done > 0):.2f}")
     bar.close()
     agent.flush()
-    return Labels(ids, pseudo, initial, rewards, labels, conf)
+    return Labels(ids, pseudo, initial, rewards, labels, conf, evidence, evidence.copy())
 
 
 def _resize_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -718,6 +845,10 @@ class RoundsRun:
             for before, after in RENAMED_KEYS.items():  # a run started before the renaming
                 if before in old and after not in old:
                     old[after] = old.pop(before)
+            for f in fields(RoundsConfig):  # a field added since: the run used its default
+                if f.name not in old:
+                    old[f.name] = json.loads(json.dumps(
+                        f.default_factory() if f.default_factory is not MISSING else f.default))
             new = json.loads(json.dumps(asdict(config)))
             differ = sorted(k for k in set(old) | set(new)
                             if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
@@ -760,12 +891,15 @@ class RoundsRun:
 
             with _config_error(_fields(cfg, "threshold")):
                 check_threshold(cfg.threshold)
-            if cfg.lora:
+            if cfg.adapt:
                 from bow_gym.adaptation import TripletConfig
+                from bow_gym.backbones.head import HeadConfig
                 from bow_gym.backbones.lora import LoRAConfig
 
                 with _config_error(_fields(cfg, "lora_kwargs")):
                     LoRAConfig(**cfg.lora_kwargs)
+                with _config_error(_fields(cfg, "head_kwargs")):
+                    HeadConfig(**cfg.head_kwargs)
                 with _config_error(_fields(cfg, "triplet_kwargs")):
                     TripletConfig(**cfg.triplet_kwargs)
         datasets = build_datasets(cfg)
@@ -778,9 +912,12 @@ class RoundsRun:
             bkw.setdefault("device", self.device)
         with _config_error(_fields(cfg, "backbone", "backbone_kwargs")):
             self.backbone = create_backbone(cfg.backbone, **bkw)
-        if cfg.lora and not getattr(self.backbone, "adaptable", False):
-            raise ValueError(f"lora = true needs an adaptable (DINOv2) backbone; "
-                             f"{cfg.backbone!r} has no weights to adapt")
+        from bow_gym.backbones.head import supports_head
+
+        if cfg.adapt and not (getattr(self.backbone, "adaptable", False)
+                              or supports_head(self.backbone)):
+            raise ValueError(f"adapt = true needs an adaptable backbone (LoRA or a feature "
+                             f"head); {cfg.backbone!r} has neither")
         with _config_error(_fields(cfg, "env_kwargs")):
             env = self._make_env(datasets[0], None)
         names = ("agent", "agent_kwargs") + (("agent_checkpoint",) if cfg.agent_checkpoint else ())
@@ -834,12 +971,42 @@ class RoundsRun:
             self._writer = None
         return rows
 
-    def _initial_masks(self, r: int) -> dict[str, np.ndarray] | None:
+    def _initial_masks(self, r: int, size: int, grid: tuple[int, int]
+                       ) -> dict[str, np.ndarray] | None:
+        """Round ``r``'s start masks at the working resolution ``size`` (``config.start``)."""
         if r == 1:
             return None
+        if self.config.start == "previous":
+            prev = Labels.load(self.round_dir(r - 1) / "labels.npz")
+            return dict(zip(prev.ids, prev.pseudo, strict=True))
         pred = _load_npz(self.round_dir(r - 1) / "predictions.npz", ("label_ids", "label_prob"))
-        return {str(i): p >= 128 for i, p in zip(pred["label_ids"], pred["label_prob"],
-                                                 strict=True)}
+        masks = {str(i): _resize_prob(p, (size, size))
+                 for i, p in zip(pred["label_ids"], pred["label_prob"], strict=True)}
+        if self.config.start in ("merged", "ask"):
+            prev = Labels.load(self.round_dir(r - 1) / "labels.npz")
+            if prev.evidence_total is not None:
+                for i, ev in zip(prev.ids, prev.evidence_total, strict=True):
+                    masks[i] = apply_evidence(masks[i], ev, grid)
+        return masks
+
+    def _ask_starts(self, r: int, label_ds: SegmentationDataset,
+                    proposals: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
+                                                               dict[str, int]]:
+        """``start = "ask"``: per image, the expert's choice between the previous round's
+        pseudo-mask and ``proposals`` (the merged prediction): the start masks and the answers.
+
+        One question per image, answered by the env's oracle (:meth:`BetterWorseSegEnv.ask`),
+        seeded per round and image like the episodes.
+        """
+        prev = Labels.load(self.round_dir(r - 1) / "labels.npz")
+        env = self._make_env(label_ds, None)
+        seed = _seed(self.config, r, 7)
+        starts, answers = {}, {}
+        for k, (iid, before) in enumerate(zip(prev.ids, prev.pseudo, strict=True)):
+            env.reset(seed=seed + k, options={"image_id": iid})
+            answers[iid] = env.ask(before, proposals[iid])
+            starts[iid] = proposals[iid] if answers[iid] > 0 else before
+        return starts, answers
 
     def _make_env(self, dataset: SegmentationDataset, initial: Mapping[str, np.ndarray] | None):
         from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
@@ -852,15 +1019,15 @@ class RoundsRun:
 
     def _restore_adapter(self, r: int) -> None:
         """Before round ``r``, the backbone carries the adapter of the latest earlier round."""
-        if not self.config.lora:
+        if not self.config.adapt:
             return
-        from bow_gym.backbones.lora import load_lora
+        from bow_gym.adaptation import load_adapter
 
         for k in range(r - 1, 0, -1):
             path = self.round_dir(k) / "adapter.safetensors"
             if path.is_file():
                 with _reading(path):
-                    load_lora(self.backbone, path)
+                    load_adapter(self.backbone, path)
                 return
 
     def run_round(self, r: int, label_ds: MemoryDataset, eval_ds: MemoryDataset,
@@ -881,7 +1048,11 @@ class RoundsRun:
         if labels_path.is_file():
             labels = Labels.load(labels_path)
         else:
-            initial = self._initial_masks(r)
+            size = int(cfg.env_kwargs.get("obs_size", 128))
+            initial = self._initial_masks(r, size, tuple(self.backbone.grid))
+            asked: dict[str, int] = {}
+            if cfg.start == "ask" and initial is not None:
+                initial, asked = self._ask_starts(r, label_ds, initial)
             envs = [self._make_env(label_ds, initial) for _ in range(cfg.label_envs)]
             for env in envs[1:]:
                 env.features = envs[0].features  # one feature cache: each image featurised once
@@ -892,6 +1063,16 @@ class RoundsRun:
             order = np.random.default_rng(_seed(cfg, r, 1)).permutation(n)
             labels = label_round(envs, agent, order, seed=_seed(cfg, r, 2),
                                  progress=cfg.progress, desc=f"round {r}: clicks")
+            if asked:
+                labels.start_answers = np.array([asked[i] for i in labels.ids], np.int8)
+            if cfg.carry_evidence and r > 1:
+                prev = Labels.load(self.round_dir(r - 1) / "labels.npz")
+                if prev.evidence_total is not None:
+                    old = dict(zip(prev.ids, prev.evidence_total, strict=True))
+                    for i, iid in enumerate(labels.ids):
+                        if iid in old:
+                            labels.evidence_total[i] = np.where(
+                                labels.evidence[i] != 0, labels.evidence[i], old[iid])
             k_clicks = cfg.clicks_per_image
             step0 = (r - 1) * n * k_clicks
             clicks = [{"step": step0 + i * k_clicks + k + 1, "round": r, "image_id": iid,
@@ -935,15 +1116,28 @@ class RoundsRun:
 
         # 3. adapt -------------------------------------------------------------------------
         t = time.time()
-        if cfg.lora and not (rd / "adapter.safetensors").is_file():
-            from bow_gym.adaptation import TripletConfig, adapt_backbone
-            from bow_gym.backbones.lora import LoRAConfig, save_lora
+        targets, weights = training_targets(labels, cfg, tuple(self.backbone.grid))
+        if cfg.adapt and not (rd / "adapter.safetensors").is_file():
+            from bow_gym.adaptation import (
+                HEAD_TRIPLET_DEFAULTS,
+                TripletConfig,
+                adapt_backbone,
+                save_adapter,
+            )
+            from bow_gym.backbones.head import HeadConfig, supports_head
 
-            tcfg = TripletConfig(**{"seed": _seed(cfg, r, 4), **cfg.triplet_kwargs})
+            head = supports_head(self.backbone)
+            tcfg = TripletConfig(**{"seed": _seed(cfg, r, 4),
+                                    **(HEAD_TRIPLET_DEFAULTS if head else {}),
+                                    **cfg.triplet_kwargs})
+            kw: dict[str, Any] = {"head": HeadConfig(**cfg.head_kwargs)} if head else {}
+            if not head:
+                from bow_gym.backbones.lora import LoRAConfig
+
+                kw["lora"] = LoRAConfig(**cfg.lora_kwargs)
             adapt_backbone(self.backbone, [label_images[i] for i in kept_idx],
-                           [labels.pseudo[i] for i in kept_idx], tcfg,
-                           lora=LoRAConfig(**cfg.lora_kwargs), progress=cfg.progress)
-            save_lora(self.backbone, rd / "adapter.safetensors")
+                           [targets[i] for i in kept_idx], tcfg, progress=cfg.progress, **kw)
+            save_adapter(self.backbone, rd / "adapter.safetensors")
         times["adapt"] = time.time() - t
 
         # 4. train the segmenter and predict ----------------------------------------------
@@ -953,8 +1147,9 @@ class RoundsRun:
             pred = _load_npz(pred_path, ("label_ids", "label_prob", "eval_ids", "eval_prob"))
         else:
             seg_cfg = self._segmenter_config(r)
-            model = self._train_segmenter(rd, seg_cfg, [label_images[i] for i in kept_idx],
-                                          [labels.pseudo[i] for i in kept_idx], step=r)
+            model = self._train_segmenter(
+                rd, seg_cfg, [label_images[i] for i in kept_idx], [targets[i] for i in kept_idx],
+                step=r, weights=None if weights is None else [weights[i] for i in kept_idx])
             times["train"] = time.time() - t
             t = time.time()
             pred = self._predict(model, seg_cfg, label_images, labels.ids, eval_ds)
@@ -970,7 +1165,11 @@ class RoundsRun:
         self._write_examples(rd, labels, pred, label_ds, label_images)
         times["total"] = float(sum(times.values()))
         for row in rows:
+            asked = labels.start_answers
             row.update(better_share=better_share, kept=float(keep.mean()),
+                       # ask: share of images whose merged prediction the expert preferred
+                       prediction_preferred=(float((asked > 0).mean()) if asked is not None
+                                             and len(asked) else float("nan")),
                        **{f"seconds_{k}": round(v, 2) for k, v in times.items()})
         _write_json(rd / "metrics.json", {"rows": rows})
         _write_json(rd / "times.json", times)
@@ -995,7 +1194,8 @@ class RoundsRun:
         return preset(cfg.segmenter, **kw)
 
     def _train_segmenter(self, rd: Path, seg_cfg: Any, images: list[np.ndarray],
-                         masks: list[np.ndarray], step: int) -> Any:
+                         masks: list[np.ndarray], step: int,
+                         weights: list[np.ndarray] | None = None) -> Any:
         from bow_gym.segmenters import (
             build_segmenter,
             load_segmenter,
@@ -1011,7 +1211,7 @@ class RoundsRun:
         if not images:
             raise ValueError("no pseudo-masks left to train the segmenter on")
         model = build_segmenter(seg_cfg)
-        history = train_segmenter(model, images, masks, seg_cfg)
+        history = train_segmenter(model, images, masks, seg_cfg, weights=weights)
         for e, loss in enumerate(history.get("loss", [])):
             self._log("losses/segmenter_epoch", float(loss), (step - 1) * 1000 + e)
         save_segmenter(model, path, seg_cfg)

@@ -29,7 +29,8 @@ def test_shipped_configs_load():
     for name in names:
         cfg = load_config(name)
         assert cfg.rounds == 5 and cfg.clicks_per_image == 5 and cfg.threshold == 0.8
-    assert load_config("kvasir-cvc").lora and load_config("kvasir-cvc").segmenter == "hsnet_released"
+    assert load_config("kvasir-cvc").adapt
+    assert load_config("kvasir-cvc").segmenter == "hsnet_released"
     assert load_config("kvasir-cvc").protocol == "transductive"
     assert load_config("kvasir-cpu", root=None).root is None
     assert load_config(None, rounds=2).rounds == 2
@@ -60,9 +61,91 @@ def test_config_errors_name_the_problem(tmp_path):
                                progress=False), tmp_path / "r")
 
 
-def test_lora_needs_an_adaptable_backbone(tmp_path):
-    with pytest.raises(ValueError, match="adaptable"):
-        run_rounds(RoundsConfig(**{**TINY, "lora": True}), tmp_path / "r")
+def test_adaptation_runs_on_the_weight_free_backbone(tmp_path):
+    """adapt = true trains lab_texture's feature head (LoRA's stand-in) each round."""
+    out = tmp_path / "r"
+    run_rounds(RoundsConfig(**{**TINY, "adapt": True, "triplet_kwargs": {"steps": 5}}), out)
+    from safetensors import safe_open
+
+    ids = []
+    for r in (1, 2):
+        with safe_open(str(out / f"round_{r:02d}" / "adapter.safetensors"), "pt") as f:
+            meta = f.metadata()
+        assert meta["format"] == "bow_gym.feature_head"
+        ids.append(meta["adapter_id"])
+    assert ids[0] != ids[1]  # round 2 trained the head further
+    with pytest.raises(ValueError, match="'lora' was renamed 'adapt'"):
+        RoundsConfig(lora=True)
+
+
+def test_evidence_records_what_the_answers_verified():
+    from bow_gym.rounds import record_evidence
+
+    ev = np.zeros(6, np.int8)
+    sel = np.array([1, 1, 0, 0, 0, 0], bool)
+    fg = np.array([0, 64, 0, 0, 0, 64])
+    record_evidence(ev, sel, fg, 1, True, 64)  # foreground accepted on patches 0, 1
+    np.testing.assert_array_equal(ev, [2, 2, 0, 0, 0, 0])
+    # A rejected foreground click says "probably background" only where it would have changed
+    # something (patch 1 is foreground already) and nothing where an answer accepted a label.
+    record_evidence(ev, np.array([1, 1, 1, 1, 0, 0], bool), np.array([64, 64, 64, 0, 0, 64]),
+                    1, False, 64)
+    np.testing.assert_array_equal(ev, [2, 2, 0, -1, 0, 0])
+    record_evidence(ev, np.array([0, 0, 0, 0, 1, 1], bool), fg, 0, False, 64)
+    np.testing.assert_array_equal(ev, [2, 2, 0, -1, 0, 1])
+    record_evidence(ev, np.array([0, 1, 0, 1, 0, 0], bool), fg, 0, True, 64)
+    np.testing.assert_array_equal(ev, [2, -2, 0, -2, 0, 1])
+
+
+def test_training_targets_weigh_and_carry_the_evidence():
+    from bow_gym.rounds import Labels, apply_evidence, training_targets
+
+    grid, s = (2, 2), 4
+    pseudo = np.zeros((1, s, s), bool)
+    pseudo[0, :2, :2] = True  # patch 0 foreground
+    ev = np.array([[2, 0, -1, 0]], np.int8)
+    total = np.array([[2, 2, -1, -2]], np.int8)  # earlier rounds accepted fg on patch 1
+    lab = Labels(["a"], pseudo, pseudo.copy(), np.ones((1, 1), np.int8), np.ones((1, 1), np.int8),
+                 np.full((1, 1), np.nan, np.float32), ev, total)
+    masks, weights = training_targets(lab, RoundsConfig(), grid)
+    assert weights is None and np.array_equal(masks[0], pseudo[0])
+    cfg = RoundsConfig(label_trust={"untouched": 0.0, "rejected": 0.5})
+    masks, weights = training_targets(lab, cfg, grid)
+    np.testing.assert_array_equal(weights[0][::2, ::2], [[1.0, 0.0], [0.5, 0.0]])
+    masks, weights = training_targets(lab, RoundsConfig(carry_evidence=True, **{
+        "label_trust": {"untouched": 0.0}}), grid)
+    np.testing.assert_array_equal(masks[0][::2, ::2], [[True, True], [False, False]])
+    np.testing.assert_array_equal(weights[0][::2, ::2], [[1.0, 1.0], [1.0, 1.0]])
+    np.testing.assert_array_equal(apply_evidence(np.ones((s, s), bool), total[0], grid)[::2, ::2],
+                                  [[True, True], [True, False]])
+    with pytest.raises(ValueError, match="label_trust"):
+        RoundsConfig(label_trust={"verified": 1.0})
+    with pytest.raises(ValueError, match="start"):
+        RoundsConfig(start="empty")
+
+
+@pytest.mark.parametrize("start", ["merged", "previous"])
+def test_later_rounds_start_where_the_config_says(tmp_path, start):
+    out = tmp_path / start
+    run_rounds(RoundsConfig(**{**TINY, "start": start, "carry_evidence": True,
+                               "label_trust": {"untouched": 0.2}}), out)
+    r1 = np.load(out / "round_01" / "labels.npz")
+    r2 = np.load(out / "round_02" / "labels.npz")
+    pos = {str(i): k for k, i in enumerate(r1["ids"])}
+    order = [pos[str(i)] for i in r2["ids"]]
+    if start == "previous":
+        np.testing.assert_array_equal(r2["initial"], r1["pseudo"][order])
+    else:
+        # Every patch an earlier answer accepted starts with its accepted label.
+        ev = r1["evidence_total"][order].reshape(-1, 16, 16)
+        init = r2["initial"].reshape(len(order), 16, 8, 16, 8)
+        fg_patches = init.all(axis=(2, 4))
+        bg_patches = ~init.any(axis=(2, 4))
+        assert fg_patches[ev == 2].all() and bg_patches[ev == -2].all()
+    # Accumulated evidence: this round's where it has any, else the previous total.
+    prev = r1["evidence_total"][order]
+    np.testing.assert_array_equal(
+        r2["evidence_total"], np.where(r2["evidence"] != 0, r2["evidence"], prev))
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +410,7 @@ def test_bad_config_writes_nothing_and_the_corrected_config_reuses_out(
     ({"env_kwargs": {"obs_size": 100}}, "env_kwargs", "patch grid"),
     ({"agent": "reinforce", "agent_kwargs": {"policy": "psychic"}}, "agent_kwargs", "psychic"),
     ({"agent": "reinforce", "agent_kwargs": {"bogus": 1}}, "agent_kwargs", "bogus"),
-    ({"lora": True}, "lora", "adaptable"),
+    ({"adapt": True, "head_kwargs": {"hidden": 0}}, "head_kwargs", "hidden"),
 ])
 def test_every_later_check_runs_before_out_is_written(tmp_path, overrides, field, shown):
     out = tmp_path / "run"
@@ -388,3 +471,26 @@ def test_a_run_started_before_the_renaming_resumes(tiny_run, tmp_path):
     (old / "config.json").write_text(json.dumps(stored))
     rows = run_rounds(RoundsConfig(**TINY), old)  # resumed: every round is done already
     assert rows and json.loads((old / "config.json").read_text())["clicks_per_image"] == 2
+
+
+def test_ask_start_takes_the_mask_the_expert_prefers(tmp_path):
+    out = tmp_path / "ask"
+    run_rounds(RoundsConfig(**{**TINY, "start": "ask", "carry_evidence": True}), out)
+    r1 = np.load(out / "round_01" / "labels.npz")
+    r2 = np.load(out / "round_02" / "labels.npz")
+    assert "start_answers" not in r1.files and set(np.unique(r2["start_answers"])) <= {-1, 1}
+    pos = {str(i): k for k, i in enumerate(r1["ids"])}
+    prev = r1["pseudo"][[pos[str(i)] for i in r2["ids"]]]
+    kept = r2["start_answers"] < 0
+    np.testing.assert_array_equal(r2["initial"][kept], prev[kept])
+    # The expert (the Dice oracle) answered "better" exactly where the start beats the previous
+    # pseudo-mask.
+    from bow_gym.metrics import dice
+
+    env = BetterWorseSegEnv(dataset="synthetic", dataset_kwargs=TINY["dataset_kwargs"],
+                            feature_cache=None)
+    for k, iid in enumerate(r2["ids"]):
+        env.reset(options={"image_id": str(iid)})
+        gt = env.ground_truth_for_evaluation()
+        better = dice(r2["initial"][k], gt) > dice(prev[k], gt)
+        assert better == (r2["start_answers"][k] > 0)

@@ -435,3 +435,69 @@ def test_config_is_a_dataclass_copy():
     a = preset("light")
     b = dataclasses.replace(a, epochs=1)
     assert a.epochs != b.epochs
+
+
+def test_pixel_weights_ignore_what_they_zero():
+    torch.manual_seed(0)
+    mask = (torch.rand(2, 1, 32, 32) > 0.5).float()
+    logits = torch.randn(2, 1, 32, 32)
+    ones = torch.ones_like(mask)
+    assert torch.allclose(structure_loss(logits, mask, ones), structure_loss(logits, mask))
+    # Where the weight is 0, the logits do not matter.
+    w = torch.zeros_like(mask)
+    w[..., :16] = 1
+    other = logits.clone()
+    other[..., 16:] = -other[..., 16:] * 5
+    assert torch.allclose(structure_loss(logits, mask, w), structure_loss(other, mask, w))
+    assert not torch.allclose(structure_loss(logits, mask), structure_loss(other, mask))
+    # An image with no trusted pixel adds nothing (and no NaN).
+    w[1] = 0
+    loss = structure_loss(logits, mask, w)
+    assert torch.isfinite(loss)
+    assert torch.allclose(loss * 2, structure_loss(logits[:1], mask[:1], w[:1]))
+    with pytest.raises(ValueError, match="pixel_weight"):
+        structure_loss(logits, mask, w[:, :, :8])
+
+
+def test_augment_pair_moves_the_extra_map_with_the_mask():
+    rng0, rng1 = np.random.default_rng(5), np.random.default_rng(5)
+    image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[5:20, 8:30] = True
+    for _ in range(10):
+        a = augment_pair(image, mask, rng0)
+        b = augment_pair(image, mask, rng1, extra=mask.astype(np.uint8) * 200)
+        # Same draws: the extra map does not change the transform of image and mask ...
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        # ... and it is transformed exactly like the mask.
+        np.testing.assert_array_equal(b[2] == 200, b[1])
+    with pytest.raises(ValueError, match="extra"):
+        augment_pair(image, mask, rng0, extra=np.zeros((40, 40), np.float32))
+
+
+def test_zero_weights_on_a_wrong_region_make_training_ignore_it():
+    """Masks that are wrong in one half teach far less of their error with weight 0 there.
+
+    Not nothing: the boundary emphasis of the structure loss (a 31-pixel window) still sees the
+    wrong labels next to the trusted half, and the right half is never taught its own look."""
+    ds = make_dataset("synthetic", n_images=32, size=64, flavour="polyp")
+    images = [ds[i].image for i in range(len(ds))]
+    truth = [ds[i].mask for i in range(len(ds))]
+    wrong = [m.copy() for m in truth]
+    weights = []
+    for m in wrong:
+        m[:, 32:] = True  # the right half is labelled foreground everywhere: wrong
+        w = np.ones(m.shape, np.float32)
+        w[:, 32:] = 0.0
+        weights.append(w)
+    cfg = SegmenterConfig(size=64, epochs=8, batch_size=8, augment=False, seed=0, device="cpu")
+    fg = []
+    for wts in (None, weights):
+        model = build_segmenter(cfg)
+        train_segmenter(model, images, wrong, cfg, weights=wts)
+        p = predict_probabilities(model, images, size=64)
+        fg.append(float((p[:, :, 40:] > 0.5).mean()))
+    assert fg[0] > 0.9 and fg[1] < 0.5 * fg[0], fg
+    with pytest.raises(ValueError, match="weights"):
+        train_segmenter(build_segmenter(cfg), images, wrong, cfg, weights=weights[:3])

@@ -21,7 +21,10 @@ The defaults (``scale=1.0``, ``position_weight=3.0``) were chosen by ground-trut
 on 60 synthetic images and the first 60 Kvasir-SEG images: the position weight mattered much, the
 scale little (see docs/backbones.md).
 
-It has no weights, so there is nothing to adapt: ``adaptable`` is ``False`` and LoRA refuses it.
+It has no weights of its own. What the method's adaptation stage trains on it is a small head on
+top of the descriptors (:mod:`bow_gym.backbones.head`, the CPU stand-in for LoRA on DINOv2):
+with a head attached, features are the head's output and ``adapter_id`` (part of the cache key)
+names its weights. LoRA itself refuses it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class LabTextureBackbone(Backbone):
         position_weight: Weight of the normalised patch coordinates (0 disables).
     """
 
+    #: No LoRA (no weights); adapted through a feature head (:mod:`bow_gym.backbones.head`).
     adaptable = False
 
     def __init__(self, grid: int = 16, cell: int = 8, scale: float = 1.0,
@@ -58,20 +62,52 @@ class LabTextureBackbone(Backbone):
         self.scale = float(scale)
         self.position_weight = float(position_weight)
         self.dim = 3 + 3 + 2 + 2 + 2 + 1
+        self.head = None  # a HeadHandle once adapted (bow_gym.backbones.head)
+        self.adapter_id: str | None = None
 
     @property
-    def cache_key(self) -> str:
+    def base_cache_key(self) -> str:
+        """The cache key of the descriptors without any head."""
         return (f"lab_texture-v1-g{self.grid[0]}-c{self.cell}-s{self.scale:g}"
                 f"-p{self.position_weight:g}")
 
+    @property
+    def cache_key(self) -> str:
+        base = self.base_cache_key
+        return base if self.adapter_id is None else f"{base}-{self.adapter_id}"
+
     def _extract(self, images: list[np.ndarray]) -> np.ndarray:
-        return np.stack([self._one(im) for im in images])
+        desc = self.base_descriptors(images)
+        if self.head is None:
+            return desc
+        import torch
+
+        from bow_gym.backbones.head import image_tensor
+
+        model = self.head.model
+        b, g0, g1, d = desc.shape
+        with torch.no_grad():
+            x = torch.from_numpy(desc.reshape(b, g0 * g1, d))
+            img = image_tensor(self.resized(images)) if model.cnn is not None else None
+            out = model(x, img).numpy()
+        return out.reshape(b, g0, g1, d)
+
+    def resized(self, images: list[np.ndarray]) -> np.ndarray:
+        """The images as the descriptors see them: ``(B, grid * cell, grid * cell, 3)`` uint8."""
+        side = self.grid[0] * self.cell
+        out = np.empty((len(images), side, side, 3), np.uint8)
+        for i, image in enumerate(images):
+            interp = cv2.INTER_AREA if min(image.shape[:2]) >= side else cv2.INTER_LINEAR
+            out[i] = cv2.resize(image, (side, side), interpolation=interp)
+        return out
+
+    def base_descriptors(self, images: list[np.ndarray]) -> np.ndarray:
+        """``(B, Hp, Wp, D)`` float32 descriptors before any head and L2 normalisation."""
+        return np.stack([self._one(im) for im in self.resized(images)])
 
     def _one(self, image: np.ndarray) -> np.ndarray:
         g, c = self.grid[0], self.cell
-        side = g * c
-        interp = cv2.INTER_AREA if min(image.shape[:2]) >= side else cv2.INTER_LINEAR
-        rgb = cv2.resize(image, (side, side), interpolation=interp).astype(np.float32) / 255.0
+        rgb = image.astype(np.float32) / 255.0
         lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)
         lum = cv2.GaussianBlur(lab[..., 0], (0, 0), 1.0)
         gx = cv2.Sobel(lum, cv2.CV_32F, 1, 0, ksize=3)

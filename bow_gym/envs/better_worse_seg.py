@@ -470,6 +470,24 @@ class BetterWorseSegEnv(gym.Env):
             raise RuntimeError("call reset() first")
         return self._ctx.features.copy()
 
+    def ask(self, current: np.ndarray, proposal: np.ndarray) -> int:
+        """The expert's answer to a whole proposed mask of the current image: is ``proposal``
+        better than ``current``? +1 or -1, from the env's oracle and random state.
+
+        The method's other question: instead of one click's change, the expert compares two
+        whole masks (e.g. a segmenter's prediction against the mask the last round left). It
+        changes nothing in the episode; the caller decides what to do with the answer.
+
+        Args:
+            current: ``(H, W)`` mask (any size; bool, 0/1 or 0/255), resized like initial masks.
+            proposal: The same for the proposed mask.
+        """
+        if self._ctx is None:
+            raise RuntimeError("call reset() first")
+        a = resize_mask(check_mask_values(current, "current"), self.obs_size)
+        b = resize_mask(check_mask_values(proposal, "proposal"), self.obs_size)
+        return int(self.oracle.judge_masks(a, b, self._ctx.gt, self.np_random))
+
     def ground_truth_for_evaluation(self) -> np.ndarray:
         """The current image's ground truth at working resolution. **Evaluation only.**
 

@@ -22,7 +22,8 @@ def augment_pair(
     rng: np.random.Generator,
     *,
     colour_jitter: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
+    extra: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A random geometric transform applied identically to an image and its mask.
 
     In order: a horizontal flip (probability 1/2), a vertical flip (1/2), a rotation by a random
@@ -38,10 +39,13 @@ def augment_pair(
         mask: ``(H, W)`` bool mask.
         rng: Source of randomness (the same generator state gives the same transform).
         colour_jitter: Apply the brightness/contrast jitter to the image.
+        extra: Optional ``(H, W)`` uint8 map transformed exactly like the mask (nearest
+            neighbour), e.g. per-pixel label trust; it draws no extra random numbers.
 
     Returns:
-        ``(image, mask)``: new uint8 ``(H', W', 3)`` and bool ``(H', W')`` arrays (``H'``,
-        ``W'`` swap with odd rotations of a non-square image).
+        ``(image, mask)``, or ``(image, mask, extra)`` when ``extra`` is given: new uint8
+        ``(H', W', 3)`` and bool ``(H', W')`` arrays (``H'``, ``W'`` swap with odd rotations of a
+        non-square image).
 
     Raises:
         ValueError: ``image`` is not ``(H, W, 3)`` uint8 or ``mask`` not ``(H, W)`` of that size.
@@ -51,6 +55,9 @@ def augment_pair(
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask must be (H, W) = {image.shape[:2]}, got {mask.shape}")
     mask = mask.astype(bool, copy=False)
+    if extra is not None and (extra.shape != mask.shape or extra.dtype != np.uint8):
+        raise ValueError(f"extra must be (H, W) = {mask.shape} uint8, got {extra.shape} "
+                         f"{extra.dtype}")
 
     # Draw every number up front, so one transform's draws never depend on another's branch.
     flip_h, flip_v = rng.random(2) < 0.5
@@ -63,12 +70,17 @@ def augment_pair(
 
     if flip_h:
         image, mask = image[:, ::-1], mask[:, ::-1]
+        extra = None if extra is None else extra[:, ::-1]
     if flip_v:
         image, mask = image[::-1], mask[::-1]
+        extra = None if extra is None else extra[::-1]
     if k:
         image, mask = np.rot90(image, k), np.rot90(mask, k)
+        extra = None if extra is None else np.rot90(extra, k)
     image = np.ascontiguousarray(image)
     mask = np.ascontiguousarray(mask)
+    if extra is not None:
+        extra = np.ascontiguousarray(extra)
 
     if do_affine:
         h, w = mask.shape
@@ -78,10 +90,15 @@ def augment_pair(
                                borderMode=cv2.BORDER_REFLECT_101)
         mask = cv2.warpAffine(mask.view(np.uint8), m, (w, h), flags=cv2.INTER_NEAREST,
                               borderMode=cv2.BORDER_REFLECT_101).astype(bool)
+        if extra is not None:
+            extra = cv2.warpAffine(extra, m, (w, h), flags=cv2.INTER_NEAREST,
+                                   borderMode=cv2.BORDER_REFLECT_101)
 
     if colour_jitter:
         img = image.astype(np.float32)
         mean = img.mean()
         img = (img - mean) * contrast + mean + brightness
         image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    if extra is not None:
+        return image, mask, extra
     return image, mask

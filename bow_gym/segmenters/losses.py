@@ -29,7 +29,8 @@ def structure_weight(mask: torch.Tensor) -> torch.Tensor:
     return 1.0 + 5.0 * torch.abs(_box_mean(mask, BOUNDARY_KERNEL) - mask)
 
 
-def structure_loss(logits: torch.Tensor, mask: torch.Tensor, *, weighted_bce: bool = True
+def structure_loss(logits: torch.Tensor, mask: torch.Tensor,
+                   pixel_weight: torch.Tensor | None = None, *, weighted_bce: bool = True
                    ) -> torch.Tensor:
     """Weighted BCE + weighted IoU loss (PraNet, Fan et al. 2020; used by HSNet), batch mean.
 
@@ -42,9 +43,14 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor, *, weighted_bce: bo
     legacy flag that makes its BCE term the plain unweighted mean (``weighted_bce=False``
     reproduces it); by default this is the weighted BCE the papers describe.
 
+    ``pixel_weight`` multiplies ``w`` in both terms: how much each pixel's label is trusted (for
+    pseudo-masks, 0 ignores a pixel whose label nobody verified). An image whose weights are all
+    0 contributes 0 to the batch mean.
+
     Args:
         logits: ``(B, 1, H, W)`` raw network outputs.
         mask: ``(B, 1, H, W)`` target in ``[0, 1]`` (soft values allowed, e.g. after resizing).
+        pixel_weight: Optional ``(B, 1, H, W)`` non-negative trust per pixel.
         weighted_bce: Weight the BCE term by ``w``; ``False`` gives the plain mean BCE.
 
     Returns:
@@ -59,13 +65,24 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor, *, weighted_bce: bo
             f"{tuple(mask.shape)}")
     mask = mask.to(logits.dtype)
     weight = structure_weight(mask)
+    if pixel_weight is not None:
+        if pixel_weight.shape != mask.shape:
+            raise ValueError(f"pixel_weight must have the mask's shape {tuple(mask.shape)}, got "
+                             f"{tuple(pixel_weight.shape)}")
+        weight = weight * pixel_weight.to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
+    total = weight.sum(dim=(2, 3))
     if weighted_bce:
-        wbce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
+        wbce = (weight * bce).sum(dim=(2, 3)) / total.clamp_min(1e-6)
+    elif pixel_weight is not None:
+        pw = pixel_weight.to(logits.dtype)
+        wbce = (pw * bce).sum(dim=(2, 3)) / pw.sum(dim=(2, 3)).clamp_min(1e-6)
     else:
         wbce = bce.mean(dim=(2, 3))
     prob = torch.sigmoid(logits)
     inter = (prob * mask * weight).sum(dim=(2, 3))
     union = ((prob + mask) * weight).sum(dim=(2, 3))
     wiou = 1.0 - (inter + 1.0) / (union - inter + 1.0)
+    if pixel_weight is not None:
+        wiou = torch.where(total > 0, wiou, torch.zeros_like(wiou))
     return (wbce + wiou).mean()

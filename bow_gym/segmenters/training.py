@@ -74,19 +74,20 @@ def _outputs(out: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [out] if isinstance(out, torch.Tensor) else list(out)
 
 
-def segmentation_loss(out: torch.Tensor | Sequence[torch.Tensor], mask: torch.Tensor, *,
+def segmentation_loss(out: torch.Tensor | Sequence[torch.Tensor], mask: torch.Tensor,
+                      pixel_weight: torch.Tensor | None = None, *,
                       weighted_bce: bool = True) -> torch.Tensor:
     """Structure loss summed over a model's outputs (one tensor or a list of side outputs).
 
     Each output is upsampled bilinearly to the mask's size first (deep supervision at any scale).
-    ``weighted_bce`` is passed to :func:`structure_loss`.
+    ``pixel_weight`` (the mask's shape) and ``weighted_bce`` are passed to :func:`structure_loss`.
     """
     total = None
     for logits in _outputs(out):
         if logits.shape[-2:] != mask.shape[-2:]:
             logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear",
                                    align_corners=False)
-        loss = structure_loss(logits, mask, weighted_bce=weighted_bce)
+        loss = structure_loss(logits, mask, pixel_weight, weighted_bce=weighted_bce)
         total = loss if total is None else total + loss
     if total is None:
         raise ValueError("the model returned no output")
@@ -114,6 +115,7 @@ def train_segmenter(
     masks: Sequence[np.ndarray],
     config: SegmenterConfig,
     *,
+    weights: Sequence[np.ndarray] | None = None,
     writer: Any | None = None,
     global_step: int = 0,
 ) -> dict[str, Any]:
@@ -141,6 +143,9 @@ def train_segmenter(
         images: RGB uint8 ``(H, W, 3)`` arrays of any sizes.
         masks: One bool ``(H', W')`` mask per image, any size (need not equal the image's).
         config: Training settings.
+        weights: Optional trust per pixel, one float ``(H', W')`` map in ``[0, 1]`` per mask (the
+            mask's size): multiplies the loss of each pixel (:func:`structure_loss`); 0 ignores a
+            pixel. Resized like the masks and augmented with them (quantised to 1/255).
         writer: Optional TensorBoard ``SummaryWriter``; logs ``losses/segmenter`` every step.
         global_step: Step number of the first logged step (to continue a curve across calls).
 
@@ -165,6 +170,21 @@ def train_segmenter(
         if mask.ndim != 2 or 0 in mask.shape:
             raise ValueError(f"masks[{i}] must be a non-empty 2-D array, got shape {mask.shape}")
         y_all[i] = _resize_mask(mask != 0, size)
+    w_all = None
+    if weights is not None:
+        if len(weights) != len(masks):
+            raise ValueError(f"weights and masks differ in length: {len(weights)} weight maps "
+                             f"but {len(masks)} masks")
+        w_all = np.empty((len(masks), size, size), np.uint8)
+        for i, w in enumerate(weights):
+            w = np.asarray(w, dtype=np.float32)
+            if w.shape != np.asarray(masks[i]).shape:
+                raise ValueError(f"weights[{i}] must have the shape of masks[{i}] "
+                                 f"{np.asarray(masks[i]).shape}, got {w.shape}")
+            if not np.all(np.isfinite(w)) or w.min() < 0 or w.max() > 1:
+                raise ValueError(f"weights[{i}] must hold values in [0, 1]")
+            interp = cv2.INTER_AREA if min(w.shape) >= size else cv2.INTER_LINEAR
+            w_all[i] = np.round(cv2.resize(w, (size, size), interpolation=interp) * 255)
 
     device = torch.device(resolve_device(config.device))
     n = len(x_all)
@@ -200,23 +220,35 @@ def train_segmenter(
                 for b in range(steps_per_epoch):
                     idx = order[b * config.batch_size:(b + 1) * config.batch_size]
                     xb, yb = x_all[idx], y_all[idx]
+                    wb = None if w_all is None else w_all[idx]
                     if config.augment:
-                        pairs = [augment_pair(xb[j], yb[j], rng) for j in range(len(idx))]
+                        if wb is None:
+                            pairs = [augment_pair(xb[j], yb[j], rng) for j in range(len(idx))]
+                        else:
+                            pairs = [augment_pair(xb[j], yb[j], rng, extra=wb[j])
+                                     for j in range(len(idx))]
+                            wb = np.stack([p[2] for p in pairs])
                         xb = np.stack([p[0] for p in pairs])
                         yb = np.stack([p[1] for p in pairs])
                     x = to_tensor(xb).to(device)
                     y = torch.from_numpy(yb).unsqueeze(1).float().to(device)
+                    w = (None if wb is None else
+                         torch.from_numpy(wb).unsqueeze(1).float().div_(255.0).to(device))
                     for side in sizes:
+                        ws = w
                         if side != size:
                             xs = F.interpolate(x, size=(side, side), mode="bilinear",
                                                align_corners=True)
                             ys = F.interpolate(y, size=(side, side), mode="bilinear",
                                                align_corners=True)
+                            if w is not None:
+                                ws = F.interpolate(w, size=(side, side), mode="bilinear",
+                                                   align_corners=True)
                         else:
                             xs, ys = x, y
                         for group in optimizer.param_groups:
                             group["lr"] = lr_at(config, step, total_steps, epoch)
-                        loss = segmentation_loss(model(xs), ys,
+                        loss = segmentation_loss(model(xs), ys, ws,
                                                  weighted_bce=config.weighted_bce)
                         value = float(loss.detach())
                         if not math.isfinite(value):  # before the step spoils the weights
