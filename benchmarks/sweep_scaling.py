@@ -174,93 +174,127 @@ def scaling(args: argparse.Namespace, run: lib.results.BenchmarkRun) -> None:
     print(f"ray_overhead_vs_pool: {ratio:.3f}")
 
 
-def faults(args: argparse.Namespace, run: lib.results.BenchmarkRun) -> None:
-    import psutil
+class NodeKiller(threading.Thread):
+    """Kills the cluster's last node ``kills`` times, each time once one of its workers is
+    running a :func:`probe_unit` that has not finished (seen in the ledger), a moment into it;
+    starts a new node after each kill but the last. Bounded: gives up after ``wait`` seconds
+    without a unit on the node. ``finished`` holds the keys of units whose result arrived."""
 
+    def __init__(self, cluster, ledger: Path, kills: int, delay: float = 0.5,
+                 wait: float = 120.0) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.ledger, self.target, self.delay, self.wait = (
+            cluster, ledger, kills, delay, wait)
+        self.node = cluster.nodes[-1]
+        self.kills: list[dict[str, Any]] = []
+        self.finished: set[str] = set()
+        self.done = threading.Event()
+        self.t0 = time.perf_counter()
+
+    def _running_on_node(self) -> bool:
+        import psutil
+
+        try:
+            pids = {p.pid for p in psutil.Process(self.node.process.pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            return False
+        for f in self.ledger.glob("*.txt"):
+            lines = f.read_text().split()
+            if lines and int(lines[-1]) in pids and f.stem.replace("_", "/") not in self.finished:
+                return True
+        return False
+
+    def run(self) -> None:
+        while len(self.kills) < self.target and not self.done.is_set():
+            deadline = time.monotonic() + self.wait
+            while not self._running_on_node():
+                if self.done.is_set() or time.monotonic() > deadline:
+                    return
+                time.sleep(0.1)
+            time.sleep(self.delay)  # into the unit, not at its start
+            t = time.perf_counter()
+            self.cluster.kill_node(self.node)
+            self.kills.append({"kill": len(self.kills) + 1,
+                               "at_s": round(time.perf_counter() - self.t0, 1)})
+            print(f"  kill {len(self.kills)}: the node's raylet killed at "
+                  f"{self.kills[-1]['at_s']} s", flush=True)
+            if len(self.kills) < self.target:
+                self.node = self.cluster.add_node(num_cpus=1)
+                self.kills[-1]["restart_s"] = round(time.perf_counter() - t, 1)
+
+    def stop(self, timeout: float = 180.0) -> None:
+        self.done.set()
+        self.join(timeout=timeout)
+
+
+def probe_units(n: int, seconds: float, ledger: Path) -> list:
+    """``n`` :func:`probe_unit` sweep units (keys ``probe/u000``...)."""
+    from bow_gym.sweep import SweepUnit
+
+    return [SweepUnit(f"probe/u{i:03d}", probe_unit,
+                      {"key": f"probe/u{i:03d}", "seconds": seconds, "ledger": str(ledger)},
+                      {"seconds": seconds}) for i in range(n)]
+
+
+def check_exactly_once(units: list, results: list[dict[str, Any]], folder: Path,
+                       ledger: Path) -> dict[str, Any]:
+    """What a fault-injected probe sweep left: lost and duplicated units, wrong values,
+    attempts per unit (from the ledger)."""
+    keys = [u.key for u in units]
+    files = sorted(p.relative_to(folder).with_suffix("").as_posix()
+                   for p in folder.rglob("*.json"))
+    saved = {k: json.loads((folder / f"{k}.json").read_text()) for k in keys if k in files}
+    attempts = {}
+    for k in keys:
+        f = ledger / f"{k.replace('/', '_')}.txt"
+        attempts[k] = len(f.read_text().split()) if f.is_file() else 0
+    return {"units": len(keys), "results": len(results), "result_files": len(files),
+            "lost": [k for k in keys if k not in saved],
+            "duplicated": len(files) - len(set(files)) + len([f for f in files if f not in keys]),
+            "wrong_values": [k for k, r in saved.items()
+                             if r["value"] != probe_value(k) or r["unit"] != k]
+            + [u.key for u, r in zip(units, results, strict=False)
+               if r["value"] != probe_value(u.key)],
+            "attempts_total": sum(attempts.values()),
+            "units_run_again": {k: n for k, n in attempts.items() if n > 1}}
+
+
+def faults(args: argparse.Namespace, run: lib.results.BenchmarkRun) -> None:
     from bow_gym.ray_cluster import LoopbackCluster
-    from bow_gym.sweep import SweepOptions, SweepUnit, run_sweep
+    from bow_gym.sweep import SweepOptions, run_sweep
 
     out = run.out
     folder, ledger = out / "sweep", out / "ledger"
     for d in (folder, ledger):
         if d.exists():
             shutil.rmtree(d)
-    units = [SweepUnit(f"probe/u{i:03d}", probe_unit,
-                       {"key": f"probe/u{i:03d}", "seconds": args.fault_seconds,
-                        "ledger": str(ledger)}, {"seconds": args.fault_seconds})
-             for i in range(args.fault_units)]
-    kills: list[dict[str, Any]] = []
-    done = threading.Event()
+    units = probe_units(args.fault_units, args.fault_seconds, ledger)
     with LoopbackCluster(head_cpus=1) as cluster:
-        state = {"node": cluster.add_node(num_cpus=1)}
+        cluster.add_node(num_cpus=1)
         print(f"loopback cluster {cluster.address}: head 1 CPU + node 1 CPU; "
               f"{len(units)} units of {args.fault_seconds} s; {args.faults} kills")
-
-        def running_on(node) -> bool:
-            try:
-                pids = {p.pid for p in psutil.Process(node.process.pid).children(recursive=True)}
-            except psutil.NoSuchProcess:
-                return False
-            for f in ledger.glob("*.txt"):
-                lines = f.read_text().split()
-                if lines and int(lines[-1]) in pids and f.stem.replace("_", "/") not in finished:
-                    return True
-            return False
-
-        finished: set[str] = set()
-
-        def killer() -> None:
-            while len(kills) < args.faults and not done.is_set():
-                deadline = time.monotonic() + 120
-                while not running_on(state["node"]) and not done.is_set():
-                    if time.monotonic() > deadline:
-                        return
-                    time.sleep(0.1)
-                if done.is_set():
-                    return
-                time.sleep(min(0.5, args.fault_seconds / 4))  # mid-unit
-                t = time.perf_counter()
-                cluster.kill_node(state["node"])
-                kills.append({"kill": len(kills) + 1, "at_s": round(time.perf_counter() - t0, 1)})
-                print(f"  kill {len(kills)}: node's raylet killed at {kills[-1]['at_s']} s")
-                if len(kills) < args.faults:
-                    state["node"] = cluster.add_node(num_cpus=1)
-                    kills[-1]["restart_s"] = round(time.perf_counter() - t, 1)
-
-        t0 = time.perf_counter()
-        thread = threading.Thread(target=killer, daemon=True)
-        thread.start()
+        killer = NodeKiller(cluster, ledger, args.faults, delay=min(0.5, args.fault_seconds / 4))
+        killer.start()
         try:
             results = run_sweep(units, folder, SweepOptions(
                 backend="ray", ray_address=cluster.address, retries=args.faults + 5,
                 resume=False, progress=not args.no_progress),
-                on_result=lambda u, r, reused: finished.add(u.key))
+                on_result=lambda u, r, reused: killer.finished.add(u.key))
         finally:
-            done.set()
-            thread.join(timeout=180)
-    wall = time.perf_counter() - t0
-    files = sorted(p.relative_to(folder).with_suffix("").as_posix()
-                   for p in folder.rglob("*.json"))
-    keys = [u.key for u in units]
-    lost = [k for k in keys if k not in files]
-    duplicated = len(files) - len(set(files)) + len([f for f in files if f not in keys])
-    saved = {k: json.loads((folder / f"{k}.json").read_text()) for k in keys if k in files}
-    wrong = [k for k, r in saved.items() if r["value"] != probe_value(k) or r["unit"] != k]
-    attempts = {k: len((ledger / f"{k.replace('/', '_')}.txt").read_text().split())
-                for k in keys if (ledger / f"{k.replace('/', '_')}.txt").is_file()}
-    rerun = {k: n for k, n in attempts.items() if n > 1}
-    res = {"kills": kills, "units": len(units), "results": len(results), "result_files": len(files),
-           "lost": lost, "duplicated": duplicated, "wrong_values": wrong,
-           "attempts_total": sum(attempts.values()), "units_run_again": rerun,
+            killer.stop()
+    wall = time.perf_counter() - killer.t0
+    res = {"kills": killer.kills, **check_exactly_once(units, results, folder, ledger),
            "wall_s": wall, "settings": {k: v for k, v in vars(args).items()
                                         if not k.startswith("_")}, "machine": lib.machine()}
     lib.write_json(out / "faults.json", res)
     run.record(seeds=[], protocol=None, datasets=None)
-    print(f"{len(units)} units, {len(kills)} kills in {wall:.0f} s: {len(results)} results, "
-          f"{len(files)} result files, {sum(attempts.values())} attempts, "
-          f"{len(rerun)} units run again, wrong values {len(wrong)}")
+    print(f"{res['units']} units, {len(killer.kills)} kills in {wall:.0f} s: {res['results']} "
+          f"results, {res['result_files']} result files, {res['attempts_total']} attempts, "
+          f"{len(res['units_run_again'])} units run again, wrong values "
+          f"{len(res['wrong_values'])}")
     print(f"wrote {out}/faults.json, run.json")
-    print(f"units_lost: {len(lost)} units_duplicated: {duplicated} kills: {len(kills)}")
+    print(f"units_lost: {len(res['lost'])} units_duplicated: {res['duplicated']} "
+          f"kills: {len(killer.kills)}")
 
 
 def _figure(path: Path, summary, rows, args) -> None:
