@@ -46,6 +46,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks import lib
+from bow_gym.sweep import (
+    SweepUnit,
+    add_sweep_arguments,
+    run_sweep,
+    sweep_file_argv,
+    sweep_options,
+)
 
 #: variant -> (label, config overrides); DINOv2 variants need weights.
 DINO_VARIANTS = {
@@ -68,6 +75,45 @@ CPU_VARIANTS = {
 }
 #: Every row --variants may name.
 VARIANT_NAMES = [*DINO_VARIANTS, *CPU_VARIANTS, "supervised"]
+#: Sweep-file keys (``--sweep FILE``) and the flags they stand for.
+SWEEP_KEYS = {"config": "--config", "seeds": "--seeds", "rounds": "--rounds", "limit": "--limit",
+              "variants": "--variants", "protocol": "--protocol"}
+
+
+def variant_unit(config: str, overrides: dict[str, Any], run_dir: str,
+                 supervised: bool = False) -> dict[str, Any]:
+    """One variant x seed of the ablation (a :mod:`bow_gym.sweep` unit): its metric rows.
+
+    ``supervised``: the segmenter is trained on the ground truth (the upper bound); the others
+    run the multi-round pipeline in ``run_dir`` (resumed if it holds a run of the same config).
+    """
+    from bow_gym.rounds import load_config, run_rounds, train_supervised
+
+    cfg = load_config(config, **overrides)
+    if supervised:
+        rows = train_supervised(cfg, run_dir)
+        return {"rows": [{**r, "round": rr, "target": "prediction"} for r in rows
+                         for rr in (3, 5)]}
+    return {"rows": run_rounds(cfg, run_dir)}
+
+
+def ablation_units(config: str, base: dict[str, Any], variants: dict[str, tuple], wanted: list[str],
+                   seeds: list[int], out: Path) -> list[SweepUnit]:
+    """The sweep units of the rows that run: one per variant and seed, result beside its run
+    folder (``<out>/runs/<variant>-s<seed>.json``)."""
+    units = []
+    for key in wanted:
+        over = variants[key][1]
+        if over is None:  # "not run" rows
+            continue
+        for seed in seeds:
+            name = f"{key}-s{seed}"
+            overrides = {**base, **over, "seed": seed, "name": name, "progress": False}
+            units.append(SweepUnit(f"runs/{name}", variant_unit, {
+                "config": config, "overrides": overrides, "run_dir": str(out / "runs" / name),
+                "supervised": key == "supervised"},
+                {"config": config, "overrides": overrides}))
+    return units
 
 
 def _summary(rows: list[dict[str, Any]], r: int, target: str, key: str) -> float:
@@ -110,10 +156,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config field for every variant (TOML value), repeatable")
     lib.add_output_arguments(p, "ablation")
+    add_sweep_arguments(p, file_keys=list(SWEEP_KEYS))
+    argv = sweep_file_argv(lib.results.command_argv(argv), SWEEP_KEYS)
     args = p.parse_args(argv)
+    options = sweep_options(p, args)
 
     from bow_gym.figures import make_figures
-    from bow_gym.rounds import load_config, parse_set, run_rounds, train_supervised
+    from bow_gym.rounds import load_config, parse_set
 
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -155,6 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     out = run.out
 
     table, per_variant, run_dirs, t0 = [], {}, {}, time.time()
+    # Every variant x seed is a unit of one sweep (sequentially, a process pool or Ray:
+    # --jobs, --backend, --ray-address); finished units are reused on a re-run.
+    units = ablation_units(args.config, base, variants, wanted, seeds, out)
+    done = {unit.key: result["rows"] for unit, result in zip(
+        units, run_sweep(units, out, options, on_result=lambda u, r, reused: print(
+            f"{u.key}: done" + (" (reused)" if reused else ""))), strict=True)}
     for key in wanted:
         label, over, why = variants[key]
         if over is None:
@@ -163,21 +218,12 @@ def main(argv: list[str] | None = None) -> None:
             continue
         results, seconds = [], []
         for seed in seeds:
-            cfg = load_config(args.config, **{**base, **over, "seed": seed,
-                                              "name": f"{key}-s{seed}"})
-            run = out / "runs" / f"{key}-s{seed}"
-            t = time.time()
-            if key == "supervised":
-                rows = train_supervised(cfg, run)
-                rows = [{**r, "round": rr, "target": "prediction"}
-                        for r in rows for rr in (3, 5)]
-            else:
-                rows = run_rounds(cfg, run)
-                run_dirs.setdefault(key, run)
+            rows = done[f"runs/{key}-s{seed}"]
+            if key != "supervised":
+                run_dirs.setdefault(key, out / "runs" / f"{key}-s{seed}")
                 seconds += [float(r["seconds_total"]) for r in rows
                             if r["target"] == "prediction" and not r["fill_holes"]]
             results.append(rows)
-            print(f"{key} seed {seed}: {time.time() - t:.0f} s")
         per_variant[key] = results
         row: dict[str, Any] = {"variant": key, "label": label, "seeds": len(seeds)}
         for r in (1, 3, 5):
