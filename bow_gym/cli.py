@@ -134,6 +134,8 @@ def cmd_rounds(args: argparse.Namespace) -> int:
         overrides["root"] = args.root
     elif args.dataset:
         overrides["root"] = None  # another data set than the config's: not the config's folder
+    if args.seeds is not None or args.sweep:
+        return _rounds_sweep(args, overrides)
     config = load_config(args.config, **overrides)
     out = Path(args.out or f"runs/rounds/{config.name}")
     print(f"run {out}: {config.dataset} ({config.protocol}), agent {config.agent}, backbone "
@@ -150,6 +152,43 @@ def cmd_rounds(args: argparse.Namespace) -> int:
               f"{row['hd95_mean']:>7.1f} {row['better_share']:>6.2f} "
               f"{row.get('seconds_total', float('nan')):>7.1f}")
     print(f"wrote {out / 'metrics.csv'}; figures: bow-gym figures {out}")
+    return 0
+
+
+def _rounds_sweep(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """``bow-gym rounds --seeds/--sweep``: every variant x seed as a unit of one sweep."""
+    import numpy as np
+
+    from bow_gym.rounds import load_config
+    from bow_gym.rounds_sweep import parse_seeds, read_rounds_sweep, run_rounds_sweep
+    from bow_gym.sweep import SweepOptions
+
+    if "seed" in overrides:
+        raise ValueError("--seed runs one seed; give the seeds of a sweep with --seeds")
+    seeds, variants, scheduler = read_rounds_sweep(args.sweep) if args.sweep else (None, None, {})
+    if args.seeds is not None:
+        seeds = parse_seeds(args.seeds, "--seeds")
+    config = load_config(args.config, **overrides)
+    seeds = seeds or [config.seed]
+    # The file's scheduling keys, then the flags given on the command line.
+    given = {"backend": args.backend, "ray_address": args.ray_address, "threads": args.threads,
+             "jobs": args.jobs if args.jobs != 1 else None,
+             "retries": args.retries if args.retries != 3 else None}
+    options = SweepOptions(**{**scheduler, **{k: v for k, v in given.items() if v is not None}},
+                           resume=not args.no_resume)
+    out = Path(args.out or f"runs/rounds/{config.name}-sweep")
+    names = list(variants or {"base": {}})
+    print(f"sweep {out}: {config.dataset} ({config.protocol}), variants {', '.join(names)} x seeds "
+          f"{seeds}, {options.resolved_backend} ({options.ray_address or f'{options.jobs} at a time'})")
+    rows = run_rounds_sweep(args.config, overrides, seeds, variants, out, options)
+    print(f"{'variant':<20} {'round':>5} {'prediction dice, mean over seeds':>33}")
+    for name in names:
+        pred = [r for r in rows if r["variant"] == name and r["target"] == "prediction"
+                and not r["fill_holes"]]
+        for rnd in sorted({r["round"] for r in pred}):
+            dice = [r["dice_mean"] for r in pred if r["round"] == rnd]
+            print(f"{name:<20} {rnd:>5} {float(np.mean(dice)):>10.3f} ({len(dice)} seeds)")
+    print(f"wrote {out / 'sweep.csv'}; figures: bow-gym figures {out}/*-s*/")
     return 0
 
 
@@ -247,8 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any config field, value in TOML syntax (repeatable), e.g. "
                    "--set 'segmenter_kwargs={epochs=2}'")
-    p.add_argument("--out", help="run folder (default runs/rounds/<name>); resumed if present")
+    p.add_argument("--out", help="run folder (default runs/rounds/<name>, with --seeds or --sweep "
+                   "runs/rounds/<name>-sweep); resumed if present")
     p.add_argument("--no-resume", action="store_true", help="refuse to reuse an existing run")
+    p.add_argument("--seeds", help="a sweep over seeds (0,1,2 or a count): one run per seed "
+                   "(and variant, with --sweep) in <out>/<variant>-s<seed>/ (bow_gym.rounds_sweep)")
+    from bow_gym.rounds_sweep import FILE_KEYS
+    from bow_gym.sweep import add_sweep_arguments
+
+    add_sweep_arguments(p, file_keys=FILE_KEYS, resume=False)
     p.set_defaults(func=cmd_rounds)
 
     p = sub.add_parser("figures", help=cmd_figures.__doc__)
@@ -265,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError, GymError) as e:
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError, GymError, ImportError) as e:
         # Bad input and unavailable weights (RuntimeError, e.g. DINOv2 offline) are the user's to
         # fix: one line naming what is wrong, not a traceback.
         print(f"bow-gym {args.command}: error: {e}", file=sys.stderr)

@@ -478,10 +478,10 @@ def _run_ray(driver: _Driver, todo: list[int]) -> None:
 
 # --------------------------------------------------------------------------- command lines
 def add_sweep_arguments(parser: argparse.ArgumentParser, *, file_keys: Sequence[str] = (),
-                        resume_default: bool = True) -> None:
+                        resume: bool = True) -> None:
     """The scheduling flags: ``--backend``, ``--jobs``, ``--ray-address``, ``--threads``,
-    ``--retries``, ``--resume/--no-resume``, and ``--sweep FILE`` (whose keys are
-    ``file_keys`` and :data:`SCHEDULER_KEYS`)."""
+    ``--retries``, ``--resume/--no-resume`` (unless ``resume=False``: the parser has its own),
+    and ``--sweep FILE`` (whose keys are ``file_keys`` and :data:`SCHEDULER_KEYS`)."""
     group = parser.add_argument_group("scheduling (bow_gym.sweep; docs/scaling.md)")
     group.add_argument("--backend", choices=BACKENDS,
                        help="how units run: sequential, pool (--jobs processes here) or ray "
@@ -495,9 +495,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, *, file_keys: Sequence[
     group.add_argument("--threads", type=int, help="torch threads of each unit")
     group.add_argument("--retries", type=int, default=3,
                        help="runs of a unit after its worker process or node died (default 3)")
-    group.add_argument("--resume", action=argparse.BooleanOptionalAction, default=resume_default,
-                       help="reuse the results of finished units saved under the output folder "
-                            "with the same settings (default: %(default)s)")
+    if resume:
+        group.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                           help="reuse the results of finished units saved under the output "
+                                "folder with the same settings (default: %(default)s)")
     keys = ", ".join([*file_keys, *SCHEDULER_KEYS])
     group.add_argument("--sweep", metavar="FILE",
                        help=f"a TOML or JSON file standing for flags; its keys: {keys} "
@@ -517,8 +518,8 @@ def sweep_options(parser: argparse.ArgumentParser, args: argparse.Namespace,
     if args.ray_address and args.backend not in (None, "ray"):
         parser.error(f"--ray-address needs --backend ray, not {args.backend}")
     return SweepOptions(backend=args.backend, jobs=args.jobs, ray_address=args.ray_address,
-                        threads=args.threads, retries=args.retries, resume=args.resume,
-                        progress=progress)
+                        threads=args.threads, retries=args.retries,
+                        resume=getattr(args, "resume", True), progress=progress)
 
 
 def read_sweep_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -199,3 +199,35 @@ def test_ray_gives_the_numbers_of_a_sequential_run_and_retries_lost_workers(tmp_
     assert _attempts(ledger) == {0: 1, 1: 1, 2: 1}  # the dead run never reached its ledger line
     assert sorted(p.name for p in (tmp_path / "die" / "part").iterdir()) == [
         "u0.json", "u1.json", "u2.json"]
+
+
+@pytest.mark.slow
+def test_rounds_over_seeds_and_variants_equals_single_runs(tmp_path, capsys):
+    from bow_gym.cli import main as cli
+    from bow_gym.io_utils import read_csv
+
+    tiny = ["--rounds", "1", "--limit", "12", "--set", "segmenter_kwargs={epochs=1, size=64}",
+            "--set", "feature_cache='none'", "--set", "tensorboard=false"]
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text("seeds = 2\n[variants.random]\nagent = 'random'\n"
+                     "[variants.gt]\nagent = 'gt'\n")
+    out = tmp_path / "sweep"
+    assert cli(["rounds", *tiny, "--sweep", str(sweep), "--seeds", "0,1", "--out",
+                str(out)]) == 0
+    rows = read_csv(out / "sweep.csv")
+    assert sorted({(r["variant"], r["seed"]) for r in rows}) == [
+        ("gt", "0"), ("gt", "1"), ("random", "0"), ("random", "1")]
+    assert (out / "random-s1" / "round_01" / "done.json").is_file()
+    # The sweep's run of random seed 1 is the run `bow-gym rounds --seed 1` makes.
+    assert cli(["rounds", *tiny, "--agent", "random", "--seed", "1", "--name", "random-s1",
+                "--set", "progress=false", "--out", str(tmp_path / "single")]) == 0
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())["rows"]
+    swept = json.loads((out / "random-s1.json").read_text())["rows"]
+    drop = lambda rs: [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in rs]  # noqa: E731
+    assert drop(swept) == drop(single)
+    # Run again: every run is reused; --seed with --seeds is refused.
+    capsys.readouterr()
+    assert cli(["rounds", *tiny, "--sweep", str(sweep), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("(reused)") == 4
+    assert cli(["rounds", "--seed", "1", "--seeds", "0,1"]) == 2
+    assert "give the seeds of a sweep with --seeds" in capsys.readouterr().err
