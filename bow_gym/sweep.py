@@ -12,8 +12,9 @@ Backends (:class:`SweepOptions`)
 * ``pool``: ``jobs`` spawned processes on this machine (``concurrent.futures``): the fallback
   without Ray (the default with ``jobs > 1``);
 * ``ray``: Ray tasks (``pip install "bow-gym[ray]"``), on a local Ray started for the sweep
-  (``ray.init(num_cpus=jobs, include_dashboard=False)``, stopped after it) or on an existing
-  cluster (``ray_address``, e.g. ``10.0.0.5:6379``; the default backend when it is given).
+  (``ray.init(num_cpus=jobs, include_dashboard=False)`` on 127.0.0.1 only, stopped after it) or
+  on an existing cluster (``ray_address``, e.g. ``10.0.0.5:6379``; the default backend when it
+  is given).
 
 What every backend guarantees
 -----------------------------
@@ -435,7 +436,8 @@ def _run_ray(driver: _Driver, todo: list[int]) -> None:
     options = driver.options
     threads = options.unit_threads()
     connected_here = not ray.is_initialized()
-    loopback = is_loopback(options.ray_address)
+    # A local Ray started for the sweep serves this machine only: it stays on 127.0.0.1.
+    loopback = is_loopback(options.ray_address) or not options.ray_address
     with contextlib.ExitStack() as stack:
         if loopback:
             stack.enter_context(keep_loopback())
@@ -445,10 +447,10 @@ def _run_ray(driver: _Driver, todo: list[int]) -> None:
             job = JobConfig(code_search_path=_code_roots(driver))
             kwargs: dict[str, Any] = {"job_config": job, "log_to_driver": False,
                                       "include_dashboard": False}
+            if loopback:
+                kwargs["_node_ip_address"] = LOOPBACK
             if options.ray_address:
                 kwargs.pop("include_dashboard")
-                if loopback:
-                    kwargs["_node_ip_address"] = LOOPBACK
                 ray.init(address=options.ray_address, **kwargs)
             else:
                 ray.init(num_cpus=options.jobs, **kwargs)
