@@ -4,7 +4,7 @@ started by torchrun (gloo, 127.0.0.1 only) against one process.
 Tolerances: a model without BatchNorm follows the one-process loss curve to 1e-5 (relative; float
 sums in another order) and ends with the same weights to 1e-5. The light U-Net's BatchNorm
 normalises each process's part of a batch by that part's statistics on CPUs (torch's
-SyncBatchNorm needs GPUs), so its curve may differ by up to 2% (0.5% measured).
+SyncBatchNorm needs GPUs), so its curve may differ by up to 2%.
 """
 
 from __future__ import annotations
