@@ -192,8 +192,16 @@ def test_ray_gives_the_numbers_of_a_sequential_run_and_retries_lost_workers(tmp_
 
     ledger = tmp_path / "ledger"
     ledger.mkdir()
+    addresses: set[str] = set()
+
+    def note_addresses(unit, result, reused) -> None:
+        import ray
+
+        addresses.update(n["NodeManagerAddress"] for n in ray.nodes())
+
     results = run_sweep(_units(die_once, ledger), tmp_path / "die", SweepOptions(
-        backend="ray", jobs=2, threads=1, progress=False))
+        backend="ray", jobs=2, threads=1, progress=False), on_result=note_addresses)
+    assert addresses == {"127.0.0.1"}  # the local Ray started for the sweep: loopback only
     assert [r["square"] for r in results] == [0, 1, 4]
     assert (ledger / "died-1").exists()
     assert _attempts(ledger) == {0: 1, 1: 1, 2: 1}  # the dead run never reached its ledger line
