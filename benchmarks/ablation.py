@@ -54,6 +54,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks import lib
+from bow_gym.sweep import (
+    SweepUnit,
+    add_sweep_arguments,
+    run_sweep,
+    sweep_file_argv,
+    sweep_options,
+)
 
 #: Rows: name -> (label, config overrides); ``None`` marks the supervised upper bound. ``AGENT``
 #: stands for ``--agent``.
@@ -71,6 +78,24 @@ ROWS: dict[str, tuple[str, dict[str, Any] | None]] = {
 PAIRS = (("full", "no_adapt"), ("no_adapt", "random"), ("full", "random"),
          ("full", "full_reinforce"))
 PROTOCOLS = ("heldout", "transductive")
+#: Sweep-file keys (``--sweep FILE``) and the flags they stand for.
+SWEEP_KEYS = {"config": "--config", "seeds": "--seeds", "rounds": "--rounds", "limit": "--limit",
+              "rows": "--rows", "protocols": "--protocols", "agent": "--agent"}
+
+
+def row_unit(config: str, overrides: dict[str, Any], run_dir: str,
+             supervised: bool = False) -> dict[str, Any]:
+    """One protocol x row x seed of the ablation (a :mod:`bow_gym.sweep` unit): its metric rows.
+
+    ``supervised``: the segmenter trained on the ground truth (the upper bound); the other rows
+    run the multi-round pipeline in ``run_dir`` (resumed if it holds a run of the same config).
+    """
+    from bow_gym.rounds import load_config, run_rounds, train_supervised
+
+    cfg = load_config(config, **overrides)
+    if supervised:
+        return {"rows": train_supervised(cfg, run_dir)}
+    return {"rows": run_rounds(cfg, run_dir)}
 
 
 def read_per_image(run: Path, r: int, target: str = "prediction") -> dict[str, float]:
@@ -156,11 +181,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config field for every row (TOML value), repeatable")
     lib.add_output_arguments(p, "ablation")
+    # A unit is one protocol x row x seed (run folder <out>/runs/<protocol>/<row>-s<seed>):
+    # sequentially, on a process pool or on Ray (docs/scaling.md); finished units are reused.
+    add_sweep_arguments(p, file_keys=list(SWEEP_KEYS))
+    argv = sweep_file_argv(lib.results.command_argv(argv), SWEEP_KEYS)
     args = p.parse_args(argv)
+    options = sweep_options(p, args)
 
     from bow_gym.agent_registry import list_agents
     from bow_gym.figures import make_figures
-    from bow_gym.rounds import load_config, parse_set, run_rounds, train_supervised
+    from bow_gym.rounds import load_config, parse_set
 
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
@@ -214,10 +244,24 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     result: dict[str, Any] = {"seeds": seeds, "config": args.config, "agent": args.agent,
                               "base": base, "rounds": args.rounds, "protocols": {}}
+    units = []
+    for protocol in protocols:
+        for key in rows_wanted:
+            over = ROWS[key][1]
+            for seed in seeds:
+                name = f"{key}-s{seed}"
+                overrides = {**base, **_agent(over or {}, args.agent), "protocol": protocol,
+                             "seed": seed, "name": name, "progress": False}
+                units.append(SweepUnit(f"runs/{protocol}/{name}", row_unit, {
+                    "config": args.config, "overrides": overrides,
+                    "run_dir": str(out / "runs" / protocol / name), "supervised": over is None},
+                    {"config": args.config, "overrides": overrides}))
+    results = run_sweep(units, out, options, on_result=lambda u, r, reused: print(
+        f"{u.key}: done" + (" (reused)" if reused else "")))
+    done = {u.key: r["rows"] for u, r in zip(units, results, strict=True)}
     table, paired_rows = [], []
     for protocol in protocols:
-        res = _run_protocol(protocol, rows_wanted, seeds, args, base, out / "runs" / protocol,
-                            load_config, run_rounds, train_supervised)
+        res = _run_protocol(protocol, rows_wanted, seeds, args, out / "runs" / protocol, done)
         result["protocols"][protocol] = res["summary"]
         table += res["table"]
         paired_rows += res["paired"]
@@ -252,30 +296,15 @@ def _agent(over: dict[str, Any], agent: str) -> dict[str, Any]:
 
 
 def _run_protocol(protocol: str, rows_wanted: list[str], seeds: list[int],
-                  args: argparse.Namespace, base: dict[str, Any], runs: Path,
-                  load_config, run_rounds, train_supervised) -> dict[str, Any]:
-    """Every row x seed of one protocol, then its table and paired differences."""
-    from tqdm.auto import tqdm
-
+                  args: argparse.Namespace, runs: Path,
+                  done: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One protocol's table and paired differences from its units' metric rows (``done``)."""
     dirs: dict[str, list[Path]] = {}
     metrics: dict[str, list[list[dict[str, Any]]]] = {}
-    bar = tqdm(total=len(rows_wanted) * len(seeds), desc=f"ablation ({protocol})", unit="run")
     for key in rows_wanted:
-        over = ROWS[key][1]
         for seed in seeds:
-            cfg = load_config(args.config, **{**base, **_agent(over or {}, args.agent),
-                                              "protocol": protocol, "seed": seed,
-                                              "name": f"{key}-s{seed}", "progress": False})
-            folder = runs / f"{key}-s{seed}"
-            bar.set_postfix(row=key, seed=seed)
-            if over is None:
-                rows = train_supervised(cfg, folder)
-            else:
-                rows = run_rounds(cfg, folder)
-            dirs.setdefault(key, []).append(folder)
-            metrics.setdefault(key, []).append(rows)
-            bar.update(1)
-    bar.close()
+            dirs.setdefault(key, []).append(runs / f"{key}-s{seed}")
+            metrics.setdefault(key, []).append(done[f"runs/{protocol}/{key}-s{seed}"])
 
     rounds = args.rounds
     table: list[dict[str, Any]] = []

@@ -23,13 +23,79 @@ to ``benchmarks/results/click_budget/<run>/``. Last line:
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import lib
 from bow_gym.metrics import ground_truth_label
+from bow_gym.sweep import (
+    SweepUnit,
+    add_sweep_arguments,
+    run_sweep,
+    sweep_file_argv,
+    sweep_options,
+)
+
+#: Sweep-file keys (``--sweep FILE``) and the flags they stand for.
+SWEEP_KEYS = {"agents": "--agents", "budgets": "--budgets", "seeds": "--seeds",
+              "datasets": "--dataset", "eval_datasets": "--eval-dataset"}
+
+
+def _evaluation_envs(ds_name: str, cfg: dict[str, Any]) -> list[tuple[str, Any]]:
+    import gymnasium as gym
+
+    import bow_gym  # noqa: F401 - registers the envs
+
+    return [(label, gym.make("BetterWorseSeg-v0", **kw))
+            for label, kw in lib.evaluation_sets(ds_name, cfg)]
+
+
+def reference_unit(ds_name: str, cfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Random and ground-truth clicking on every evaluation set of a data set (a sweep unit)."""
+    from bow_gym.agent_registry import make_agent
+
+    runs = []
+    for label, env in _evaluation_envs(ds_name, cfg):
+        for name in ("random", "gt"):
+            # with the ground-truth groups of a data set with empty ground truth (lib.groundtruth)
+            for group, res in lib.evaluate_by_ground_truth(make_agent(name), env, seed).items():
+                runs.append({"dataset": ground_truth_label(label, group), "policy": name,
+                             "budget": 0, "seed": seed, "dice@5": res["dice"][-1],
+                             "better_share": res["better_share"], "train_s": 0.0})
+        env.close()
+    return {"runs": runs}
+
+
+def learner_unit(ds_name: str, cfg: dict[str, Any], seed: int, name: str, budget: int,
+                 folder: str) -> dict[str, Any]:
+    """One learner trained on ``budget`` answers, then evaluated greedily (a sweep unit)."""
+    t0 = time.time()
+    policy, _ = lib.train_learner(name, cfg["trainer"], seed, budget, Path(folder), False)
+    train_s = time.time() - t0
+    runs = []
+    for label, env in _evaluation_envs(ds_name, cfg):
+        for group, res in lib.evaluate_by_ground_truth(policy, env, seed).items():
+            runs.append({"dataset": ground_truth_label(label, group), "policy": name,
+                         "budget": budget, "seed": seed, "dice@5": res["dice"][-1],
+                         "better_share": res["better_share"], "train_s": train_s})
+        env.close()
+    return {"runs": runs}
+
+
+def _report(unit: SweepUnit, result: dict[str, Any], reused: bool) -> None:
+    from tqdm.auto import tqdm
+
+    for r in result["runs"]:
+        if r["budget"]:
+            tqdm.write(f"  seed {r['seed']} {r['dataset']:<12} {r['policy']:<22} "
+                       f"{r['budget']:>6} answers  dice@5 {r['dice@5']:.3f}  better "
+                       f"{r['better_share']:.2f}  train {r['train_s']:5.0f}s"
+                       + ("  (reused)" if reused else ""), file=sys.stdout)
 
 
 def _positive_ints(text: str, flag: str) -> list[int]:
@@ -52,56 +118,39 @@ def main(argv: list[str] | None = None) -> None:
                    help="training budgets to try, in expert answers (default 500,1000,2000,4000)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per budget (default 3)")
     lib.add_output_arguments(p, "click_budget")
+    # A unit is one learner x budget x seed of one data set (trained, then evaluated), or the
+    # reference clickers of one seed; results in OUT/runs/<data set>/<learner>-<budget>-seed<s>.json.
+    add_sweep_arguments(p, file_keys=list(SWEEP_KEYS))
     p.add_argument("--no-progress", action="store_true")
+    argv = sweep_file_argv(lib.results.command_argv(argv), SWEEP_KEYS)
     args = p.parse_args(argv)
+    options = sweep_options(p, args, progress=not args.no_progress)
     budgets = _positive_ints(args.budgets, "--budgets")
     learners = lib.learner_specs(args.agents)
     if args.seeds < 1:
         p.error(f"--seeds must be positive, got {args.seeds}")
 
-    import gymnasium as gym
-
-    import bow_gym  # noqa: F401
-    from bow_gym.agent_registry import make_agent
-
     sources, evals = lib.data_sources(p, args)
     cfgs = lib.data_configs(sources, evals=evals)
     run = lib.start_run("click_budget", argv, args.out, args.run)
     out = run.out
-    runs: list[dict[str, Any]] = []
+    units = []
     for ds_name, cfg in cfgs.items():
-        envs = [(label, gym.make("BetterWorseSeg-v0", **kw))
-                for label, kw in lib.evaluation_sets(ds_name, cfg)]
-        print(f"== {ds_name}: {len(envs[0][1].unwrapped.dataset)} held-out images, "
-              f"budgets {budgets}, {args.seeds} seeds")
+        print(f"== {ds_name}: budgets {budgets}, {args.seeds} seeds, learners {', '.join(learners)}")
+        settings = {"data": json.loads(json.dumps(cfg, default=str))}
         for seed in range(args.seeds):
-            for label, env in envs:
-                for name in ("random", "gt"):
-                    for group, res in lib.evaluate_by_ground_truth(make_agent(name), env,
-                                                                   seed).items():
-                        runs.append({"dataset": ground_truth_label(label, group),
-                                     "policy": name, "budget": 0, "seed": seed,
-                                     "dice@5": res["dice"][-1],
-                                     "better_share": res["better_share"], "train_s": 0.0})
+            units.append(SweepUnit(f"runs/{ds_name}/reference-seed{seed}", reference_unit,
+                                   {"ds_name": ds_name, "cfg": cfg, "seed": seed}, settings))
             for name in learners:
                 for budget in budgets:
-                    folder = out / "runs" / ds_name / f"{lib.run_name(name)}-{budget}-seed{seed}"
-                    t0 = time.time()
-                    policy, _ = lib.train_learner(name, cfg["trainer"], seed, budget, folder,
-                                              not args.no_progress)
-                    train_s = time.time() - t0
-                    for label, env in envs:
-                        groups = lib.evaluate_by_ground_truth(policy, env, seed)
-                        for group, res in groups.items():
-                            runs.append({"dataset": ground_truth_label(label, group),
-                                         "policy": name, "budget": budget, "seed": seed,
-                                         "dice@5": res["dice"][-1],
-                                         "better_share": res["better_share"],
-                                         "train_s": train_s})
-                            print(f"  seed {seed} {ground_truth_label(label, group):<12} "
-                                  f"{name:<22} {budget:>6} answers  dice@5 "
-                                  f"{res['dice'][-1]:.3f}  better {res['better_share']:.2f}  "
-                                  f"train {train_s:5.0f}s")
+                    key = f"runs/{ds_name}/{lib.run_name(name)}-{budget}-seed{seed}"
+                    units.append(SweepUnit(key, learner_unit, {
+                        "ds_name": ds_name, "cfg": cfg, "seed": seed, "name": name,
+                        "budget": budget, "folder": str(out / key)},
+                        {**settings, "learner": name}))
+    results = run_sweep(units, out, options, on_result=_report)
+    runs: list[dict[str, Any]] = [row for result in results for row in result["runs"]]
+    labels = list(dict.fromkeys(r["dataset"] for r in runs))
 
     # With the ground-truth groups of data sets that have empty ground truth (lib.groundtruth).
     labels = list(dict.fromkeys(r["dataset"] for r in runs))

@@ -55,6 +55,19 @@ import numpy as np
 
 from benchmarks import lib
 from bow_gym.metrics import ground_truth_label
+from bow_gym.sweep import (
+    SweepOptions,
+    SweepUnit,
+    add_sweep_arguments,
+    run_sweep,
+    sweep_file_argv,
+    sweep_options,
+)
+
+#: Sweep-file keys (``--sweep FILE``) and the flags they stand for.
+SWEEP_KEYS = {"agents": "--agents", "seeds": "--seeds", "splits": "--splits",
+              "datasets": "--dataset", "eval_datasets": "--eval-dataset", "answers": "--answers",
+              "transductive": "--transductive", "validation": "--validation"}
 
 
 def gaps_closed(summary: list[dict[str, Any]], learners: list[str]) -> dict[str, tuple[str, float]]:
@@ -142,87 +155,49 @@ def run_unit(unit: Unit, learners: list[str], answers: int, out: Path, progress:
     return rows, histories
 
 
-def _worker_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _run_and_save(unit: Unit, learners: list[str], answers: int, out: Path, fingerprint: dict,
-                  progress: bool):
-    rows, histories = run_unit(unit, learners, answers, out, progress)
-    # Written as soon as the run ends (atomically), so an interrupted benchmark can --resume.
-    lib.write_json(unit.result_path(out),
-               {"settings": fingerprint, "rows": rows, "histories": histories})
-    return rows, histories
+def unit_result(unit: Unit, learners: list[str], answers: int, out: str) -> dict[str, Any]:
+    """One unit as a sweep unit (:mod:`bow_gym.sweep`): ``{"rows": ..., "histories": ...}``."""
+    rows, histories = run_unit(unit, learners, answers, Path(out), progress=False)
+    return {"rows": rows, "histories": histories}
 
 
-def _load_unit(path: Path, fingerprint: dict):
-    import json
-
-    if not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
-    if saved.get("settings") != fingerprint:
-        print(f"  {path}: made with other settings ({saved.get('settings')}): run again")
-        return None
-    return saved["rows"], saved["histories"]
+def sweep_units(units: list[Unit], learners: list[str], answers: int, out: Path,
+                fingerprint: dict) -> list[SweepUnit]:
+    """The sweep units of ``units``: results at :meth:`Unit.result_path`, reused only with the
+    same ``fingerprint``."""
+    return [SweepUnit(key=unit.result_path(Path()).with_suffix("").as_posix(), fn=unit_result,
+                      kwargs={"unit": unit, "learners": list(learners), "answers": answers,
+                              "out": str(out)}, settings=fingerprint) for unit in units]
 
 
-def _report(rows: list[dict[str, Any]], reused: bool = False, write=print) -> None:
+def _report(rows: list[dict[str, Any]], reused: bool = False) -> None:
+    from tqdm.auto import tqdm
+
     for row in rows:
-        write(f"  {row['dataset']} split {row['split']} seed {row['seed']} {row['policy']:<22} "
-              f"dice@5 {row['dice@5']:.3f}  better {row['better_share']:.2f}  "
-              f"train {row['train_s']:5.0f}s" + ("  (reused)" if reused else ""))
+        # tqdm.write: above the sweep's bar, not through it
+        tqdm.write(f"  {row['dataset']} split {row['split']} seed {row['seed']} "
+                   f"{row['policy']:<22} dice@5 {row['dice@5']:.3f}  better "
+                   f"{row['better_share']:.2f}  train {row['train_s']:5.0f}s"
+                   + ("  (reused)" if reused else ""), file=sys.stdout)
     sys.stdout.flush()  # a long run's log file shows each run when it ends, not when buffers fill
 
 
 def run_units(units: list[Unit], learners: list[str], answers: int, out: Path, fingerprint: dict,
               jobs: int = 1, resume: bool = False, progress: bool = True,
-              threads: int | None = None):
-    """(rows, histories) of every unit, in the order of ``units``.
+              threads: int | None = None, options: SweepOptions | None = None):
+    """(rows, histories) of every unit, in the order of ``units``, scheduled by
+    :func:`bow_gym.sweep.run_sweep`.
 
-    ``jobs > 1`` runs units in that many spawned processes with ``threads`` torch threads each
-    (default ``cpu_count // jobs``); their own progress bars are off and one bar counts finished
-    runs instead.
-    Each unit's result is saved to :meth:`Unit.result_path`; ``resume`` reuses those
-    saved with the same ``fingerprint``.
+    ``options`` says how (sequentially, a process pool, Ray; retries); without it, ``jobs > 1``
+    runs units in that many spawned processes with ``threads`` torch threads each (default
+    ``cpu_count // jobs``). Each unit's result is saved to :meth:`Unit.result_path` as it ends;
+    ``resume`` reuses those saved with the same ``fingerprint``.
     """
-    import os
-
-    from tqdm.auto import tqdm
-
-    results: list[Any] = [None] * len(units)
-    if resume:
-        for i, unit in enumerate(units):
-            results[i] = _load_unit(unit.result_path(out), fingerprint)
-            if results[i] is not None:
-                _report(results[i][0], reused=True)
-    todo = [i for i, r in enumerate(results) if r is None]
-    if jobs == 1 or len(todo) <= 1:
-        for i in todo:
-            results[i] = _run_and_save(units[i], learners, answers, out, fingerprint, progress)
-            _report(results[i][0])
-        return results
-
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    # spawn, not fork: a forked child inherits torch's thread pool in an undefined state.
-    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
-                             mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(_run_and_save, units[i], learners, answers, out, fingerprint,
-                               False): i for i in todo}
-        bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
-        for future in as_completed(futures):
-            i = futures[future]
-            results[i] = future.result()
-            _report(results[i][0], write=tqdm.write)  # above the bar, not through it
-            bar.update()
-        bar.close()
-    return results
+    if options is None:
+        options = SweepOptions(jobs=jobs, threads=threads, resume=resume, progress=progress)
+    results = run_sweep(sweep_units(units, learners, answers, out, fingerprint), out, options,
+                        on_result=lambda _, result, reused: _report(result["rows"], reused))
+    return [(r["rows"], r["histories"]) for r in results]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -244,16 +219,14 @@ def main(argv: list[str] | None = None) -> None:
                         "default 1): intervals then cover splits x seeds, and the gap closed is "
                         "also reported per split")
     lib.add_output_arguments(p, "compare_policies")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs (split x seed) trained at once, in separate processes, each with "
-                        "cpu_count // jobs torch threads (default 1: one run at a time)")
-    p.add_argument("--resume", action="store_true",
-                   help="reuse the runs an earlier, interrupted call with the same --out, "
-                        "--agents, --answers and protocol finished (OUT/runs/<data set>/"
-                        "unit-split<k>-seed<s>.json); others are trained")
+    # A unit is one split x seed of one data set (every learner, then evaluation); its result is
+    # OUT/runs/<data set>/unit-split<k>-seed<s>.json, reused when --agents, --answers and the
+    # protocol are the same.
+    add_sweep_arguments(p, file_keys=list(SWEEP_KEYS))
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--replot", metavar="DIR",
                    help="only redraw the figures of an earlier run from DIR/compare_policies.json")
+    argv = sweep_file_argv(lib.results.command_argv(argv), SWEEP_KEYS)
     args = p.parse_args(argv)
     if args.splits < 1:
         p.error(f"--splits must be at least 1, got {args.splits}")
@@ -263,8 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--splits > 1 needs held-out evaluation: --transductive uses every image")
     if args.seeds < 1 or args.answers < 1:
         p.error("--seeds and --answers must be positive")
-    if args.jobs < 1:
-        p.error(f"--jobs must be at least 1, got {args.jobs}")
+    options = sweep_options(p, args, progress=not args.no_progress)
 
     if args.replot:
         _replot(Path(args.replot))
@@ -288,12 +260,12 @@ def main(argv: list[str] | None = None) -> None:
     where = ("all" if args.transductive else "validation" if args.validation else "held-out")
     print(f"== {', '.join(datasets)}: {len(units)} runs (data sets x "
           f"{args.splits} splits x {args.seeds} seeds), evaluated on {where} images, "
-          f"{args.answers} training answers, {args.jobs} at a time")
+          f"{args.answers} training answers, {options.resolved_backend} "
+          f"({options.ray_address or f'{args.jobs} at a time'})")
     fingerprint = {"agents": args.agents, "answers": args.answers,
                    "transductive": args.transductive, "validation": args.validation,
                    "eval_datasets": [e.name for e in evals]}
-    results = run_units(units, learners, args.answers, out, fingerprint, jobs=args.jobs,
-                        resume=args.resume, progress=not args.no_progress)
+    results = run_units(units, learners, args.answers, out, fingerprint, options=options)
     per_seed: list[dict[str, Any]] = []
     curves: dict[tuple[str, str], list[dict]] = {}
     for unit, (rows, histories) in zip(units, results, strict=True):

@@ -1,4 +1,5 @@
-"""The ``bow-gym`` command line: ``demo``, ``list``, ``featurize``, ``rounds``, ``figures``."""
+"""The ``bow-gym`` command line: ``demo``, ``list``, ``featurize``, ``rounds``, ``train-segmenter``,
+``figures``."""
 
 from __future__ import annotations
 
@@ -97,12 +98,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_featurize(args: argparse.Namespace) -> int:
-    """Fill the feature cache for a data set (progress bar)."""
+    """Fill the feature cache for a data set (progress bar); shared over processes/GPUs under
+    torchrun or accelerate launch."""
     import gymnasium as gym
 
     import bow_gym  # noqa: F401
+    from bow_gym import distributed
 
+    # Before the env: under a GPU launch it selects this process's GPU for the backbone.
+    accelerator = distributed.accelerator_for("auto")
     env = gym.make(args.env, **_env_kwargs(args))
+    if accelerator is not None:
+        counts = distributed.featurize(env, accelerator, progress=True)
+        if accelerator.is_main_process:
+            print(f"{counts['images']} images over {accelerator.num_processes} processes; cache "
+                  f"{env.unwrapped.features.cache_dir}; found {counts['hits']}, computed "
+                  f"{counts['computed']}, written {counts['written']} (by the main process)")
+        return 0
     env.unwrapped.precompute_features(progress=True)
     cache = env.unwrapped.features
     print(f"{len(env.unwrapped.dataset)} images; cache {cache.cache_dir}; "
@@ -138,6 +150,8 @@ def cmd_rounds(args: argparse.Namespace) -> int:
         overrides["root"] = args.root
     elif args.dataset:
         overrides["root"] = None  # another data set than the config's: not the config's folder
+    if args.seeds is not None or args.sweep:
+        return _rounds_sweep(args, overrides)
     config = load_config(args.config, **overrides)
     out = Path(args.out or f"runs/rounds/{config.name}")
     print(f"run {out}: {config.dataset} ({config.protocol}), agent {config.agent}, backbone "
@@ -156,6 +170,94 @@ def cmd_rounds(args: argparse.Namespace) -> int:
               f"{row['hd95_mean']:>7.1f} {row['better_share']:>6.2f} "
               f"{row.get('seconds_total', float('nan')):>7.1f}")
     print(f"wrote {out / 'metrics.csv'}; figures: bow-gym figures {out}")
+    return 0
+
+
+def _rounds_sweep(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """``bow-gym rounds --seeds/--sweep``: every variant x seed as a unit of one sweep."""
+    import numpy as np
+
+    from bow_gym.rounds import load_config
+    from bow_gym.rounds_sweep import parse_seeds, read_rounds_sweep, run_rounds_sweep
+    from bow_gym.sweep import SweepOptions
+
+    if "seed" in overrides:
+        raise ValueError("--seed runs one seed; give the seeds of a sweep with --seeds")
+    seeds, variants, scheduler = read_rounds_sweep(args.sweep) if args.sweep else (None, None, {})
+    if args.seeds is not None:
+        seeds = parse_seeds(args.seeds, "--seeds")
+    config = load_config(args.config, **overrides)
+    seeds = seeds or [config.seed]
+    # The file's scheduling keys, then the flags given on the command line.
+    given = {"backend": args.backend, "ray_address": args.ray_address, "threads": args.threads,
+             "jobs": args.jobs if args.jobs != 1 else None,
+             "retries": args.retries if args.retries != 3 else None}
+    options = SweepOptions(**{**scheduler, **{k: v for k, v in given.items() if v is not None}},
+                           resume=not args.no_resume)
+    out = Path(args.out or f"runs/rounds/{config.name}-sweep")
+    names = list(variants or {"base": {}})
+    print(f"sweep {out}: {config.dataset} ({config.protocol}), variants {', '.join(names)} x seeds "
+          f"{seeds}, {options.resolved_backend} ({options.ray_address or f'{options.jobs} at a time'})")
+    rows = run_rounds_sweep(args.config, overrides, seeds, variants, out, options)
+    print(f"{'variant':<20} {'round':>5} {'prediction dice, mean over seeds':>33}")
+    for name in names:
+        pred = [r for r in rows if r["variant"] == name and r["target"] == "prediction"
+                and not r["fill_holes"]]
+        for rnd in sorted({r["round"] for r in pred}):
+            dice = [r["dice_mean"] for r in pred if r["round"] == rnd]
+            print(f"{name:<20} {rnd:>5} {float(np.mean(dice)):>10.3f} ({len(dice)} seeds)")
+    print(f"wrote {out / 'sweep.csv'}; figures: bow-gym figures {out}/*-s*/")
+    return 0
+
+
+def cmd_train_segmenter(args: argparse.Namespace) -> int:
+    """Train a segmenter on a config's labelling images (ground truth, or a round's pseudo-masks
+    with --labels); on several processes/GPUs under torchrun or accelerate launch."""
+    from bow_gym import distributed
+    from bow_gym.io_utils import write_json
+    from bow_gym.rounds import Labels, build_datasets, load_config, load_in_memory, parse_set
+    from bow_gym.segmenters import build_segmenter, preset, save_segmenter, train_segmenter
+
+    overrides: dict[str, Any] = {k: v for k, v in {
+        "dataset": args.dataset, "root": args.root, "limit": args.limit, "protocol": args.protocol,
+        "segmenter": args.segmenter, "seed": args.seed, "device": args.device}.items()
+        if v is not None}
+    for item in args.set or []:
+        key, value = parse_set(item)
+        overrides[key] = value
+    config = load_config(args.config, **overrides)
+    main = distributed.is_main_process()
+    label_lazy, _ = build_datasets(config)
+    label_ds = load_in_memory(label_lazy, progress=config.progress and main)
+    images = [s.image for s in label_ds.samples]
+    if args.labels:
+        labels = Labels.load(Path(args.labels))
+        images = [images[label_ds.index_of(i)] for i in labels.ids]
+        masks, source = list(labels.pseudo), f"the pseudo-masks of {args.labels}"
+    else:
+        masks = [s.mask for s in label_ds.samples]
+        source = "their ground truth (the supervised upper bound, not the method)"
+    seg_kwargs = dict(config.segmenter_kwargs)
+    seg_cfg = preset(config.segmenter, **{"seed": config.seed, "device": config.device,
+                                          "progress": config.progress and main, **seg_kwargs})
+    if main:
+        print(f"train {seg_cfg.name} ({config.segmenter}) on {len(images)} {config.dataset} "
+              f"images with {source}: {seg_cfg.epochs} epochs, global batch {seg_cfg.batch_size}, "
+              f"{seg_cfg.size} px, {distributed.world_size()} process(es)")
+    model = build_segmenter(seg_cfg)
+    history = train_segmenter(model, images, masks, seg_cfg)
+    if not main:
+        return 0
+    out = Path(args.out)
+    steps_images = len(images) * seg_cfg.epochs * len(seg_cfg.scales)
+    speed = steps_images / history["seconds"]
+    save_segmenter(model, out / "segmenter.safetensors", seg_cfg)
+    write_json(out / "train.json", {"config": args.config, "overrides": overrides,
+                                    "masks": source, "images_per_s": speed, **history})
+    print(f"loss per epoch: {', '.join(f'{v:.4f}' for v in history['loss'])}")
+    print(f"{history['seconds']:.1f} s, {speed:.2f} images/s on {history['processes']} "
+          f"process(es) ({history['device']}); wrote {out / 'segmenter.safetensors'}, "
+          f"{out / 'train.json'}")
     return 0
 
 
@@ -256,9 +358,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any config field, value in TOML syntax (repeatable), e.g. "
                    "--set 'segmenter_kwargs={epochs=2}'")
-    p.add_argument("--out", help="run folder (default runs/rounds/<name>); resumed if present")
+    p.add_argument("--out", help="run folder (default runs/rounds/<name>, with --seeds or --sweep "
+                   "runs/rounds/<name>-sweep); resumed if present")
     p.add_argument("--no-resume", action="store_true", help="refuse to reuse an existing run")
+    p.add_argument("--seeds", help="a sweep over seeds (0,1,2 or a count): one run per seed "
+                   "(and variant, with --sweep) in <out>/<variant>-s<seed>/ (bow_gym.rounds_sweep)")
+    from bow_gym.rounds_sweep import FILE_KEYS
+    from bow_gym.sweep import add_sweep_arguments
+
+    add_sweep_arguments(p, file_keys=FILE_KEYS, resume=False)
     p.set_defaults(func=cmd_rounds)
+
+    p = sub.add_parser("train-segmenter", help=cmd_train_segmenter.__doc__)
+    p.add_argument("--config", default="synthetic",
+                   help="shipped config name or TOML file: data, protocol, segmenter preset and "
+                   "segmenter_kwargs (default synthetic)")
+    p.add_argument("--dataset", help="data set name")
+    p.add_argument("--root", help="data set folder")
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--protocol", choices=["heldout", "transductive"],
+                   help="which images: the training part (heldout) or all (transductive)")
+    p.add_argument("--segmenter", choices=["light", "hsnet", "hsnet_released"],
+                   help="segmenter preset")
+    p.add_argument("--seed", type=int, help="seed of the split and the training")
+    p.add_argument("--device", help="auto, cpu or cuda (under a launcher: one GPU per process)")
+    p.add_argument("--labels", help="a rounds run's round_NN/labels.npz: train on its pseudo-masks "
+                   "(default: the images' ground truth, the supervised upper bound)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any config field, e.g. --set 'segmenter_kwargs={epochs=2}'")
+    p.add_argument("--out", default="runs/segmenter",
+                   help="folder of segmenter.safetensors and train.json (default runs/segmenter)")
+    p.set_defaults(func=cmd_train_segmenter)
 
     p = sub.add_parser("figures", help=cmd_figures.__doc__)
     p.add_argument("runs", nargs="+", help="run folders (several: overlaid, e.g. an ablation)")
@@ -275,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError,
-            GymError) as e:
+            GymError, ImportError) as e:
         # Bad input, unavailable weights (RuntimeError, e.g. DINOv2 offline) and a run folder
         # that --no-resume refuses are the user's to fix: one line naming what is wrong, not a
         # traceback.

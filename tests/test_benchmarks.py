@@ -298,9 +298,12 @@ def test_first_click_ceiling_augment(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--variants", "full,nope"], "--variants: expected a comma-separated subset of full, no_lora"),
+    (["--rows", "full,nope"], "--rows: expected a comma-separated subset of full, full_reinforce"),
+    (["--protocols", "heldout,x"], "--protocols: expected a comma-separated subset of heldout"),
+    (["--agent", "nope"], "--agent: unknown agent 'nope'"),
     (["--rounds", "0"], "--rounds must be >= 1, got 0"),
-    (["--seeds", "a,b"], "--seeds: expected comma-separated integers, got 'a,b'"),
+    (["--seeds", "a,b"], "--seeds: expected distinct comma-separated integers, got 'a,b'"),
+    (["--jobs", "0"], "--jobs must be at least 1, got 0"),
 ])
 def test_ablation_refuses_bad_arguments_before_writing(argv, message, tmp_path, capsys):
     from benchmarks.ablation import main as ablation

@@ -49,7 +49,8 @@ RESULTS = PROJECT / "benchmarks" / "results"
 RUN_KEYS = ("script", "run", "command", "git_commit", "git_dirty", "date", "machine", "seeds",
             "protocol", "datasets")
 #: Flags that say where or how a run goes, not what it measures: left out of derived names.
-_NOT_IN_NAME = ("--out", "--run", "--data", "--root", "--jobs", "--resume", "--no-progress")
+_NOT_IN_NAME = ("--out", "--run", "--data", "--root", "--jobs", "--resume", "--no-progress",
+                "--no-resume", "--backend", "--ray-address", "--retries", "--threads")
 _MAX_NAME = 80
 
 

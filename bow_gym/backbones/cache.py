@@ -12,6 +12,7 @@ Feature files of the earlier ``.npy`` layout, which had no checksum, are ignored
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
@@ -309,19 +310,57 @@ class FeatureCache:
         finally:
             lock.release()
 
-    def _extract_and_store(self, cache_key: str, directory: Path | None, keys: list[str],
-                           todo: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def lookup(self, image: np.ndarray) -> np.ndarray | None:
+        """Features of ``image`` from memory or disk (checked), as :meth:`get` returns them, or
+        ``None`` when the cache has none: nothing is computed or written."""
+        feats = self._lookup(self.backbone.cache_key, self.directory, image_key(image))
+        return None if feats is None else feats.astype(np.float32)
+
+    def compute(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The backbone's features of ``images``, checked and rounded to float16 as the cache
+        stores them; the cache is neither read nor written (:meth:`store` writes them).
+
+        Raises:
+            RuntimeError: The backbone returned malformed or non-finite features.
+        """
+        if len(images) == 0:
+            return []
         expected = (*self.backbone.grid, self.backbone.dim)
-        feats = self.backbone.extract([todo[k] for k in keys]).astype(np.float16)
-        out: dict[str, np.ndarray] = {}
-        for k, f in zip(keys, feats, strict=True):
+        feats = self.backbone.extract(list(images)).astype(np.float16)
+        out = []
+        for im, f in zip(images, feats, strict=True):
             f = np.ascontiguousarray(f)
             try:
                 check_features(f, expected)
             except CorruptEntry as e:
                 # NaN features would make every click select only its own patch: fail loudly.
                 raise RuntimeError(f"backbone {self.backbone.name!r} returned bad features for "
-                                   f"image {k[:12]}... ({e}); not using or caching them") from e
+                                   f"image {image_key(im)[:12]}... ({e}); not using or caching "
+                                   "them") from e
+            out.append(f)
+        return out
+
+    def store(self, key: str, feats: np.ndarray) -> bool:
+        """Writes float16 ``feats`` (from :meth:`compute`) as the entry of the image whose
+        :func:`image_key` is ``key``, atomically and under its file lock, unless a valid entry is
+        there already. Returns whether it wrote (``False`` also in memory-only mode)."""
+        directory = self.directory
+        if directory is None or self._write_failed:
+            return False
+        cache_key = self.backbone.cache_key
+        lock = self._lock(directory, key)
+        with lock if lock is not None else contextlib.nullcontext():
+            if self._read_entry(cache_key, directory, key) is not None:
+                return False
+            self._write(directory / f"{key}{ENTRY_SUFFIX}", feats,
+                        features_checksum(cache_key, key, feats))
+        return True
+
+    def _extract_and_store(self, cache_key: str, directory: Path | None, keys: list[str],
+                           todo: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feats = self.compute([todo[k] for k in keys])
+        out: dict[str, np.ndarray] = {}
+        for k, f in zip(keys, feats, strict=True):
             if directory is not None and not self._write_failed:
                 try:
                     self._write(directory / f"{k}{ENTRY_SUFFIX}", f,

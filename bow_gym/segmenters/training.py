@@ -132,6 +132,11 @@ def train_segmenter(
     (``config.lr_schedule``, :func:`lr_at`). The loss is :func:`structure_loss` (weighted or plain
     BCE, ``config.weighted_bce``) summed over the model's outputs (:func:`segmentation_loss`).
 
+    Several processes: started by ``torchrun`` or ``accelerate launch``, every process calls this
+    with the same arguments and they train one model data-parallel (each takes its part of every
+    global batch of ``config.batch_size``; :mod:`bow_gym.distributed`); the returned losses are
+    the global batch's. In one process nothing of that runs.
+
     Seeded: a numpy ``Generator(config.seed)`` draws the order and augmentations; torch is seeded
     with ``config.seed`` for dropout/stochastic depth, inside ``torch.random.fork_rng`` so the
     caller's RNG state is left alone. The model is moved to ``resolve_device(config.device)``
@@ -151,7 +156,7 @@ def train_segmenter(
 
     Returns:
         ``{"loss": [mean loss of each epoch], "seconds": wall time, "n_images": N,
-        "steps": optimiser steps, "device": device string}``.
+        "steps": optimiser steps, "device": device string, "processes": 1, or the launch's}``.
 
     Raises:
         ValueError: No images, different numbers of images and masks, or a malformed array.
@@ -186,7 +191,10 @@ def train_segmenter(
             interp = cv2.INTER_AREA if min(w.shape) >= size else cv2.INTER_LINEAR
             w_all[i] = np.round(cv2.resize(w, (size, size), interpolation=interp) * 255)
 
-    device = torch.device(resolve_device(config.device))
+    # Under torchrun / accelerate launch: data-parallel over the launch's processes
+    # (bow_gym.distributed); in one process `dp` is None and nothing below changes.
+    dp = _data_parallel(config.device)
+    device = dp.accelerator.device if dp else torch.device(resolve_device(config.device))
     n = len(x_all)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = config.epochs * steps_per_epoch * len(config.scales)
@@ -197,6 +205,9 @@ def train_segmenter(
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
+    net = model  # what the batches go through: the DDP wrapper of `model` under a launcher
+    if dp is not None:
+        net, optimizer = dp.prepare(model, optimizer)
     rng = np.random.default_rng(config.seed)
     old_threads = torch.get_num_threads()
     history: list[float] = []
@@ -213,7 +224,8 @@ def train_segmenter(
             torch.manual_seed(config.seed)
             model.train()
             bar = stack.enter_context(tqdm(total=total_steps, desc=f"train {config.name}",
-                                           unit="step", disable=not config.progress))
+                                           unit="step", disable=not config.progress
+                                           or (dp is not None and not dp.is_main)))
             for epoch in range(config.epochs):
                 losses = []
                 order = rng.permutation(n)
@@ -230,6 +242,12 @@ def train_segmenter(
                             wb = np.stack([p[2] for p in pairs])
                         xb = np.stack([p[0] for p in pairs])
                         yb = np.stack([p[1] for p in pairs])
+                    own = len(idx)
+                    if dp is not None:  # augmented as a whole (one RNG stream); then our part
+                        if wb is None:
+                            (xb, yb), own = dp.take(xb, yb)
+                        else:
+                            (xb, yb, wb), own = dp.take(xb, yb, wb)
                     x = to_tensor(xb).to(device)
                     y = torch.from_numpy(yb).unsqueeze(1).float().to(device)
                     w = (None if wb is None else
@@ -248,32 +266,43 @@ def train_segmenter(
                             xs, ys = x, y
                         for group in optimizer.param_groups:
                             group["lr"] = lr_at(config, step, total_steps, epoch)
-                        loss = segmentation_loss(model(xs), ys, ws,
+                        loss = segmentation_loss(net(xs), ys, ws,
                                                  weighted_bce=config.weighted_bce)
-                        value = float(loss.detach())
+                        value = (float(loss.detach()) if dp is None
+                                 else dp.mean_loss(loss, own, len(idx)))
                         if not math.isfinite(value):  # before the step spoils the weights
                             raise FloatingPointError(
                                 f"the training loss is {value} at step {step} (lr {config.lr}); "
                                 "try a lower lr or grad_clip")
                         optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
+                        (loss if dp is None else dp.loss_to_backward(loss, own, len(idx))).backward()
                         if config.grad_clip and config.grad_clip_mode == "value":
                             nn.utils.clip_grad_value_(model.parameters(), config.grad_clip)
                         elif config.grad_clip:
                             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                         optimizer.step()
                         losses.append(value)
-                        if writer is not None:
+                        if writer is not None and (dp is None or dp.is_main):
                             writer.add_scalar("losses/segmenter", value, global_step + step)
                         step += 1
                         bar.update(1)
                         bar.set_postfix(loss=f"{value:.4f}")
                 history.append(float(np.mean(losses)))
     finally:
+        if dp is not None:
+            dp.finish(model)
         model.eval()
         torch.set_num_threads(old_threads)
     return {"loss": history, "seconds": time.perf_counter() - start, "n_images": n,
-            "steps": step, "device": str(device)}
+            "steps": step, "device": str(device), "processes": dp.world if dp else 1}
+
+
+def _data_parallel(device: str) -> Any | None:
+    """:class:`bow_gym.distributed.DataParallel` under a launcher, else ``None``."""
+    from bow_gym import distributed
+
+    accelerator = distributed.accelerator_for(device)
+    return None if accelerator is None else distributed.DataParallel(accelerator)
 
 
 @torch.no_grad()
