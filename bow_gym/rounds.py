@@ -311,15 +311,20 @@ def _config_error(label: str) -> Iterator[None]:
 class MemoryDataset(SegmentationDataset):
     """A data set held in memory: decoded once, read by every stage of every round."""
 
-    def __init__(self, samples: Sequence[Sample], name: str):
+    def __init__(self, samples: Sequence[Sample], name: str, has_ground_truth: bool = True):
         self.samples = list(samples)
         self.name = name
+        self._has_ground_truth = has_ground_truth
         self._ids = [s.id for s in self.samples]
         self._index = {sid: i for i, sid in enumerate(self._ids)}
 
     @property
     def ids(self) -> list[str]:
         return self._ids
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return self._has_ground_truth
 
     def _load(self, index: int) -> Sample:
         return self.samples[index]
@@ -378,7 +383,7 @@ def load_in_memory(dataset: SegmentationDataset, progress: bool = True) -> Memor
         return dataset
     samples = [dataset[i] for i in tqdm(range(len(dataset)), desc=f"load {dataset.name}",
                                          disable=not progress, leave=False)]
-    return MemoryDataset(samples, dataset.name)
+    return MemoryDataset(samples, dataset.name, dataset.has_ground_truth)
 
 
 # --------------------------------------------------------------------------- small I/O
@@ -979,6 +984,8 @@ class RoundsRun:
         for fill in ([False, True] if cfg.fill_holes else [False]):
             for target, split, ids, masks, gts, is_prob in jobs:
                 res = evaluate_masks(masks, gts, probabilities=is_prob, fill=fill)
+                if not label_ds.has_ground_truth:  # images a person labelled: nothing to score
+                    res = [dict.fromkeys(m, float("nan")) for m in res]
                 per_image += [{"round": r, "target": target, "fill_holes": int(fill),
                                "image_id": iid, **m} for iid, m in zip(ids, res, strict=True)]
                 rows.append({"round": r, "target": target, "split": split,
