@@ -1,4 +1,5 @@
-"""The ``bow-gym`` command line: ``demo``, ``list``, ``featurize``, ``rounds``, ``figures``."""
+"""The ``bow-gym`` command line: ``demo``, ``list``, ``featurize``, ``rounds``, ``figures``,
+``annotate``."""
 
 from __future__ import annotations
 
@@ -256,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default <first run>/figures)")
     p.add_argument("--labels", help="comma-separated names of the runs")
     p.set_defaults(func=cmd_figures)
+
+    from bow_gym.annotate.cli import add_parser as add_annotate_parser
+
+    add_annotate_parser(sub)
     return parser
 
 
@@ -264,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "annotate":
+            from bow_gym.annotate.cli import check_args
+
+            check_args(args)
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, GymError) as e:
         # Bad input and unavailable weights (RuntimeError, e.g. DINOv2 offline) are the user's to

@@ -6,6 +6,10 @@ same order, with one difference: the expert is a :class:`~bow_gym.oracles.Person
 the person's answer before each ``env.step``. With one annotator, the clicks, answers and masks
 are those of ``label_round`` with ``label_envs = 1`` and the same config.
 
+Torch's global generator is seeded from the project's seed and the event number around every
+event (:func:`event_seed`): agents that draw from it (lazily built layers take their initial
+weights from it at their first forward pass) then do not depend on what the process did before.
+
 Its state is a pure function of the event log (:mod:`bow_gym.annotate.store`): applying the same
 events in the same order gives the same proposals, masks and agent. :meth:`Engine.apply` replays
 one stored event and checks that a replayed proposal is the stored click; :meth:`snapshot` and
@@ -17,7 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,8 +146,44 @@ class Engine:
         self.digest = digest_step(self.digest, seq, kind, pos, action, answer)
 
     # ------------------------------------------------------------------ the events
+    @contextmanager
+    def _torch_seeded(self, seq: int) -> Iterator[None]:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(event_seed(self.seed, seq))
+            yield
+
     def start(self, seq: int, pos: int) -> Slot:
         """An image's episode begins (``label_round``'s ``start``)."""
+        with self._torch_seeded(seq):
+            return self._start(seq, pos)
+
+    def propose(self, seq: int, pos: int, expect: int | None = None) -> Proposal:
+        """The agent's next click on image ``pos``.
+
+        Args:
+            seq: The proposal's event number.
+            pos: The image.
+            expect: The stored click when replaying: a different click raises
+                :class:`Divergence` (after the agent acted: the engine is then unusable).
+        """
+        with self._torch_seeded(seq):
+            return self._propose(seq, pos, expect)
+
+    def answer(self, seq: int, pos: int, answer: int) -> bool:
+        """The person's answer to image ``pos``'s open proposal: the env steps with it and the
+        agent learns from it, as in ``label_round``. Returns whether the image is finished (its
+        slot is then closed)."""
+        with self._torch_seeded(seq):
+            return self._answer(seq, pos, answer)
+
+    def skip(self, seq: int, pos: int) -> None:
+        """The image is closed with the clicks answered so far."""
+        self._close(pos)
+        self._record(seq, "skip", pos)
+
+    def _start(self, seq: int, pos: int) -> Slot:
         if pos in self.slots:
             raise RuntimeError(f"image {pos} is already under way")
         env = self._free_envs.pop() if self._free_envs else self._new_env()
@@ -159,15 +200,7 @@ class Engine:
         self._record(seq, "start", pos)
         return slot
 
-    def propose(self, seq: int, pos: int, expect: int | None = None) -> Proposal:
-        """The agent's next click on image ``pos``.
-
-        Args:
-            seq: The proposal's event number.
-            pos: The image.
-            expect: The stored click when replaying: a different click raises
-                :class:`Divergence` (after the agent acted: the engine is then unusable).
-        """
+    def _propose(self, seq: int, pos: int, expect: int | None) -> Proposal:
         slot = self.slots[pos]
         if slot.proposal is not None:
             raise RuntimeError(f"image {pos} already has proposal {slot.proposal.seq} open")
@@ -187,10 +220,7 @@ class Engine:
         self._record(seq, "propose", pos, action)
         return slot.proposal
 
-    def answer(self, seq: int, pos: int, answer: int) -> bool:
-        """The person's answer to image ``pos``'s open proposal: the env steps with it and the
-        agent learns from it, as in ``label_round``. Returns whether the image is finished (its
-        slot is then closed; :meth:`final_mask` was read from it first by the caller)."""
+    def _answer(self, seq: int, pos: int, answer: int) -> bool:
         slot = self.slots[pos]
         prop = slot.proposal
         if prop is None:
@@ -212,11 +242,6 @@ class Engine:
             self._close(pos)
             return True
         return False
-
-    def skip(self, seq: int, pos: int) -> None:
-        """The image is closed with the clicks answered so far."""
-        self._close(pos)
-        self._record(seq, "skip", pos)
 
     def _close(self, pos: int) -> None:
         slot = self.slots.pop(pos)
@@ -304,6 +329,11 @@ class Engine:
             self.slots[pos] = Slot(pos, env, s["policy"], s["memory"], obs, info,
                                    s["rejected"], s["clicks"], s["proposal"])
         self.seq, self.digest = int(state["seq"]), str(state["digest"])
+
+
+def event_seed(seed: int, seq: int) -> int:
+    """The seed of torch's global generator around event ``seq`` of a project seeded ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(seq)]).generate_state(1)[0])
 
 
 def digest_step(digest: str, seq: int, kind: str, pos: int, action: int | None,

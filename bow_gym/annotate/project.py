@@ -16,6 +16,8 @@ import queue
 import threading
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,24 @@ def unpack_mask(data: bytes, size: int) -> np.ndarray:
     """The ``(size, size)`` bool mask of :func:`pack_mask` bytes."""
     bits = np.unpackbits(np.frombuffer(data, np.uint8))[: size * size]
     return bits.reshape(size, size).astype(bool)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread inside: a replayed log gives the stored clicks only if the agent's
+    floating-point results are the same, and the number of threads changes them. (``bow-gym
+    annotate serve`` runs on one thread throughout, which makes this a no-op there.)"""
+    import torch
+
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def resolve_config(store: Store, config: RoundsConfig | None) -> tuple[RoundsConfig, bool]:
@@ -151,6 +171,10 @@ class Project:
         Raises:
             Divergence: A replayed proposal is not the stored click.
         """
+        with one_thread():
+            return self._replay_events(exclude)
+
+    def _replay_events(self, exclude: frozenset[int]) -> Engine:
         first = min(exclude) if exclude else math.inf
         engine = Engine(self.config, dataset=self._dataset, backbone=self._backbone,
                         device=self.device)
@@ -189,7 +213,7 @@ class Project:
         """``fn()`` inside one transaction; on any failure the engine is rebuilt from the
         database (which the rollback left as it was)."""
         try:
-            with self.store.transaction():
+            with one_thread(), self.store.transaction():
                 return fn()
         except BaseException:
             self.engine = self._replay()
