@@ -43,6 +43,8 @@ def _config(args: argparse.Namespace) -> Any:
         key, value = parse_set(item)
         overrides[key] = value
     overrides["progress"] = False
+    if args.dataset and not any(k == "name" for k, _ in map(parse_set, args.set or [])):
+        overrides["name"] = args.dataset
     return load_config(args.config, **overrides)
 
 
