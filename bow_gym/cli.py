@@ -1,5 +1,5 @@
 """The ``bow-gym`` command line: ``demo``, ``list``, ``featurize``, ``rounds``, ``train-segmenter``,
-``figures``."""
+``figures``, ``annotate``."""
 
 from __future__ import annotations
 
@@ -395,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default <first run>/figures)")
     p.add_argument("--labels", help="comma-separated names of the runs")
     p.set_defaults(func=cmd_figures)
+
+    from bow_gym.annotate.cli import add_parser as add_annotate_parser
+
+    add_annotate_parser(sub)
     return parser
 
 
@@ -403,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "annotate":
+            from bow_gym.annotate.cli import check_args
+
+            check_args(args)
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError,
             GymError, ImportError) as e:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -74,6 +74,9 @@ class Oracle(abc.ABC):
     """Base class: ``judge(before, after, rng) -> +1 | -1``."""
 
     name: str = "oracle"
+    #: Whether its answers come from the ground truth (the simulated experts); an env refuses
+    #: such an oracle on a data set without ground truth.
+    reads_ground_truth: ClassVar[bool] = True
 
     @abc.abstractmethod
     def judge(self, before: Overlap, after: Overlap, rng: np.random.Generator | None = None) -> int:
@@ -219,11 +222,60 @@ class NoisyOracle(Oracle):
         return answers
 
 
-ORACLES: dict[str, type[Oracle]] = {"dice": DiceOracle, "margin": MarginOracle, "noisy": NoisyOracle}
+class PersonOracle(Oracle):
+    """A real expert: the answers come from outside (a person in ``bow-gym annotate``).
+
+    The env asks its oracle during :meth:`~bow_gym.envs.BetterWorseSegEnv.step`; whoever holds
+    the person's answer hands it over first with :meth:`give`, so ``on_worse``, the reward and
+    every agent work exactly as with a simulated expert. It never reads the ground truth (the
+    counts it is given are ignored), so it also works on data sets without one.
+
+    Example:
+        >>> env = BetterWorseSegEnv(oracle="person")  # doctest: +SKIP
+        >>> env.unwrapped.oracle.give(+1); env.step(action)  # doctest: +SKIP
+    """
+
+    name = "person"
+    reads_ground_truth: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self._answer: int | None = None
+
+    def give(self, answer: int) -> None:
+        """The person's answer to the next click: +1 ("better") or -1 ("worse").
+
+        Raises:
+            ValueError: ``answer`` is not +1 or -1.
+            RuntimeError: An earlier answer was not used by a step yet.
+        """
+        if isinstance(answer, bool) or answer not in (BETTER, WORSE):
+            raise ValueError(f"an answer is +1 (better) or -1 (worse), got {answer!r}")
+        if self._answer is not None:
+            raise RuntimeError("the previous answer was not used yet: call env.step first")
+        self._answer = int(answer)
+
+    def judge(self, before: Overlap, after: Overlap, rng: np.random.Generator | None = None) -> int:
+        if self._answer is None:
+            raise RuntimeError(
+                "the person oracle has no answer for this click: hand it over with "
+                "env.unwrapped.oracle.give(+1 or -1) before env.step (these clicks need a "
+                "person: label them with `bow-gym annotate`)")
+        answer, self._answer = self._answer, None
+        return answer
+
+    def judge_batch(self, before: Overlap, after: Overlap,
+                    rngs: Sequence[np.random.Generator | None]) -> np.ndarray:
+        raise RuntimeError("a person answers one click at a time: use a single env, not a "
+                           "vector env, with the person oracle")
+
+
+ORACLES: dict[str, type[Oracle]] = {"dice": DiceOracle, "margin": MarginOracle, "noisy": NoisyOracle,
+                                    "person": PersonOracle}
 
 
 def make_oracle(oracle: str | Oracle = "dice", **kwargs: float) -> Oracle:
-    """An oracle by name (``"dice"``, ``"margin"``, ``"noisy"``) or passed through if already one."""
+    """An oracle by name (``"dice"``, ``"margin"``, ``"noisy"``, ``"person"``) or passed through
+    if already one."""
     if isinstance(oracle, Oracle):
         if kwargs:
             raise ValueError("oracle_kwargs are only used with an oracle given by name")

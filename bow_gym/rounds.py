@@ -342,15 +342,20 @@ def _config_error(label: str) -> Iterator[None]:
 class MemoryDataset(SegmentationDataset):
     """A data set held in memory: decoded once, read by every stage of every round."""
 
-    def __init__(self, samples: Sequence[Sample], name: str):
+    def __init__(self, samples: Sequence[Sample], name: str, has_ground_truth: bool = True):
         self.samples = list(samples)
         self.name = name
+        self._has_ground_truth = has_ground_truth
         self._ids = [s.id for s in self.samples]
         self._index = {sid: i for i, sid in enumerate(self._ids)}
 
     @property
     def ids(self) -> list[str]:
         return self._ids
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return self._has_ground_truth
 
     def _load(self, index: int) -> Sample:
         return self.samples[index]
@@ -409,7 +414,7 @@ def load_in_memory(dataset: SegmentationDataset, progress: bool = True) -> Memor
         return dataset
     samples = [dataset[i] for i in tqdm(range(len(dataset)), desc=f"load {dataset.name}",
                                          disable=not progress, leave=False)]
-    return MemoryDataset(samples, dataset.name)
+    return MemoryDataset(samples, dataset.name, dataset.has_ground_truth)
 
 
 # --------------------------------------------------------------------------- small I/O
@@ -1251,15 +1256,18 @@ class RoundsRun:
             for target, split, ids, masks, gts, is_prob in jobs:
                 res = evaluate_masks(masks, gts, probabilities=is_prob, fill=fill)
                 empty = [not gt.any() for gt in gts]
+                if not label_ds.has_ground_truth:  # images a person labelled: nothing to score
+                    res = [dict.fromkeys(m, float("nan")) for m in res]
+                    empty = [False] * len(res)
                 per_image += [{"round": r, "target": target, "fill_holes": int(fill),
                                "image_id": iid, "empty_gt": int(e), **m}
                               for iid, m, e in zip(ids, res, empty, strict=True)]
                 # Empty ground truth (BUSI normal) scores by other rules: with some, the target
                 # is also summarised without and with only them ("prediction[empty-gt]").
-                for group, keep in ground_truth_groups(empty).items():
+                for group, members in ground_truth_groups(empty).items():
                     rows.append({"round": r, "target": ground_truth_label(target, group),
                                  "split": split, "fill_holes": int(fill),
-                                 **summarise([m for m, k in zip(res, keep, strict=True) if k],
+                                 **summarise([m for m, k in zip(res, members, strict=True) if k],
                                              seed=r)})
                 if target == "pseudo" and not fill and cfg.top_k < 1:
                     kept = [m for m, k in zip(res, keep, strict=True) if k]

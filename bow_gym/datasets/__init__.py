@@ -34,6 +34,7 @@ from bow_gym.datasets.layouts import (
     ISIC2018,
     CVCClinicDB,
     FileDataset,
+    ImageFolder,
     ImageMaskFolder,
     KvasirSEG,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "CVCClinicDB",
     "DatasetError",
     "FileDataset",
+    "ImageFolder",
     "ImageMaskFolder",
     "KvasirSEG",
     "MaskForeground",
@@ -87,6 +89,12 @@ def _folder(
                            mask_foreground=mask_foreground)
 
 
+def _images(root: str | os.PathLike, *, images_dir: str | os.PathLike = "images"
+            ) -> SegmentationDataset:
+    # Like "folder" without masks: root/images/ (a relative images_dir is taken under root).
+    return ImageFolder(Path(root) / images_dir)
+
+
 #: Data set name -> factory. File-based factories take the root folder as first argument.
 DATASETS: dict[str, DatasetFactory] = {
     "synthetic": _synthetic,
@@ -95,8 +103,9 @@ DATASETS: dict[str, DatasetFactory] = {
     "isic2018": ISIC2018,
     "busi": BUSI,
     "folder": _folder,
+    "images": _images,
 }
-_NEEDS_ROOT: set[str] = {"kvasir-seg", "cvc-clinicdb", "isic2018", "busi", "folder"}
+_NEEDS_ROOT: set[str] = {"kvasir-seg", "cvc-clinicdb", "isic2018", "busi", "folder", "images"}
 
 _SPLITS = ("all", "train", "test", "fit", "val")
 _EMPTY_MASKS = ("keep", "drop", "only")

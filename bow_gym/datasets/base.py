@@ -42,6 +42,16 @@ class SegmentationDataset(abc.ABC):
         """Load sample ``index`` (already bounds-checked)."""
 
     @property
+    def has_ground_truth(self) -> bool:
+        """Whether the samples' masks are a ground truth (``True`` for every published data set).
+
+        ``False`` for images without masks (the ``images`` layout: new images a person labels in
+        ``bow-gym annotate``): their :attr:`Sample.mask` is an all-background placeholder, which
+        no oracle may judge and no evaluation may score.
+        """
+        return True
+
+    @property
     def groups(self) -> list[str] | None:
         """Group of each sample (video sequence, patient) in index order, or ``None``.
 
@@ -131,6 +141,10 @@ class Subset(SegmentationDataset):
         return self._ids
 
     @property
+    def has_ground_truth(self) -> bool:
+        return self.parent.has_ground_truth
+
+    @property
     def groups(self) -> list[str] | None:
         parent_groups = self.parent.groups
         return None if parent_groups is None else [parent_groups[i] for i in self.indices]
@@ -166,6 +180,10 @@ class ConcatDataset(SegmentationDataset):
     @property
     def ids(self) -> list[str]:
         return self._ids
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return all(d.has_ground_truth for d in self.parts)
 
     @property
     def groups(self) -> list[str] | None:

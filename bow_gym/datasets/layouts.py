@@ -482,6 +482,40 @@ class ImageMaskFolder(FileDataset):
         )
 
 
+class ImageFolder(FileDataset):
+    """Images without masks: new images that a person labels (``bow-gym annotate``).
+
+    Layout::
+
+        images_dir/<stem><suffix>                     (.png .jpg .jpeg .tif .tiff .bmp)
+
+    :attr:`has_ground_truth` is ``False``: each sample's mask is an all-background placeholder,
+    so an env on this data set takes only an oracle that does not read the ground truth (a
+    person, :class:`~bow_gym.oracles.PersonOracle`), reports its evaluation-only values as NaN,
+    and evaluation scores nothing. Labelled results are exported in the ``folder`` layout.
+
+    Args:
+        images_dir: Folder of images.
+
+    Raises:
+        FileNotFoundError: if the folder is missing.
+        DatasetError: if no images are found.
+    """
+
+    name = "images"
+
+    def __init__(self, images_dir: PathLike):
+        images_dir = Path(images_dir)
+        self.layout = f"{images_dir}/<stem><suffix> (images only, no masks)"
+        _require_dir(images_dir, self.name, self.layout)
+        entries = [(p.stem, p, ()) for p in _list_files(images_dir, IMAGE_SUFFIXES)]
+        super().__init__(entries, root=images_dir, layout=self.layout)
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return False
+
+
 # --------------------------------------------------------------------------------------------
 # Helpers
 

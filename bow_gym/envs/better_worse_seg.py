@@ -25,6 +25,8 @@ EVAL_ONLY_KEY = "eval_only"
 
 LABEL_NAMES = ("background", "foreground")
 
+_NAN = float("nan")
+
 _WIDE_ONES = {
     1: np.uint8(0xFF), 2: np.uint16(0xFFFF), 4: np.uint32(0xFFFFFFFF),
     8: np.uint64(0xFFFFFFFFFFFFFFFF),
@@ -102,7 +104,8 @@ class BetterWorseSegEnv(gym.Env):
     ``patch``, ``patches_selected``, ``pixels_changed`` (pixels the click would flip), ``answer``,
     ``accepted``. Under ``info["eval_only"]``: ``dice`` (current mask) and ``dice_before`` (before
     this click), computed from the ground truth, for evaluation and logging only: an agent that
-    reads them reads the ground truth.
+    reads them reads the ground truth. On a data set without ground truth (``images``, labelled
+    by a person) they are NaN.
 
     ## Arguments
 
@@ -121,8 +124,10 @@ class BetterWorseSegEnv(gym.Env):
     * ``initial_masks``: ``None`` (empty), a mapping ``image_id -> mask`` (any size, resized with
       nearest neighbour; missing ids start empty) or a callable ``(image_id, image) -> mask | None``.
     * ``on_worse``: ``"revert"`` (default: the expert keeps the better version) or ``"keep"``.
-    * ``oracle``: ``"dice"`` (default), ``"margin"``, ``"noisy"`` or an
-      :class:`~bow_gym.oracles.Oracle`; ``oracle_kwargs`` are passed to it.
+    * ``oracle``: ``"dice"`` (default), ``"margin"``, ``"noisy"``, ``"person"`` (a real expert's
+      answers, handed over before each step: :class:`~bow_gym.oracles.PersonOracle`; the only
+      one a data set without ground truth takes) or an :class:`~bow_gym.oracles.Oracle`;
+      ``oracle_kwargs`` are passed to it.
     * ``feature_cache``: folder of the on-disk feature cache, ``"default"`` (``$BOW_GYM_CACHE`` or
       ``~/.cache/bow_gym/features``) or ``None`` (memory only).
     * ``image_order``: ``"random"`` (default) or ``"sequential"``.
@@ -207,6 +212,14 @@ class BetterWorseSegEnv(gym.Env):
 
         self.features = FeatureCache(self.backbone, feature_cache)
         self.oracle = make_oracle(oracle, **dict(oracle_kwargs or {}))
+        # Images without ground truth (a person labels them): nothing may be judged or scored
+        # against their placeholder masks.
+        self.has_ground_truth = bool(self.dataset.has_ground_truth)
+        if not self.has_ground_truth and self.oracle.reads_ground_truth:
+            raise ValueError(
+                f"data set {self.dataset.name!r} has no ground truth: the {self.oracle.name!r} "
+                "oracle cannot answer; use oracle='person' (a person answers, "
+                "bow_gym.oracles.PersonOracle)")
         self.clicks_per_episode = int(clicks_per_episode)
         self.include_clicks = bool(include_clicks)
         self.initial_masks = initial_masks
@@ -421,7 +434,7 @@ class BetterWorseSegEnv(gym.Env):
             patches_selected=int(ctx.selection_size[patch]), pixels_changed=changed, answer=answer,
             accepted=accepted,
         )
-        info[EVAL_ONLY_KEY]["dice_before"] = before.dice
+        info[EVAL_ONLY_KEY]["dice_before"] = before.dice if self.has_ground_truth else _NAN
         self._last_info = info
         terminated = len(self._clicks) >= self.clicks_per_episode
         if self.render_mode == "human":
@@ -439,8 +452,9 @@ class BetterWorseSegEnv(gym.Env):
             "index": ctx.index,
             "clicks": len(self._clicks),
             EVAL_ONLY_KEY: {
-                "dice": Overlap(self._tp_sum, self._pred_sum, self._gt_sum).dice,
-                "initial_dice": self._initial_dice,
+                "dice": Overlap(self._tp_sum, self._pred_sum, self._gt_sum).dice
+                if self.has_ground_truth else _NAN,
+                "initial_dice": self._initial_dice if self.has_ground_truth else _NAN,
             },
         }
 
@@ -496,6 +510,9 @@ class BetterWorseSegEnv(gym.Env):
         """
         if self._ctx is None:
             raise RuntimeError("call reset() first")
+        if not self.has_ground_truth:
+            raise ValueError(f"data set {self.dataset.name!r} has no ground truth (images "
+                             "without masks): nothing can read or score it")
         return self._ctx.gt.copy()
 
     def precompute_features(self, progress: bool = True) -> None:
