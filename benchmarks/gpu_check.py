@@ -93,7 +93,7 @@ def check_config(name: str, out: Path, **kwargs: Any) -> dict[str, Any]:
     try:
         cfg, row["data"] = short_config(name, **kwargs)
         row.update(datasets=[cfg.dataset] + [e["dataset"] for e in cfg.extra_datasets],
-                   backbone=cfg.backbone, segmenter=cfg.segmenter, lora=cfg.lora,
+                   backbone=cfg.backbone, segmenter=cfg.segmenter, adapt=cfg.adapt,
                    images=cfg.limit, rounds=cfg.rounds)
         metrics = run_rounds(cfg, out / name, resume=False)
         first = {m["round"]: m for m in reversed(metrics)}  # stage times repeat on every row

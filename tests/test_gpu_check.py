@@ -22,7 +22,7 @@ def test_tiny_cpu_run_times_every_stage(tmp_path: Path, capsys: pytest.CaptureFi
     assert out.rstrip().endswith("failed: 0")
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     (row,) = report["rows"]
-    assert row["ok"] and row["backbone"] == "dinov2_vitb14" and row["lora"]
+    assert row["ok"] and row["backbone"] == "dinov2_vitb14" and row["adapt"]
     assert row["segmenter"] == "hsnet_released" and row["datasets"] == ["synthetic"]
     (times,) = row["rounds_seconds"]
     assert set(gpu_check.STAGES) <= set(times) and times["train"] > 0 and times["adapt"] > 0
