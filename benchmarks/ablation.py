@@ -245,10 +245,12 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {"seeds": seeds, "config": args.config, "agent": args.agent,
                               "base": base, "rounds": args.rounds, "protocols": {}}
     units = []
+    # Seed by seed: a run cut short has whole seeds finished (a re-run with fewer --seeds
+    # reports them from the saved units).
     for protocol in protocols:
-        for key in rows_wanted:
-            over = ROWS[key][1]
-            for seed in seeds:
+        for seed in seeds:
+            for key in rows_wanted:
+                over = ROWS[key][1]
                 name = f"{key}-s{seed}"
                 overrides = {**base, **_agent(over or {}, args.agent), "protocol": protocol,
                              "seed": seed, "name": name, "progress": False}
