@@ -309,14 +309,16 @@ def adapt_backbone(
             round's output, never the ground truth.
         config: Training settings (default :class:`TripletConfig()`).
         lora: Adapter shape when the backbone has none yet; must match an existing adapter.
+            Refused for a backbone that carries a feature head.
+        head: Feature-head shape (weight-free backbones only) when the backbone has none yet.
         progress: Show a tqdm bar with the running loss.
 
     Returns:
         The :class:`AdaptationHistory` (per-step losses, images used and skipped, the handle).
 
     Raises:
-        NotAdaptableError: The backbone has no weights (e.g. ``lab_texture``).
-        ValueError: Mismatched inputs, no image gives a triplet, ``lora`` differs from the
+        NotAdaptableError: The backbone has no weights and cannot carry a feature head.
+        ValueError: ``lora`` for a feature-head backbone or ``head`` for DINOv2, mismatched inputs, no image gives a triplet, ``lora`` differs from the
             existing adapter, or ``amp=True`` without CUDA.
     """
     import torch
@@ -327,8 +329,16 @@ def adapt_backbone(
     from bow_gym.backbones.lora import LoRAConfig, _resolve_target, apply_lora, get_lora
 
     config = config or TripletConfig()
-    if not supports_head(backbone):
+    if supports_head(backbone):
+        if lora is not None:
+            raise ValueError(f"lora={lora} given for a backbone without weights "
+                             f"({type(backbone).__name__}): it is adapted through a feature "
+                             "head (head=HeadConfig(...)), LoRA needs DINOv2")
+    else:
         _resolve_target(backbone)  # NotAdaptableError for weight-free backbones, before any work
+        if head is not None:
+            raise ValueError(f"head={head} given for {type(backbone).__name__}: a feature head "
+                             "is the weight-free backbone's stand-in; this one takes lora=")
     if len(images) != len(pseudo_masks):
         raise ValueError(f"{len(images)} images but {len(pseudo_masks)} pseudo-masks")
     if not len(images):

@@ -267,14 +267,19 @@ def test_feature_cache_never_mixes_adapted_and_unadapted(checkpoint: Path,
     assert cache.hits == 1
 
 
-def test_weight_free_backbone_refuses_adaptation() -> None:
+def test_weight_free_backbone_refuses_lora_and_adapts_its_head_instead() -> None:
     lab = LabTextureBackbone()
     assert lab.adaptable is False
     with pytest.raises(NotAdaptableError, match="no weights to adapt"):
         apply_lora(lab)
     assert issubclass(NotAdaptableError, TypeError)
-    with pytest.raises(NotAdaptableError):
-        adapt_backbone(lab, [np.zeros((32, 32, 3), np.uint8)], [np.zeros((32, 32), bool)])
+    image, mask = np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), bool)
+    with pytest.raises(ValueError, match="adapted through a feature head"):
+        adapt_backbone(lab, [image], [mask], lora=LoRAConfig())
+    # its stand-in (bow_gym.backbones.head) is trained, but a blank pseudo-mask has no triplet
+    with pytest.raises(ValueError, match="none of the 1 pseudo-masks gives a triplet"):
+        adapt_backbone(lab, [image], [mask])
+    assert lab.adapter_id is None  # nothing attached by a refused call
 
 
 @pytest.mark.slow  # importing peft (and transformers) alone takes seconds
