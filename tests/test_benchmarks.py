@@ -389,3 +389,33 @@ def test_old_flag_spellings_still_work_with_a_warning(tmp_path):
         main(["--datasets", "synthetic", "--agents", "reinforce_patches", "--answers", "8",
               "--seeds", "1", "--validation", "--no-progress", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "run.json").read_text())["protocol"] == "validation"
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset, folder, empty_gt", [
+    ("busi", "samples/Dataset_BUSI_with_GT", True),
+    ("cvc-clinicdb", "samples/CVC-ClinicDB", False),
+    ("isic2018", "samples/ISIC2018", False),
+])
+def test_ablation_runs_unchanged_on_every_data_set_layout(dataset, folder, empty_gt, shared_data,
+                                                          tmp_path, capsys, monkeypatch):
+    from benchmarks.ablation import main as ablation
+
+    monkeypatch.setenv("BOW_GYM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    ablation(["--dataset", dataset, "--root", str(shared_data / folder), "--rounds", "2",
+              "--seeds", "0", "--rows", "full,random,supervised", "--protocols", "transductive",
+              "--set", "segmenter_kwargs={epochs=1}", "--out", str(out)])
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    assert lines[-2].startswith("full_round5_minus_round1: ")
+    assert lines[-1].startswith("full_round5_over_supervised: ")
+    saved = json.loads((out / "ablation.json").read_text())
+    assert saved["seeds"] == [0] and saved["base"]["dataset"] == dataset
+    table = saved["protocols"]["transductive"]["table"]
+    assert {(t["row"], t["round"]) for t in table} == {
+        ("full", 1), ("full", 2), ("random", 1), ("random", 2), ("supervised", 2)}
+    # images with empty ground truth (BUSI normal) are reported apart
+    assert ("prediction[empty-gt]" in table[0]) == empty_gt
+    assert (out / "ablation.png").stat().st_size > 0
+    assert json.loads((out / "run.json").read_text())["script"] == "ablation"
