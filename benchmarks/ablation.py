@@ -331,7 +331,7 @@ def _run_protocol(protocol: str, rows_wanted: list[str], seeds: list[int],
                               f"{target}_high": s["high"]})
                 # a data set with empty ground truth (BUSI normal): the lesion images and the
                 # empty ones apart too, as columns "prediction[non-empty-gt]", ...
-                for group, name in lib.rounds_targets(per_seed[0], target)[1:]:
+                for _group, name in lib.rounds_targets(per_seed[0], target)[1:]:
                     entry[name] = over_seeds([_summary(x, r, name, "dice_mean") * 100
                                               for x in per_seed])["mean"]
             entry["hd95"] = over_seeds([_summary(x, r, "prediction", "hd95_mean")
