@@ -278,6 +278,18 @@ def _cosine_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(x, y, dim=-1)
 
 
+def _record_step(history: AdaptationHistory, a: torch.Tensor, p: torch.Tensor, n: torch.Tensor,
+                 loss: torch.Tensor, margin: float, bar: Any) -> None:
+    """Logs one triplet step: its loss and the share of triplets still violating the margin."""
+    import torch
+
+    with torch.no_grad():
+        active = (_cosine_distance(a, p) - _cosine_distance(a, n) + margin > 0)
+    history.losses.append(float(loss.detach()))
+    history.active_fraction.append(float(active.float().mean()))
+    bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
+
+
 def adapt_backbone(
     backbone: Any,
     images: Sequence[np.ndarray],
@@ -423,11 +435,7 @@ def adapt_backbone(
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                with torch.no_grad():
-                    active = (_cosine_distance(a, p) - _cosine_distance(a, n) + config.margin > 0)
-                history.losses.append(float(loss.detach()))
-                history.active_fraction.append(float(active.float().mean()))
-                bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
+                _record_step(history, a, p, n, loss, config.margin, bar)
     finally:
         handle.train(False)
         model.train(was_training)
@@ -498,11 +506,7 @@ def _adapt_head(backbone: Any, images: Sequence[np.ndarray], labels: list[np.nda
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                with torch.no_grad():
-                    active = (_cosine_distance(a, p) - _cosine_distance(a, n) + config.margin > 0)
-                history.losses.append(float(loss.detach()))
-                history.active_fraction.append(float(active.float().mean()))
-                bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
+                _record_step(history, a, p, n, loss, config.margin, bar)
     finally:
         model.eval()
         history.adapter_id = handle.refresh()

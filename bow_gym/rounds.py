@@ -86,6 +86,17 @@ STARTS = ("prediction", "merged", "previous", "ask")
 TRUST_KEYS = ("accepted", "rejected", "untouched")
 #: Config fields that may change when a run is resumed (they do not change its results).
 RESUMABLE_KEYS = frozenset({"rounds", "progress", "tensorboard", "device", "name"})
+
+
+def config_differences(stored: Mapping[str, Any], config: RoundsConfig
+                       ) -> tuple[list[str], list[Any], list[Any]]:
+    """The fields (sorted) in which ``config`` differs from a stored config's JSON, except
+    :data:`RESUMABLE_KEYS`, which a resumed run may change: ``(fields, stored values, new
+    values)``."""
+    new = json.loads(json.dumps(asdict(config)))
+    differ = sorted(k for k in set(stored) | set(new)
+                    if k not in RESUMABLE_KEYS and stored.get(k) != new.get(k))
+    return differ, [stored.get(k) for k in differ], [new.get(k) for k in differ]
 #: Config fields that were renamed: old name -> new name (refused, naming the new one).
 RENAMED_KEYS = {"clicks": "clicks_per_image", "lora": "adapt"}
 
@@ -854,14 +865,11 @@ class RoundsRun:
                 if f.name not in old:
                     old[f.name] = json.loads(json.dumps(
                         f.default_factory() if f.default_factory is not MISSING else f.default))
-            new = json.loads(json.dumps(asdict(config)))
-            differ = sorted(k for k in set(old) | set(new)
-                            if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
+            differ, was, now = config_differences(old, config)
             if differ:
                 raise ValueError(
                     f"{self.out} was started with another config: {differ} differ "
-                    f"(stored: {[old.get(k) for k in differ]}, now: "
-                    f"{[new.get(k) for k in differ]}); use another --out to start afresh")
+                    f"(stored: {was}, now: {now}); use another --out to start afresh")
         # Before anything is written: a config.json of a config that cannot run would make
         # the corrected rerun with the same --out look like "another config" and be refused.
         self._datasets = self._check(labelling)

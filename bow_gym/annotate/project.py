@@ -27,7 +27,7 @@ import numpy as np
 from bow_gym.annotate.engine import Divergence, Engine, log_digest
 from bow_gym.annotate.store import Annotator, Store, utc_now
 from bow_gym.io_utils import atomic_write_bytes
-from bow_gym.rounds import RESUMABLE_KEYS, RoundsConfig
+from bow_gym.rounds import RoundsConfig, config_differences
 
 #: Answers accepted in a request body.
 ANSWERS = {"better": 1, "worse": -1, 1: 1, -1: -1}
@@ -89,13 +89,11 @@ def resolve_config(store: Store, config: RoundsConfig | None) -> tuple[RoundsCon
                              "(bow-gym annotate serve --dataset ... [--root ...] [--agent ...])")
         return config, True
     if config is not None:
-        new = json.loads(json.dumps(asdict(config)))
-        differ = sorted(k for k in set(stored) | set(new)
-                        if k not in RESUMABLE_KEYS and stored.get(k) != new.get(k))
+        differ, was, given = config_differences(stored, config)
         if differ:
             raise ValueError(
                 f"{store.path} is a project of another configuration: {differ} differ (stored: "
-                f"{[stored.get(k) for k in differ]}, given: {[new.get(k) for k in differ]}); "
+                f"{was}, given: {given}); "
                 "start it without configuration options, or use another --db")
     return RoundsConfig(**stored), False
 
