@@ -606,8 +606,8 @@ def check_mask_values(mask: Any, source: str = "mask") -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """A bool mask resized to ``size x size`` (nearest neighbour, so labels stay crisp)."""
-    m = np.asarray(mask).astype(np.uint8)
-    if m.shape == (size, size):
-        return m.astype(bool)
-    return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+    """A bool mask resized to ``size x size`` (nearest neighbour, so labels stay crisp):
+    :func:`bow_gym.metrics.resize_mask` to a square."""
+    from bow_gym.metrics import resize_mask as resize_to
+
+    return resize_to(mask, (size, size))
