@@ -984,25 +984,24 @@ class RoundsRun:
             self._writer = None
         return rows
 
-    def _initial_masks(self, r: int, size: int, grid: tuple[int, int]
+    def _initial_masks(self, r: int, prev: Labels | None, size: int, grid: tuple[int, int]
                        ) -> dict[str, np.ndarray] | None:
-        """Round ``r``'s start masks at the working resolution ``size`` (``config.start``)."""
+        """Round ``r``'s start masks at the working resolution ``size`` (``config.start``);
+        ``prev``: round ``r - 1``'s labels (loaded when the start or the evidence needs them)."""
         if r == 1:
             return None
         if self.config.start == "previous":
-            prev = Labels.load(self.round_dir(r - 1) / "labels.npz")
             return dict(zip(prev.ids, prev.pseudo, strict=True))
         pred = _load_npz(self.round_dir(r - 1) / "predictions.npz", ("label_ids", "label_prob"))
         masks = {str(i): _resize_prob(p, (size, size))
                  for i, p in zip(pred["label_ids"], pred["label_prob"], strict=True)}
         if self.config.start in ("merged", "ask"):
-            prev = Labels.load(self.round_dir(r - 1) / "labels.npz")
             if prev.evidence_total is not None:
                 for i, ev in zip(prev.ids, prev.evidence_total, strict=True):
                     masks[i] = apply_evidence(masks[i], ev, grid)
         return masks
 
-    def _ask_starts(self, r: int, label_ds: SegmentationDataset,
+    def _ask_starts(self, r: int, label_ds: SegmentationDataset, prev: Labels,
                     proposals: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
                                                                dict[str, int]]:
         """``start = "ask"``: per image, the expert's choice between the previous round's
@@ -1011,7 +1010,6 @@ class RoundsRun:
         One question per image, answered by the env's oracle (:meth:`BetterWorseSegEnv.ask`),
         seeded per round and image like the episodes.
         """
-        prev = Labels.load(self.round_dir(r - 1) / "labels.npz")
         env = self._make_env(label_ds, None)
         seed = _seed(self.config, r, 7)
         starts, answers = {}, {}
@@ -1062,10 +1060,13 @@ class RoundsRun:
             labels = Labels.load(labels_path)
         else:
             size = int(cfg.env_kwargs.get("obs_size", 128))
-            initial = self._initial_masks(r, size, tuple(self.backbone.grid))
+            # The previous round's labels, read once, where the start or the evidence uses them.
+            prev = (Labels.load(self.round_dir(r - 1) / "labels.npz")
+                    if r > 1 and (cfg.start != "prediction" or cfg.carry_evidence) else None)
+            initial = self._initial_masks(r, prev, size, tuple(self.backbone.grid))
             asked: dict[str, int] = {}
             if cfg.start == "ask" and initial is not None:
-                initial, asked = self._ask_starts(r, label_ds, initial)
+                initial, asked = self._ask_starts(r, label_ds, prev, initial)
             envs = [self._make_env(label_ds, initial) for _ in range(cfg.label_envs)]
             for env in envs[1:]:
                 env.features = envs[0].features  # one feature cache: each image featurised once
@@ -1078,8 +1079,7 @@ class RoundsRun:
                                  progress=cfg.progress, desc=f"round {r}: clicks")
             if asked:
                 labels.start_answers = np.array([asked[i] for i in labels.ids], np.int8)
-            if cfg.carry_evidence and r > 1:
-                prev = Labels.load(self.round_dir(r - 1) / "labels.npz")
+            if cfg.carry_evidence and prev is not None:
                 if prev.evidence_total is not None:
                     old = dict(zip(prev.ids, prev.evidence_total, strict=True))
                     for i, iid in enumerate(labels.ids):
