@@ -340,24 +340,11 @@ class BetterWorseSegEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = dict(options or {})
-        unknown = set(options) - {"index", "image_id", "initial_mask"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; "
-                             "expected 'index', 'image_id', 'initial_mask'")
         n = len(self.dataset)
-        if "image_id" in options:
-            index = self.dataset.index_of(options["image_id"])
-        elif "index" in options:
-            index = options["index"]
-            if not _is_integer(index) or not 0 <= index < n:
-                raise ValueError(
-                    f"options['index'] must be an integer in [0, {n}), got {options['index']!r}"
-                )
-            index = int(index)
-        elif self.image_order == "sequential":
-            index = self._next_index
-        else:
-            index = int(self.np_random.integers(n))
+        index = requested_index(options, self.dataset)
+        if index is None:
+            index = (self._next_index if self.image_order == "sequential"
+                     else int(self.np_random.integers(n)))
         self._next_index = (index + 1) % n
 
         ctx = self._ctx = self._context(index)
@@ -565,6 +552,28 @@ class BetterWorseSegEnv(gym.Env):
         self.__dict__.update(state)
         if self._ctx is not None:
             self._contexts[self._ctx.index] = self._ctx
+
+
+def requested_index(options: Mapping[str, Any], dataset: SegmentationDataset) -> int | None:
+    """The image ``reset(options=...)`` asks for (``image_id`` or ``index``), or ``None``.
+
+    Shared by the single and the vector env, so both accept and refuse the same options.
+
+    Raises:
+        ValueError: An unknown option, or an ``index`` that is not an integer in range.
+    """
+    unknown = set(options) - {"index", "image_id", "initial_mask"}
+    if unknown:
+        raise ValueError(f"unknown reset options {sorted(unknown)}; "
+                         "expected 'index', 'image_id', 'initial_mask'")
+    if "image_id" in options:
+        return dataset.index_of(options["image_id"])
+    if "index" in options:
+        index, n = options["index"], len(dataset)
+        if not _is_integer(index) or not 0 <= index < n:
+            raise ValueError(f"options['index'] must be an integer in [0, {n}), got {index!r}")
+        return int(index)
+    return None
 
 
 def _is_integer(value: Any) -> bool:

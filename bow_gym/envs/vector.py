@@ -22,7 +22,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from bow_gym.datasets.base import SegmentationDataset
-from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY, BetterWorseSegEnv
+from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY, BetterWorseSegEnv, requested_index
 from bow_gym.oracles import Oracle, Overlap, dice_of_counts
 
 __all__ = ["BetterWorseSegVectorEnv"]
@@ -551,18 +551,9 @@ class BetterWorseSegVectorEnv(VectorEnv):
         """Start a new episode in sub-envs ``envs`` (their generators already seeded)."""
         if len(envs) == 0:
             return
-        unknown = set(options) - {"index", "image_id", "initial_mask"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; "
-                             "expected 'index', 'image_id', 'initial_mask', 'reset_mask'")
         n_images = len(self.dataset)
-        if "image_id" in options:
-            indices = np.full(len(envs), self.dataset.index_of(options["image_id"]), np.int64)
-        elif "index" in options:
-            index = int(options["index"])
-            if not 0 <= index < n_images:
-                raise ValueError(f"options['index'] must be in [0, {n_images}), got "
-                                 f"{options['index']!r}")
+        index = requested_index(options, self.dataset)
+        if index is not None:
             indices = np.full(len(envs), index, np.int64)
         elif self.image_order == "sequential":
             indices = self._next_index[envs].copy()
