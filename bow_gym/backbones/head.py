@@ -35,8 +35,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from bow_gym.io_utils import atomic_write_bytes
-
 #: ``format`` entry of the safetensors metadata written by :func:`save_head`.
 HEAD_FORMAT = "bow_gym.feature_head"
 #: Version of that format.
@@ -232,7 +230,7 @@ def apply_head(backbone: Any, config: HeadConfig | None = None, *, seed: int = 0
 
 def save_head(backbone: Any, path: str | Path) -> Path:
     """Writes the backbone's head to a safetensors file, atomically."""
-    from safetensors.torch import save
+    from bow_gym.io_utils import save_tensors
 
     handle = get_head(backbone)
     if handle is None:
@@ -242,7 +240,7 @@ def save_head(backbone: Any, path: str | Path) -> Path:
                 "config": json.dumps(handle.config.to_dict(), sort_keys=True),
                 "base_model": handle.base_identity, "dim": str(backbone.dim),
                 "grid": json.dumps(list(backbone.grid)), "adapter_id": handle.adapter_id}
-    atomic_write_bytes(path, save(handle.state_dict(), metadata=metadata))
+    save_tensors(path, handle.state_dict(), metadata)
     return path
 
 
