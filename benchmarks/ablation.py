@@ -15,6 +15,11 @@ data, split and seeds, changing one thing:
 * ``supervised``: the segmenter trained on the ground truth of the labelling images (the upper
   bound: no clicks).
 
+Levers (``--lever NAME KEY=VALUE ...``, repeatable): each adds a row ``lever_NAME``, the ``full``
+row with those config fields changed, paired against ``full`` (one change at a time, the same
+seeds and images), e.g. ``--lever no_trust 'label_trust={}'`` or ``--lever published_start
+start=prediction``.
+
 Protocols (``--protocols``, both by default): ``heldout`` (the agent labels the seeded training
 part, predictions are scored on the held-out part; groups such as video sequences are kept whole)
 and ``transductive`` (the method's: every image is labelled and scored).
@@ -74,13 +79,48 @@ ROWS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "gt": ("ground-truth-guided clicker + adaptation (ceiling)", {"agent": "gt", "adapt": True}),
     "supervised": ("segmenter on the ground truth (upper bound)", None),
 }
-#: Paired row differences reported (a - b).
+#: Prefix of the rows ``--lever`` adds: the full row with some config fields changed.
+LEVER = "lever_"
+#: Paired row differences reported (a - b); each lever row is also paired against ``full``.
 PAIRS = (("full", "no_adapt"), ("no_adapt", "random"), ("full", "random"),
          ("full", "full_reinforce"))
 PROTOCOLS = ("heldout", "transductive")
 #: Sweep-file keys (``--sweep FILE``) and the flags they stand for.
 SWEEP_KEYS = {"config": "--config", "seeds": "--seeds", "rounds": "--rounds", "limit": "--limit",
               "rows": "--rows", "protocols": "--protocols", "agent": "--agent"}
+
+
+def lever_rows(levers: list[list[str]]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Rows of ``--lever NAME KEY=VALUE ...``: the full row with those fields changed.
+
+    Raises:
+        ValueError: a lever without a name or a setting, a name that is not a plain word or
+            given twice, a setting that is not ``KEY=VALUE`` (TOML), or one that changes the
+            row's agent or adaptation (those are the ablation's own rows).
+    """
+    from bow_gym.rounds import parse_set
+
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for lever in levers:
+        if len(lever) < 2:
+            raise ValueError(f"expected NAME KEY=VALUE [KEY=VALUE ...], got {lever!r}")
+        name, *settings = lever
+        if not name.replace("_", "").isalnum() or "=" in name:
+            raise ValueError(f"a lever's name must be a word (letters, digits, _), got {name!r}")
+        key = LEVER + name
+        if key in out:
+            raise ValueError(f"lever {name!r} given twice")
+        changes = dict(parse_set(item) for item in settings)
+        fixed = sorted(set(changes) & {"agent", "adapt"})
+        if fixed:
+            raise ValueError(f"lever {name!r} changes {fixed}, which the ablation's rows vary "
+                             "(full, no_adapt, random, ...); a lever changes something else")
+        # Labels are format strings ({agent}): the settings' own braces are escaped.
+        text = ", ".join(f"{k}={v!r}" for k, v in changes.items()).replace("{", "{{").replace(
+            "}", "}}")
+        out[key] = ("full method: {agent} + adaptation, with " + text,
+                    {**ROWS["full"][1], **changes})  # type: ignore[dict-item]
+    return out
 
 
 def row_unit(config: str, overrides: dict[str, Any], run_dir: str,
@@ -180,6 +220,12 @@ def main(argv: list[str] | None = None) -> None:
                                                "(adapted with LoRA) instead of lab_texture")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config field for every row (TOML value), repeatable")
+    p.add_argument("--lever", action="append", nargs="+", default=[],
+                   metavar=("NAME", "KEY=VALUE"),
+                   help="one more row, 'lever_NAME': the full row with these config fields "
+                        "changed (TOML values), paired against full; repeatable, e.g. "
+                        "--lever no_trust 'label_trust={}' --lever six_epochs "
+                        "'segmenter_kwargs={epochs=6}'")
     lib.add_output_arguments(p, "ablation")
     # A unit is one protocol x row x seed (run folder <out>/runs/<protocol>/<row>-s<seed>):
     # sequentially, on a process pool or on Ray (docs/scaling.md); finished units are reused.
@@ -206,6 +252,14 @@ def main(argv: list[str] | None = None) -> None:
     if not rows_wanted or any(v not in ROWS for v in rows_wanted):
         p.error(f"--rows: expected a comma-separated subset of {', '.join(ROWS)}, "
                 f"got {args.rows!r}")
+    rows = dict(ROWS)
+    try:
+        rows.update(lever_rows(args.lever))
+    except ValueError as e:
+        p.error(f"--lever: {e}")
+    if args.lever and "full" not in rows_wanted:
+        p.error("--lever: a lever is paired against the full row; add full to --rows")
+    rows_wanted += [k for k in rows if k not in ROWS]
     if args.agent not in list_agents():
         p.error(f"--agent: unknown agent {args.agent!r}; registered: {', '.join(list_agents())}")
     if args.rounds < 1:
@@ -233,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     try:  # every config is checked before anything runs or is written
         for protocol in protocols:
             for key in rows_wanted:
-                over = ROWS[key][1] or {}
+                over = rows[key][1] or {}
                 load_config(args.config, **{**base, **_agent(over, args.agent),
                                             "protocol": protocol, "seed": seeds[0]})
     except (ValueError, FileNotFoundError) as e:
@@ -250,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     for protocol in protocols:
         for seed in seeds:
             for key in rows_wanted:
-                over = ROWS[key][1]
+                over = rows[key][1]
                 name = f"{key}-s{seed}"
                 overrides = {**base, **_agent(over or {}, args.agent), "protocol": protocol,
                              "seed": seed, "name": name, "progress": False}
@@ -263,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     done = {u.key: r["rows"] for u, r in zip(units, results, strict=True)}
     table, paired_rows = [], []
     for protocol in protocols:
-        res = _run_protocol(protocol, rows_wanted, seeds, args, out / "runs" / protocol, done)
+        res = _run_protocol(protocol, rows, rows_wanted, seeds, args, out / "runs" / protocol,
+                            done)
         result["protocols"][protocol] = res["summary"]
         table += res["table"]
         paired_rows += res["paired"]
@@ -297,7 +352,8 @@ def _agent(over: dict[str, Any], agent: str) -> dict[str, Any]:
     return {k: (agent if v == AGENT else v) for k, v in over.items()}
 
 
-def _run_protocol(protocol: str, rows_wanted: list[str], seeds: list[int],
+def _run_protocol(protocol: str, rows: dict[str, tuple[str, dict[str, Any] | None]],
+                  rows_wanted: list[str], seeds: list[int],
                   args: argparse.Namespace, runs: Path,
                   done: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """One protocol's table and paired differences from its units' metric rows (``done``)."""
@@ -311,9 +367,9 @@ def _run_protocol(protocol: str, rows_wanted: list[str], seeds: list[int],
     rounds = args.rounds
     table: list[dict[str, Any]] = []
     for key in rows_wanted:
-        label = ROWS[key][0].format(agent=args.agent)
+        label = rows[key][0].format(agent=args.agent)
         per_seed = metrics[key]
-        if ROWS[key][1] is None:
+        if rows[key][1] is None:
             dice = over_seeds([float(r[0]["dice_mean"]) * 100 for r in per_seed])
             hd = over_seeds([float(r[0]["hd95_mean"]) for r in per_seed])
             secs = [float(r[0]["seconds"]) for r in per_seed]
@@ -345,14 +401,15 @@ def _run_protocol(protocol: str, rows_wanted: list[str], seeds: list[int],
             table.append(entry)
 
     def images(key: str, r: int) -> list[dict[str, float]]:
-        if ROWS[key][1] is None:
+        if rows[key][1] is None:
             return [supervised_per_image(d) for d in dirs[key]]
         return [read_per_image(d, r) for d in dirs[key]]
 
     paired_rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"table": [t for t in table if t["protocol"] == protocol]}
     for r in range(1, rounds + 1):
-        for a, b in PAIRS:
+        levers = [(k, "full") for k in rows_wanted if k.startswith(LEVER)]
+        for a, b in (*PAIRS, *levers):
             if a in dirs and b in dirs:
                 d = paired(images(a, r), images(b, r), seed=r)
                 paired_rows.append({"protocol": protocol, "round": r, "a": a, "b": b, **d})

@@ -304,6 +304,14 @@ def test_first_click_ceiling_augment(tmp_path, capsys):
     (["--rounds", "0"], "--rounds must be >= 1, got 0"),
     (["--seeds", "a,b"], "--seeds: expected distinct comma-separated integers, got 'a,b'"),
     (["--jobs", "0"], "--jobs must be at least 1, got 0"),
+    (["--lever", "no_trust"], "--lever: expected NAME KEY=VALUE [KEY=VALUE ...], got ['no_trust']"),
+    (["--lever", "x", "agent=random"], "--lever: lever 'x' changes ['agent']"),
+    (["--lever", "a-b", "top_k=0.5"], "--lever: a lever's name must be a word"),
+    (["--lever", "x", "top_k=0.5", "--lever", "x", "top_k=0.2"], "--lever: lever 'x' given twice"),
+    (["--lever", "x", "top_k"], "--lever: --set expects KEY=VALUE, got 'top_k'"),
+    (["--lever", "x", "no_such_key=1"], "unknown config key(s) ['no_such_key']"),
+    (["--rows", "random", "--lever", "x", "top_k=0.5"], "--lever: a lever is paired against the "
+                                                        "full row; add full to --rows"),
 ])
 def test_ablation_refuses_bad_arguments_before_writing(argv, message, tmp_path, capsys):
     from benchmarks.ablation import main as ablation
@@ -312,6 +320,33 @@ def test_ablation_refuses_bad_arguments_before_writing(argv, message, tmp_path, 
         ablation([*argv, "--out", str(tmp_path / "out")])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_ablation_levers_are_full_rows_with_one_change_paired_against_full(tmp_path, capsys):
+    from benchmarks.ablation import main as ablation
+
+    out = tmp_path / "out"
+    ablation(["--dataset", "synthetic", "--rounds", "1", "--seeds", "0", "--rows", "full",
+              "--protocols", "transductive", "--limit", "6", "--set", "segmenter_kwargs={epochs=1}",
+              "--lever", "half", "top_k=0.5", "--lever", "no_trust", "label_trust={}",
+              "carry_evidence=false", "--out", str(out)])
+    printed = capsys.readouterr().out
+    runs = out / "runs" / "transductive"
+    full = json.loads((runs / "full-s0" / "config.json").read_text())
+    half = json.loads((runs / "lever_half-s0" / "config.json").read_text())
+    no_trust = json.loads((runs / "lever_no_trust-s0" / "config.json").read_text())
+    # each lever is the full row with only its own fields changed
+    assert full["top_k"] == 1.0 and full["label_trust"] == {"untouched": 0.5}
+    assert {k for k in full if full[k] != half[k]} == {"top_k", "name"}
+    assert {k for k in full if full[k] != no_trust[k]} == {"label_trust", "carry_evidence", "name"}
+    assert half["agent"] == full["agent"] == "answer_model" and half["adapt"] is True
+    saved = json.loads((out / "ablation.json").read_text())
+    pairs = {(x["a"], x["b"]) for x in saved["protocols"]["transductive"]["paired"]}
+    assert {("lever_half", "full"), ("lever_no_trust", "full")} <= pairs
+    assert "round 1: lever_half - full:" in printed
+    rows = {t["row"]: t["label"] for t in saved["protocols"]["transductive"]["table"]}
+    assert rows["lever_no_trust"] == ("full method: answer_model + adaptation, with "
+                                      "label_trust={}, carry_evidence=False")
 
 
 def test_adaptation_names_a_missing_checkpoint(tmp_path, capsys):
