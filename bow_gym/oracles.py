@@ -143,8 +143,12 @@ def _gain_batch(before: Overlap, after: Overlap) -> np.ndarray:
     return np.where(gt == 0, fp_share, dice_gain)
 
 
+_ANSWER_OF = np.array([WORSE, BETTER], np.int64)
+
+
 def _answers(better: np.ndarray) -> np.ndarray:
-    return np.where(better, np.int64(BETTER), np.int64(WORSE))
+    # A lookup by each bool's byte: several times faster than np.where with two scalars.
+    return _ANSWER_OF.take(np.asarray(better, bool).view(np.uint8))
 
 
 class DiceOracle(Oracle):
@@ -271,6 +275,29 @@ class PersonOracle(Oracle):
 
 ORACLES: dict[str, type[Oracle]] = {"dice": DiceOracle, "margin": MarginOracle, "noisy": NoisyOracle,
                                     "person": PersonOracle}
+
+
+def judge_batch_with_dice(
+    oracle: Oracle,
+    before: Overlap,
+    after: Overlap,
+    dice_before: np.ndarray,
+    dice_after: np.ndarray,
+    rngs: Sequence[np.random.Generator | None],
+) -> np.ndarray:
+    """:meth:`Oracle.judge_batch`, given each change's Dice before and after as well.
+
+    A vector env keeps every sub-env's Dice and needs the Dice after each click anyway; for the
+    Dice-threshold experts (:class:`DiceOracle`, :class:`MarginOracle`) the answer is their
+    difference, so the two are not computed again. ``dice_before`` and ``dice_after`` must be
+    :func:`dice_of_counts` of ``before`` and ``after`` (then the answers are identical); every
+    other oracle, and a batch with an empty ground truth, goes through ``judge_batch``.
+    """
+    kind = type(oracle)
+    if (kind is DiceOracle or kind is MarginOracle) and np.asarray(after.gt).all():
+        delta = 0.0 if kind is DiceOracle else oracle.delta  # type: ignore[attr-defined]
+        return _answers(dice_after - dice_before > delta)
+    return oracle.judge_batch(before, after, rngs)
 
 
 def make_oracle(oracle: str | Oracle = "dice", **kwargs: float) -> Oracle:

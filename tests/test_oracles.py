@@ -101,3 +101,14 @@ def test_judge_batch_equals_judge_one_at_a_time(oracle):
     # The batched Dice is bit-identical to the scalar one.
     assert dice_of_counts(tp_b, pred_b, gt).tolist() == [
         Overlap(int(t), int(p), int(g)).dice for t, p, g in zip(tp_b, pred_b, gt, strict=True)]
+    # Given the Dice before and after (as the vector env has them), the same answers; with and
+    # without empty ground truth in the batch (the Dice experts' shortcut needs none).
+    from bow_gym.oracles import judge_batch_with_dice
+
+    for keep in (slice(None), gt > 0):
+        b = Overlap(*(f[keep] for f in before))
+        a = Overlap(*(f[keep] for f in after))
+        rngs = [np.random.default_rng(i) for i in range(len(b.gt))]
+        again = [np.random.default_rng(i) for i in range(len(b.gt))]
+        given = judge_batch_with_dice(oracle, b, a, dice_of_counts(*b), dice_of_counts(*a), rngs)
+        assert given.tolist() == oracle.judge_batch(b, a, again).tolist()
