@@ -76,7 +76,7 @@ from agents.common import (
     check_env_fits,
     load_checkpoint,
     load_state_checked,
-    make_envs,
+    make_vector_env,
     parse_cli,
     save_checkpoint,
     summary_line,
@@ -558,44 +558,43 @@ def train(args: AnswerModelArgs) -> tuple[AnswerModelAgent, dict[str, list[float
     args.validate()
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    envs = make_envs(args, args.num_envs)
-    base = envs[0].unwrapped
-    agent = AnswerModelAgent(base.grid, belief=args.belief, width=args.width, lr=args.lr,
+    # One vector env with same-step autoreset: a finished episode's step returns the next
+    # episode's first observation and info (image_id), as the per-env loop this replaced did.
+    venv, bases = make_vector_env(args, args.num_envs, args.vector_env)
+    n = args.num_envs
+    agent = AnswerModelAgent(bases[0].grid, belief=args.belief, width=args.width, lr=args.lr,
                              batch_size=args.batch_size, buffer_size=args.buffer_size,
                              posterior_steps=args.posterior_steps, prior_weight=args.prior_weight,
                              global_offset=args.global_offset, epsilon=args.epsilon,
                              augment=args.augment, online_batch=0,
                              device=resolve_device(args.device), seed=args.seed)
     log = TrainingLog(args, "answer_model")
-    obs, infos = zip(*[e.reset(seed=args.seed + i) for i, e in enumerate(envs)], strict=True)
-    obs, infos = list(obs), list(infos)
-    episodes: list[_Episode | None] = [None] * len(envs)
+    obs, info = venv.reset(seed=args.seed)  # sub-env i is seeded args.seed + i
+    episodes: list[_Episode | None] = [None] * n
     clicks = 0
     while clicks < args.total_answers:
         starting = [i for i, ep in enumerate(episodes) if ep is None]
         if starting:
             with torch.no_grad():
                 agent.net.eval()
-                inputs = [agent.belief_inputs(obs[i], envs[i].unwrapped) for i in starting]
+                inputs = [agent.belief_inputs(obs[i], bases[i]) for i in starting]
                 logits = agent.belief_logits(np.stack(inputs))
             for j, i in enumerate(starting):
-                episodes[i] = agent._start(obs[i], infos[i], envs[i].unwrapped, inputs[j],
-                                           logits[j])
-        rewards = []
-        for i, env in enumerate(envs):
-            ep = episodes[i]
-            assert ep is not None
-            action = agent.choose(obs[i], ep, env.unwrapped)
-            o2, r, term, trunc, info = env.step(action)
-            agent.record(ep, r)
-            rewards.append(r)
-            if term or trunc:
-                o2, info = env.reset()
+                episodes[i] = agent._start(obs[i], {"image_id": info["image_id"][i]}, bases[i],
+                                           inputs[j], logits[j])
+        # Choosing reads only each episode's own state, so choosing all before stepping gives
+        # the clicks (and draws) of choosing and stepping env by env.
+        actions = np.array([agent.choose(obs[i], episodes[i], bases[i])  # type: ignore[arg-type]
+                            for i in range(n)])
+        obs, rewards, terms, truncs, info = venv.step(actions)
+        for i in range(n):
+            agent.record(episodes[i], float(rewards[i]))  # type: ignore[arg-type]
+            if terms[i] or truncs[i]:
                 episodes[i] = None
-            obs[i], infos[i] = o2, info
-        clicks += len(envs)
+        clicks += n
         stats = agent.learn(args.updates_per_step) if clicks >= args.batch_size else {}
-        log.step(clicks, rewards, stats)
+        log.step(clicks, list(rewards), stats)
+    venv.close()
     return agent, log.finish(agent, args)
 
 

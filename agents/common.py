@@ -226,10 +226,27 @@ class TrainArgs(TrainDataArgs):
     """write TensorBoard logs to <out>/tb"""
     progress: bool = True
     """show a progress bar"""
+    vector_env: str = "native"
+    """how the num_envs envs are stepped: native (the env's batched vector env) or sync
+    (Gymnasium's SyncVectorEnv of single envs); both give the same training under a seed"""
+
+    #: Values :attr:`vector_env` may take.
+    vector_kinds: ClassVar[tuple[str, ...]] = ("native", "sync")
 
     def run_folder(self) -> Path:
         """Where the run is written: :attr:`out`, or the agent's default folder."""
         return Path(self.out if self.out is not None else self.default_out)
+
+    def validate(self) -> None:
+        """:meth:`TrainDataArgs.validate` and the choice of :attr:`vector_env`.
+
+        Raises:
+            ArgumentValueError: For the first bad field.
+        """
+        super().validate()
+        if self.vector_env not in self.vector_kinds:
+            raise ArgumentValueError("vector_env", f"must be one of {list(self.vector_kinds)}, "
+                                                   f"got {self.vector_env!r}")
 
 
 ArgsT = TypeVar("ArgsT", bound=TrainDataArgs)
@@ -287,12 +304,67 @@ def make_envs(args: TrainDataArgs, n: int) -> list:
     """
     import gymnasium as gym
 
-    import bow_gym  # noqa: F401
     from bow_gym.wrappers import DiceGainReward, StripEvalInfo
+
+    kwargs = training_env_kwargs(args, n)
+    first = gym.make(args.env_id, **kwargs)
+    base = first.unwrapped
+    shared = {**kwargs, "dataset": base.dataset, "backbone": base.backbone, "root": None,
+              "dataset_kwargs": None, "backbone_kwargs": None}
+    envs = [first] + [gym.make(args.env_id, **shared) for _ in range(n - 1)]
+    if args.reward == "dice_gain":
+        return [StripEvalInfo(DiceGainReward(e)) for e in envs]
+    return [StripEvalInfo(e) for e in envs]
+
+
+def make_vector_env(args: TrainDataArgs, n: int, kind: str = "native") -> tuple[Any, list]:
+    """``n`` envs on the training data as one vector env with same-step autoreset (a finished
+    episode's step returns the next episode's first observation), without ground truth in its
+    ``info`` (observations are fresh arrays each step, ``copy=True``: agents keep them); and one
+    read-only view per sub-env of what agents read of a single env (its
+    geometry, current features and propagation graph).
+
+    Args:
+        args: The data, env and reward arguments (as :func:`make_envs`).
+        n: Sub-envs.
+        kind: ``native``: the batched :class:`~bow_gym.envs.vector.BetterWorseSegVectorEnv`
+            (the spec's ``vector_entry_point``; views are its :meth:`sub_env`); ``sync``:
+            Gymnasium's ``SyncVectorEnv`` over :func:`make_envs` (views are the single envs).
+            Both give the same episodes, answers and rewards under the same seeds.
+
+    Raises:
+        ArgumentValueError: As :func:`make_envs`, or an unknown ``kind``.
+    """
+    import gymnasium as gym
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    from bow_gym.wrappers import DiceGainRewardVector, StripEvalInfoVector
+
+    if kind not in TrainArgs.vector_kinds:
+        raise ArgumentValueError("vector_env", f"must be one of {list(TrainArgs.vector_kinds)}, "
+                                               f"got {kind!r}")
+    if kind == "sync":
+        envs = make_envs(args, n)
+        venv = SyncVectorEnv([lambda e=e: e for e in envs],
+                             autoreset_mode=AutoresetMode.SAME_STEP)
+        return venv, [e.unwrapped for e in envs]
+    kwargs = training_env_kwargs(args, n)
+    venv = gym.make_vec(args.env_id, num_envs=n, vectorization_mode="vector_entry_point",
+                        autoreset_mode=AutoresetMode.SAME_STEP, **kwargs)
+    base = venv.unwrapped
+    views = [base.sub_env(i) for i in range(n)]
+    if args.reward == "dice_gain":
+        venv = DiceGainRewardVector(venv)
+    return StripEvalInfoVector(venv), views
+
+
+def training_env_kwargs(args: TrainDataArgs, n: int) -> dict[str, Any]:
+    """The env's keyword arguments from the training arguments (checked)."""
+    import bow_gym  # noqa: F401  (registers the envs)
 
     args.validate()
     if not COUNT.admits(n):
-        # n is every caller's num_envs; the list below would hold one env for any n < 1.
+        # n is every caller's num_envs; a list of envs would hold one env for any n < 1.
         raise ArgumentValueError("num_envs", f"must be {COUNT.expected()}, got {n!r}")
     kwargs: dict[str, Any] = dict(args.env_kwargs)
     if args.expert_margin > 0:
@@ -308,14 +380,7 @@ def make_envs(args: TrainDataArgs, n: int) -> list:
         ds_kwargs["limit"] = args.limit
     if ds_kwargs:
         kwargs["dataset_kwargs"] = ds_kwargs
-    first = gym.make(args.env_id, **kwargs)
-    base = first.unwrapped
-    shared = {**kwargs, "dataset": base.dataset, "backbone": base.backbone, "root": None,
-              "dataset_kwargs": None, "backbone_kwargs": None}
-    envs = [first] + [gym.make(args.env_id, **shared) for _ in range(n - 1)]
-    if args.reward == "dice_gain":
-        return [StripEvalInfo(DiceGainReward(e)) for e in envs]
-    return [StripEvalInfo(e) for e in envs]
+    return kwargs
 
 
 class TrainingLog:

@@ -57,7 +57,7 @@ from agents.common import (
     check_env_fits,
     load_checkpoint,
     load_state_checked,
-    make_envs,
+    make_vector_env,
     parse_cli,
     save_checkpoint,
     summary_line,
@@ -637,8 +637,10 @@ def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     device = resolve_device(args.device)
-    envs = make_envs(args, args.num_envs)
-    bases = [e.unwrapped for e in envs]
+    # One vector env with same-step autoreset: a finished episode's step returns the next
+    # episode's first observation, as the per-env loop this replaced reset it by hand.
+    venv, bases = make_vector_env(args, args.num_envs, args.vector_env)
+    n = args.num_envs
     agent = ReinforceAgent(bases[0].n_channels, policy=args.policy,
                            temperature=args.temperature, lr=args.lr, baseline=args.baseline,
                            ema_decay=args.ema_decay, value_coef=args.value_coef,
@@ -647,26 +649,28 @@ def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
                            aux_coef=args.aux_coef, aux_steps=args.aux_steps,
                            posterior_steps=args.posterior_steps, device=device, seed=args.seed)
     log = TrainingLog(args, "reinforce")
-    obs = [e.reset(seed=args.seed + i)[0] for i, e in enumerate(envs)]
-    rejected: list[list[tuple[int, int]]] = [[] for _ in envs]
-    episode: list[list[tuple[np.ndarray, np.ndarray, int, float]]] = [[] for _ in envs]
-    memory = [agent.new_episode() for _ in envs]  # the belief policy's within-episode memory
+    obs, _ = venv.reset(seed=args.seed)  # sub-env i is seeded args.seed + i
+    rejected: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    episode: list[list[tuple[np.ndarray, np.ndarray, int, float]]] = [[] for _ in range(n)]
+    memory = [agent.new_episode() for _ in range(n)]  # the belief policy's within-episode memory
     clicks = 0
     while clicks < args.total_answers:
         inputs, valid = zip(*[agent.policy_inputs(o, b, r, mem) for o, b, r, mem
                               in zip(obs, bases, rejected, memory, strict=True)], strict=True)
         actions, _ = agent._sample(np.stack(inputs), np.stack(valid))
+        env_actions = np.array([agent.env_action(int(a), b) for a, b in zip(actions, bases,
+                                                                            strict=True)])
+        obs, rewards, terms, truncs, info = venv.step(env_actions)
+        clicked = {k: info.get(k) for k in ("click", "patch")}  # (not of finished episodes)
         batch_in, batch_valid, batch_act, batch_ret, batch_answer = [], [], [], [], []
-        rewards = []
-        for i, env in enumerate(envs):
-            a = int(actions[i])
-            o2, r, term, trunc, info = env.step(agent.env_action(a, bases[i]))
-            episode[i].append((inputs[i], valid[i], a, float(r)))
-            agent.record_answer(memory[i], inputs[i], a, float(r))
-            rewards.append(r)
-            if r < 0:
-                rejected[i].append((int(info["click"]["label"]), int(info["patch"])))
-            if term or trunc or args.gamma == 0:
+        for i in range(n):
+            a, r = int(actions[i]), float(rewards[i])
+            episode[i].append((inputs[i], valid[i], a, r))
+            agent.record_answer(memory[i], inputs[i], a, r)
+            ended = bool(terms[i] or truncs[i])
+            if r < 0 and not ended:
+                rejected[i].append((int(clicked["click"]["label"][i]), int(clicked["patch"][i])))
+            if ended or args.gamma == 0:
                 g, rets = 0.0, []
                 for *_, rr in reversed(episode[i]):
                     g = rr + args.gamma * g
@@ -678,18 +682,17 @@ def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
                     batch_ret.append(ret)
                     batch_answer.append(er)
                 episode[i] = []
-            if term or trunc:
-                o2, _ = env.reset()
+            if ended:
                 rejected[i] = []
                 memory[i] = agent.new_episode()
-            obs[i] = o2
-        clicks += len(envs)
+        clicks += n
         stats = {}
         if batch_in:
             stats = agent.update(np.stack(batch_in), np.array(batch_act),
                                  np.array(batch_ret, np.float32), np.stack(batch_valid),
                                  np.array(batch_answer, np.float32))
-        log.step(clicks, rewards, stats)
+        log.step(clicks, list(rewards), stats)
+    venv.close()
     return agent, log.finish(agent, args)
 
 

@@ -73,6 +73,7 @@ from agents.common import (
     load_state_checked,
     make_envs,
     parse_cli,
+    training_env_kwargs,
 )
 from bow_gym.envs.better_worse_seg import BetterWorseSegEnv
 from bow_gym.io_utils import save_tensors, write_json
@@ -170,6 +171,13 @@ class SB3Args(TrainArgs):
     """the returned policy masks clicks (label, patch) the expert rejected earlier in the episode"""
     log_every: int = 128
     """clicks between points of the TensorBoard/CSV logs (rounded to whole rollouts/episodes)"""
+    vector_env: str = "auto"
+    """how the num_envs training envs are stepped: native (the env's batched vector env through
+    bow_gym.sb3_vec, in one process), sync (SB3's DummyVecEnv of single envs), or auto: native
+    where it applies (obs=pixels and reward=answer), else sync; both train the same weights
+    under a seed"""
+
+    vector_kinds: ClassVar[tuple[str, ...]] = ("auto", "native", "sync")
 
     def run_folder(self) -> Path:
         """:attr:`out`, or ``runs/sb3-<algo>``."""
@@ -195,6 +203,11 @@ class SB3Args(TrainArgs):
         if self.obs == "belief" and self.head != "patch":
             raise ArgumentValueError("obs", "'belief' needs head='patch': the extractor's outputs "
                                             "are the logits")
+        if self.vector_env == "native" and (self.obs != "pixels" or self.reward != "answer"):
+            raise ArgumentValueError("vector_env", "'native' steps pixel observations rewarded by "
+                                                   "the expert's answers (obs='pixels', "
+                                                   f"reward='answer'), got obs={self.obs!r}, "
+                                                   f"reward={self.reward!r}: use 'sync' or 'auto'")
         if self.aux_coef and self.obs != "belief":
             raise ArgumentValueError("aux_coef", "needs obs='belief' (the belief predicts the "
                                                  f"answers), got obs={self.obs!r}")
@@ -241,7 +254,15 @@ def resolved(args: SB3Args) -> dict[str, Any]:
         if out[key] is None:
             out[key] = value
     out["out"] = str(args.run_folder())
+    out["vector_env"] = vector_kind(args)
     return out
+
+
+def vector_kind(args: SB3Args) -> str:
+    """``native`` or ``sync``: how :func:`make_vec_env` steps the envs (``auto`` resolved)."""
+    if args.vector_env != "auto":
+        return args.vector_env
+    return "native" if args.obs == "pixels" and args.reward == "answer" else "sync"
 
 
 # ---------------------------------------------------------------------------- features extractor
@@ -843,18 +864,27 @@ def make_logger(out: Path, tensorboard: bool) -> Logger:
 
 # ---------------------------------------------------------------------------- training
 def make_vec_env(args: SB3Args, n: int):
-    """SB3 ``DummyVecEnv`` of ``n`` ``Monitor(PatchActions(StripEvalInfo(env)))`` training envs.
+    """The ``n`` training envs as an SB3 ``VecEnv`` (:func:`vector_kind` says which).
 
-    The envs come from :func:`agents.common.make_envs` (seeded split, shared data set and
-    backbone, no ground truth in ``info``). Built here rather than with SB3's ``make_vec_env``
-    because the envs share one featurised data set, which ``make_vec_env``'s per-env factory
-    would build ``n`` times.
+    ``native``: ``VecMonitor(SB3VecEnv(...))`` over the env's batched vector env
+    (:mod:`bow_gym.sb3_vec`: patch actions, ``action_masks`` for MaskablePPO, no ground truth in
+    the infos). ``sync``: a ``DummyVecEnv`` of ``Monitor(PatchActions(StripEvalInfo(env)))``
+    (with ``ClickMasks``, ``PatchFeatureObservation`` or ``BeliefObservation`` as the arguments
+    ask) from :func:`agents.common.make_envs`, built here rather than with SB3's
+    ``make_vec_env`` because the envs share one featurised data set, which ``make_vec_env``'s
+    per-env factory would build ``n`` times. Either way: the seeded split, one data set and one
+    backbone.
     """
     from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
+    from bow_gym.sb3_vec import make_sb3_vec_env
     from bow_gym.wrappers import BeliefObservation, PatchActions, PatchFeatureObservation
 
+    if vector_kind(args) == "native":
+        return VecMonitor(make_sb3_vec_env(args.env_id, n, action_masks=args.algo == "maskable_ppo",
+                                           avoid_rejected=args.avoid_rejected,
+                                           **training_env_kwargs(args, n)))
     envs = [PatchActions(e) for e in make_envs(args, n)]  # type: ignore[arg-type]
     if args.algo == "maskable_ppo":
         envs = [ClickMasks(e, avoid_rejected=args.avoid_rejected) for e in envs]
@@ -866,12 +896,24 @@ def make_vec_env(args: SB3Args, n: int):
     return DummyVecEnv([(lambda e=e: e) for e in envs])
 
 
+def geometry(vec_env: Any) -> Any:
+    """What :func:`make_vec_env`'s envs share (``grid``, ``n_patches``, ``clicks_per_episode``):
+    the native vector env, or the first single env."""
+    from bow_gym.sb3_vec import SB3VecEnv
+
+    inner = vec_env
+    while not isinstance(inner, SB3VecEnv) and not hasattr(inner, "envs") and hasattr(inner,
+                                                                                       "venv"):
+        inner = inner.venv  # SB3's VecEnvWrappers (VecMonitor, ...)
+    return inner.venv if isinstance(inner, SB3VecEnv) else inner.envs[0].unwrapped
+
+
 def build_model(args: SB3Args, vec_env: Any, out: Path):
     """The SB3 model of ``args.algo`` with the project's extractor, defaults and logger."""
     from stable_baselines3 import A2C, DQN, PPO
 
     hp = resolved(args)
-    base: BetterWorseSegEnv = vec_env.envs[0].unwrapped
+    base = geometry(vec_env)
     kwargs = policy_kwargs(args.algo, base.grid, args.width, args.channels, args.head, args.obs,
                            base.clicks_per_episode, args.posterior_steps)
     policy = "CnnPolicy" if args.obs == "pixels" else "MlpPolicy"  # the extractor is ours either way
@@ -929,7 +971,7 @@ def train_sb3(args: SB3Args) -> tuple[SB3ClickPolicy, dict[str, list[float]]]:
     callback: list[BaseCallback] = [history_callback]
     if args.aux_coef > 0:
         callback.append(AnswerPredictionCallback(args.aux_coef, args.aux_steps, seed=args.seed))
-    base: BetterWorseSegEnv = vec_env.envs[0].unwrapped
+    base = geometry(vec_env)
     # SB3 counts its log interval in rollouts (on-policy) or episodes (DQN), not in clicks.
     per_dump = base.clicks_per_episode if args.algo == "dqn" else hp["n_steps"] * args.num_envs
     log_interval = max(1, round(args.log_every / per_dump))

@@ -232,13 +232,11 @@ def _rss_mib() -> float:
 
 # ---------------------------------------------------------------------------- SB3 PPO wall time
 def ppo_wall_times(clicks: int, seed: int = 0) -> dict[str, Any]:
-    """Wall time of one SB3 PPO run of ``clicks`` answers with ``agents.sb3``'s defaults, on its
-    ``DummyVecEnv`` of single envs (``train_sb3``, as it is) and on the native vector env through
-    :class:`bow_gym.sb3_vec.SB3VecEnv`, and whether both learnt the same.
+    """Wall time of one SB3 PPO run of ``clicks`` answers with ``agents.sb3``'s defaults on each
+    of its vector envs: ``vector_env="sync"`` (a ``DummyVecEnv`` of single envs, the path before
+    the native vector env) and ``"native"`` (the batched env through
+    :class:`bow_gym.sb3_vec.SB3VecEnv`, the default now), and whether both learnt the same.
 
-    The adapter run builds PPO as ``agents.sb3.build_model`` does for ``algo="ppo"`` (that
-    function reads ``vec_env.envs``, which a batched env has not); the envs get the same
-    arguments and shared data set as ``agents.common.make_envs`` gives the DummyVecEnv ones.
     Before timing, the features go into the on-disk cache and torch runs one short PPO
     rollout, so neither run pays a first-use cost the other does not. Besides the wall time,
     the seconds spent inside the vec env's ``step_wait`` and ``reset`` (``env_s``) are summed:
@@ -248,8 +246,8 @@ def ppo_wall_times(clicks: int, seed: int = 0) -> dict[str, Any]:
 
     from bow_gym.sb3_vec import SB3VecEnv
 
-    env_s = {"current": 0.0, "adapter": 0.0}
-    patched = {(DummyVecEnv, "current"), (SB3VecEnv, "adapter")}
+    env_s = {"sync": 0.0, "native": 0.0}
+    patched = {(DummyVecEnv, "sync"), (SB3VecEnv, "native")}
     originals = {(cls, m): getattr(cls, m) for cls, _ in patched for m in ("step_wait", "reset")}
 
     def timed(method, key):
@@ -273,62 +271,35 @@ def ppo_wall_times(clicks: int, seed: int = 0) -> dict[str, Any]:
 
 def _ppo_runs(clicks: int, seed: int, env_s: dict[str, float]) -> dict[str, Any]:
     import torch
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.utils import set_random_seed
 
     from agents.common import make_envs
-    from agents.sb3 import (
-        ClickHistoryCallback,
-        SB3Args,
-        make_logger,
-        policy_kwargs,
-        resolved,
-        tie_patch_head,
-        train_sb3,
-    )
-    from bow_gym.sb3_vec import make_sb3_vec_env
+    from agents.sb3 import SB3Args, train_sb3
 
+    runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        args = SB3Args(algo="ppo", total_clicks=clicks, seed=seed, out=str(Path(tmp) / "current"),
-                       tensorboard=False, progress=False, device="cpu")
+        args = SB3Args(algo="ppo", total_answers=clicks, seed=seed, tensorboard=False,
+                       progress=False, device="cpu")
         make_envs(args, 1)[0].unwrapped.precompute_features(progress=False)
-        train_sb3(dataclasses.replace(args, total_clicks=16, out=str(Path(tmp) / "warm")))
-        env_s["current"] = 0.0
-        t0 = time.perf_counter()
-        agent, history = train_sb3(args)
-        current = {"wall_s": time.perf_counter() - t0,
-                   "learn_s": float(agent.metadata["train_seconds"]), "env_s": env_s["current"]}
-
-        t0 = time.perf_counter()
-        hp = resolved(args)
-        set_random_seed(args.seed)
-        base = make_envs(args, 1)[0].unwrapped  # the same arguments and data set as today
-        kwargs = {**base.spec.kwargs, "dataset": base.dataset, "backbone": base.backbone,
-                  "root": None, "dataset_kwargs": None, "backbone_kwargs": None}
-        venv = make_sb3_vec_env(args.env_id, args.num_envs, **kwargs)
-        model = PPO("CnnPolicy", venv, n_steps=hp["n_steps"], batch_size=hp["batch_size"],
-                    n_epochs=args.n_epochs, ent_coef=args.ent_coef, vf_coef=args.vf_coef,
-                    learning_rate=hp["lr"], gamma=args.gamma, seed=args.seed, device=args.device,
-                    policy_kwargs=policy_kwargs("ppo", venv.venv.grid, args.width, args.channels,
-                                                args.head, args.obs),
-                    verbose=0)
-        tie_patch_head(model.policy)
-        model.set_logger(make_logger(Path(tmp) / "adapter", False))
-        callback = ClickHistoryCallback()
-        t1 = time.perf_counter()
-        model.learn(total_timesteps=clicks, callback=callback,
-                    log_interval=max(1, round(args.log_every / (hp["n_steps"] * args.num_envs))))
-        adapter = {"learn_s": time.perf_counter() - t1, "wall_s": time.perf_counter() - t0,
-                   "env_s": env_s["adapter"]}
-        same_params = all(torch.equal(a, b) for a, b in zip(
-            agent.policy.state_dict().values(), model.policy.state_dict().values(), strict=True))
+        for kind in ("sync", "native"):
+            train_sb3(dataclasses.replace(args, total_answers=16, vector_env=kind,
+                                          out=str(Path(tmp) / f"warm-{kind}")))
+            env_s[kind] = 0.0
+            t0 = time.perf_counter()
+            agent, history = train_sb3(dataclasses.replace(args, vector_env=kind,
+                                                           out=str(Path(tmp) / kind)))
+            runs[kind] = {"wall_s": time.perf_counter() - t0, "env_s": env_s[kind],
+                          "learn_s": float(agent.metadata["train_seconds"]),
+                          "history": history, "params": agent.policy.state_dict()}
+    sync, native = runs["sync"], runs["native"]
+    same_params = all(torch.equal(a, b) for a, b in zip(
+        sync.pop("params").values(), native.pop("params").values(), strict=True))
+    same_rewards = sync.pop("history")["reward"] == native.pop("history")["reward"]
     return {"clicks": clicks, "seed": seed, "num_envs": args.num_envs,
-            "current_dummy_vec_env": current, "native_vector_adapter": adapter,
-            "speedup_wall": current["wall_s"] / adapter["wall_s"],
-            "speedup_learn": current["learn_s"] / adapter["learn_s"],
-            "speedup_env": current["env_s"] / adapter["env_s"],
-            "same_rewards": history["reward"] == callback.history["reward"],
-            "same_parameters": same_params}
+            "current_dummy_vec_env": sync, "native_vector_adapter": native,
+            "speedup_wall": sync["wall_s"] / native["wall_s"],
+            "speedup_learn": sync["learn_s"] / native["learn_s"],
+            "speedup_env": sync["env_s"] / native["env_s"],
+            "same_rewards": same_rewards, "same_parameters": same_params}
 
 
 # ---------------------------------------------------------------------------- command line

@@ -95,6 +95,75 @@ class DiceGainReward(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class StripEvalInfoVector(gym.vector.VectorWrapper):
+    """:class:`StripEvalInfo` for a vector env: removes ``info["eval_only"]``, its mask and the
+    same from ``info["final_info"]`` (same-step autoreset)."""
+
+    @staticmethod
+    def _strip(info: dict[str, Any]) -> dict[str, Any]:
+        info.pop(EVAL_ONLY_KEY, None)
+        info.pop("_" + EVAL_ONLY_KEY, None)
+        if isinstance(info.get("final_info"), dict):
+            StripEvalInfoVector._strip(info["final_info"])
+        return info
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return obs, self._strip(info)
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        return obs, reward, terminated, truncated, self._strip(info)
+
+
+class DiceGainRewardVector(gym.vector.VectorWrapper):
+    """:class:`DiceGainReward` for a vector env (**reference only, reads the ground truth**):
+    each sub-env's reward becomes ``scale`` times its step's Dice gain, the same float64 values
+    as :class:`DiceGainReward` on each sub-env of a ``SyncVectorEnv``. A sub-env that autoresets
+    this step (next-step mode) gets 0; with same-step autoreset the finished episode's Dice is
+    read from ``info["final_info"]``. It must sit inside :class:`StripEvalInfoVector`.
+
+    Args:
+        env: The vector env.
+        scale: Reward per unit of Dice (as :class:`DiceGainReward`).
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, scale: float = 5.0):
+        super().__init__(env)
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale!r}")
+        self.scale = float(scale)
+        self._dice = np.zeros(env.num_envs, np.float64)
+
+    @staticmethod
+    def _read(info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            ev = info[EVAL_ONLY_KEY]
+            return np.asarray(ev["dice"], np.float64), np.asarray(ev["_dice"], bool)
+        except KeyError:
+            raise ValueError("DiceGainRewardVector needs info['eval_only']['dice']: wrap the vector "
+                             "env with it before StripEvalInfoVector") from None
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        dice, reported = self._read(info)
+        self._dice[reported] = dice[reported]  # only the sub-envs reset (options["reset_mask"])
+        return obs, info
+
+    def step(self, actions):
+        obs, _, terminated, truncated, info = self.env.step(actions)
+        dice, _ = self._read(info)
+        clicked = np.asarray(info.get("_click", np.zeros(self.num_envs, bool)), bool)
+        after = dice.copy()
+        if "final_info" in info:  # same-step autoreset: the finished episodes' last Dice
+            done = np.asarray(info["_final_info"], bool)
+            after[done] = self._read(info["final_info"])[0][done]
+            clicked = clicked | done
+        reward = np.where(clicked, self.scale * (after - self._dice), 0.0)
+        self._dice = dice.copy()
+        return obs, reward, terminated, truncated, info
+
+
 class PatchFeatureObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Observe each patch's features instead of pixels: ``Box((P, D + 6), float32)``.
 

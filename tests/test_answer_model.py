@@ -328,3 +328,22 @@ def test_short_training_beats_random_on_easy_variant(tmp_path):
     rand = np.mean([run_episode(env, RandomClicker(), seed=i, options={"index": i}).final_dice
                     for i in range(n)])
     assert learned > rand + 0.2, (learned, rand)
+
+
+def test_training_on_the_native_vector_env_equals_training_on_sync_single_envs(tmp_path):
+    """Offline training steps the native vector env by default; Gymnasium's SyncVectorEnv of
+    single envs gives the same episodes and answers, so the same weights (epsilon-greedy too)."""
+    from agents.answer_model import AnswerModelArgs, train
+
+    def trained(kind):
+        args = AnswerModelArgs(dataset="synthetic", total_answers=48, num_envs=4, seed=2,
+                               epsilon=0.2, batch_size=16, vector_env=kind, tensorboard=False,
+                               progress=False, out=str(tmp_path / kind),
+                               env_kwargs={"dataset_kwargs": {"n_images": 8, "size": 96}})
+        agent, history = train(args)
+        return list(agent.net.state_dict().values()), history
+
+    (native, h_native), (sync, h_sync) = trained("native"), trained("sync")
+    assert AnswerModelArgs().vector_env == "native"
+    assert h_native == h_sync and len(h_native["clicks"]) == 12
+    assert all(torch.equal(a, b) for a, b in zip(native, sync, strict=True))

@@ -325,3 +325,44 @@ def test_belief_policy_labels_a_round_in_lockstep_with_episode_memory(monkeypatc
     counts = np.unique([id(ep) for ep in answered], return_counts=True)[1]
     assert len(answered) == 30 and sorted(counts) == [5] * 6
     assert agent.updates == 30 // 4 + 1 and len(agent.replay) == 30
+
+
+@pytest.mark.parametrize("policy,reward,gamma", [("unet", "answer", 0.0),
+                                                 ("belief", "dice_gain", 0.5)])
+def test_training_on_the_native_vector_env_equals_training_on_sync_single_envs(
+        tmp_path, policy, reward, gamma):
+    """The batched rollouts run on the native vector env by default; Gymnasium's SyncVectorEnv of
+    single envs gives the same episodes and answers, so the same weights."""
+    def trained(kind):
+        args = ReinforceArgs(dataset="synthetic", total_answers=48, num_envs=4, seed=3,
+                             policy=policy, reward=reward, gamma=gamma, vector_env=kind,
+                             out=str(tmp_path / kind), tensorboard=False, progress=False,
+                             env_kwargs={"dataset_kwargs": {"n_images": 8, "size": 96}})
+        agent, history = train(args)
+        return list(agent.net.state_dict().values()), history
+
+    (native, h_native), (sync, h_sync) = trained("native"), trained("sync")
+    assert ReinforceArgs().vector_env == "native"
+    assert h_native == h_sync and len(h_native["clicks"]) == 12
+    assert all(torch.equal(a, b) for a, b in zip(native, sync, strict=True))
+    with pytest.raises(ValueError, match=r"vector_env must be one of \['native', 'sync'\], got "
+                                         r"'async'"):
+        train(ReinforceArgs(dataset="synthetic", vector_env="async", out=str(tmp_path / "x")))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("kind", ["native", "sync"])
+def test_training_vector_envs_return_observations_an_agent_may_keep(kind):
+    """Rollouts keep each step's observation until the update: the next step must not
+    overwrite it (a shared buffer would make the update learn from the wrong observation)."""
+    from agents.common import make_vector_env
+
+    args = ReinforceArgs(dataset="synthetic", env_kwargs={"dataset_kwargs": {"n_images": 4,
+                                                                            "size": 96}})
+    venv, views = make_vector_env(args, 2, kind)
+    obs, info = venv.reset(seed=0)
+    kept = obs.copy()
+    for t in range(6):  # one episode end included
+        new, _, _, _, info = venv.step(np.array([views[0].encode_action(1, 40, 40 + t)] * 2))
+        assert np.array_equal(obs, kept) and "eval_only" not in info
+        obs, kept = new, new.copy()

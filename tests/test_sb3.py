@@ -204,19 +204,53 @@ def test_actions_do_not_depend_on_ground_truth(trained):
     assert [r.rewards for r in runs[0]] != [r.rewards for r in runs[1]]  # the truths differ
 
 
-def test_training_envs_hide_ground_truth(tmp_path):
-    vec = make_vec_env(_args("a2c", tmp_path), 2)
+@pytest.mark.parametrize("kind", ["sync", "native"])
+def test_training_envs_hide_ground_truth(tmp_path, kind):
+    vec = make_vec_env(_args("a2c", tmp_path, vector_env=kind), 2)
     assert vec.action_space == spaces.Discrete(512)
-    for env in vec.envs:
+    for env in getattr(vec, "envs", []):
         chain, e = [], env
         while isinstance(e, gym.Wrapper):
             chain.append(type(e))
             e = e.env
         assert PatchActions in chain and StripEvalInfo in chain
+    assert hasattr(vec, "envs") == (kind == "sync")
     vec.reset()
     _, _, _, infos = vec.step(np.array([0, 300]))
     assert all(EVAL_ONLY_KEY not in info for info in infos)
     vec.close()
+
+
+@pytest.mark.parametrize("algo", ["ppo", "maskable_ppo", "dqn"])
+def test_native_and_sync_vector_envs_train_the_same_weights(tmp_path, algo):
+    """By default the SB3 agents train on the native vector env (obs=pixels); SB3's DummyVecEnv
+    of single envs gives the same episodes, answers and masks, so the same weights."""
+    trained = {}
+    for kind in ("native", "sync"):
+        policy, history = train_sb3(_args(algo, tmp_path / kind, total_answers=96,
+                                          vector_env=kind, tensorboard=False))
+        trained[kind] = (policy.policy.state_dict(), history)
+        saved = json.loads((tmp_path / kind / "args.json").read_text())
+        assert saved["vector_env"] == kind
+    (a, ha), (b, hb) = trained["native"], trained["sync"]
+    assert ha == hb and len(ha["clicks"]) >= 24  # whole rollouts
+    assert all(torch.equal(x, y) for x, y in zip(a.values(), b.values(), strict=True))
+
+
+def test_vector_env_choice_auto_native_and_its_limits(tmp_path):
+    from agents.sb3 import resolved
+
+    assert SB3Args().vector_env == "auto"
+    assert resolved(_args("ppo", tmp_path))["vector_env"] == "native"
+    assert resolved(_args("ppo", tmp_path, obs="features"))["vector_env"] == "sync"
+    assert resolved(_args("ppo", tmp_path, reward="dice_gain"))["vector_env"] == "sync"
+    with pytest.raises(ValueError, match="vector_env 'native' steps pixel observations rewarded "
+                                         "by the expert's answers .* got obs='belief'"):
+        train_sb3(_args("ppo", tmp_path / "x", obs="belief", vector_env="native"))
+    with pytest.raises(ValueError, match=r"vector_env must be one of \['auto', 'native', "
+                                         r"'sync'\], got 'subproc'"):
+        train_sb3(_args("ppo", tmp_path / "x", vector_env="subproc"))
+    assert not (tmp_path / "x").exists()
 
 
 def test_sampling_is_seeded(trained):

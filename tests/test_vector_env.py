@@ -389,3 +389,63 @@ def test_judge_batch_default_is_judge_per_change():
     one = [Parity().judge(Overlap(*(int(f[i]) for f in before)),
                           Overlap(*(int(f[i]) for f in after)), again[i]) for i in range(3)]
     assert batch.tolist() == one and batch.dtype == np.int64
+
+
+# ------------------------------------------------------------------ what agents read of a sub-env
+def test_sub_env_views_follow_their_sub_env_and_match_the_single_env():
+    sync, vec = _pair("BetterWorseSeg-v0", 3)
+    sync.reset(seed=4)
+    vec.reset(seed=4)
+    views = [vec.unwrapped.sub_env(i) for i in range(3)]
+    rng = np.random.default_rng(0)
+    for _ in range(12):  # across episode ends: the views follow their sub-env's new image
+        for view, single in zip(views, sync.envs, strict=True):
+            single = single.unwrapped
+            assert np.array_equal(view.patch_features(), single.patch_features())
+            assert np.array_equal(view.propagation_graph(), single.propagation_graph())
+            assert (view.grid, view.cell, view.obs_size, view.n_patches) == (
+                single.grid, single.cell, single.obs_size, single.n_patches)
+            assert view.encode_action(1, 3, 4) == single.encode_action(1, 3, 4)
+        actions = rng.integers(0, vec.single_action_space.n, 3)
+        sync.step(actions)
+        vec.step(actions)
+    # a copy: an agent that edits it does not change the env
+    views[0].propagation_graph()[:] = False
+    assert views[0].propagation_graph().any()
+    # what agents may read, not the ground truth nor the env's controls
+    for name in ("ground_truth_for_evaluation", "step", "reset", "_ctx"):
+        assert not hasattr(views[0], name)
+    with pytest.raises(ValueError, match=r"sub-env index must be an int in \[0, 3\), got 3"):
+        vec.unwrapped.sub_env(3)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_vector_reward_and_strip_wrappers_equal_the_single_env_ones(mode):
+    from bow_gym.wrappers import (
+        DiceGainReward,
+        DiceGainRewardVector,
+        StripEvalInfo,
+        StripEvalInfoVector,
+    )
+
+    kwargs = _kwargs("BetterWorseSeg-v0", on_worse="keep")  # kept "worse" clicks lose Dice
+    sync = SyncVectorEnv([lambda: StripEvalInfo(DiceGainReward(gym.make("BetterWorseSeg-v0",
+                                                                        **kwargs)))] * 3,
+                         autoreset_mode=mode)
+    vec = StripEvalInfoVector(DiceGainRewardVector(gym.make_vec(
+        "BetterWorseSeg-v0", num_envs=3, vectorization_mode="vector_entry_point",
+        autoreset_mode=mode, **kwargs)))
+    _assert_same(sync.reset(seed=1), vec.reset(seed=1), "reset")
+    rng = np.random.default_rng(1)
+    rewards = []
+    for t in range(14):  # more than two episodes of 5 clicks
+        actions = rng.integers(0, vec.single_action_space.n, 3)
+        a, b = sync.step(actions), vec.step(actions)
+        _assert_same(a, b, f"step {t}")
+        assert EVAL_ONLY_KEY not in b[-1] and EVAL_ONLY_KEY not in b[-1].get("final_info", {})
+        rewards.append(b[1])
+    assert np.any(np.concatenate(rewards) > 0) and np.any(np.concatenate(rewards) < 0)
+    with pytest.raises(ValueError, match="wrap the vector env with it before StripEvalInfoVector"):
+        DiceGainRewardVector(StripEvalInfoVector(gym.make_vec(
+            "BetterWorseSeg-v0", num_envs=2, vectorization_mode="vector_entry_point",
+            **kwargs))).reset(seed=0)
