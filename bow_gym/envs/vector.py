@@ -121,8 +121,10 @@ class _ImageStore:
         """Slots of images ``indices`` (one per resetting sub-env), preparing missing ones."""
         slots = self.slot_of[indices]
         hit = slots >= 0
-        np.add.at(self.refs, slots[hit], 1)
-        if not hit.all():
+        if hit.all():  # the usual case: every image is in the store
+            self.refs += np.bincount(slots, minlength=len(self.refs))
+        else:
+            np.add.at(self.refs, slots[hit], 1)
             missing, inverse = np.unique(indices[~hit], return_inverse=True)
             wanted = np.bincount(inverse)
             new = np.empty(len(missing), np.int64)
@@ -136,7 +138,8 @@ class _ImageStore:
         return slots
 
     def release(self, slots: np.ndarray) -> None:
-        np.subtract.at(self.refs, slots[slots >= 0], 1)
+        # bincount: one pass, several times faster than np.subtract.at on a batch of slots
+        self.refs -= np.bincount(slots[slots >= 0], minlength=len(self.refs))
 
     def compact(self, keep: np.ndarray) -> np.ndarray:
         """Drop every slot but ``keep`` (sorted, unique); returns the old -> new slot map."""
@@ -298,6 +301,9 @@ class BetterWorseSegVectorEnv(VectorEnv):
         yy, xx = np.divmod(np.arange(h * w), w)
         self._patch_of_pixel = (yy // self.cell[0]) * self.grid[1] + xx // self.cell[1]
         self._patch_row, self._patch_col = np.divmod(np.arange(p), self.grid[1])
+        # Per action: its label, pixel row and column, and patch (the click's decoding).
+        label_of, pixel = np.divmod(np.arange(self._n_actions), h * w)
+        self._action_tables = (label_of, yy[pixel], xx[pixel], self._patch_of_pixel[pixel])
         self._element_offsets = np.arange(n * p)  # 0, 1, 2, ... for the flat element lists
         self._oracle_draws = _draws(self.oracle)
 
@@ -485,12 +491,12 @@ class BetterWorseSegVectorEnv(VectorEnv):
         if n == 0:
             return None
         store, area, p_all = self._store, self.patch_area, self.n_patches
-        label, rest = np.divmod(actions[e], self.obs_size * self.obs_size)
-        y, x = np.divmod(rest, self.obs_size)
-        patch = self._patch_of_pixel[rest]
+        a = actions[e]
+        # Table lookups: one take each is cheaper than two divmods and an index.
+        label, y, x, patch = (t.take(a) for t in self._action_tables)
         slot_base = self._slot[e] * p_all
         slot_patch = slot_base + patch  # row of the store's (slots * P, ...) arrays
-        lengths = store.selection_size.reshape(-1)[slot_patch]  # >= 1: a click selects its patch
+        lengths = store.selection_size.reshape(-1).take(slot_patch)  # >= 1: the clicked patch
         ends = np.cumsum(lengths)
         starts = ends - lengths
         pos = np.repeat(slot_patch * p_all - starts, lengths)
@@ -578,20 +584,21 @@ class BetterWorseSegVectorEnv(VectorEnv):
             else:
                 rngs = [self._rng(i) for i in envs.tolist()]
             indices = np.fromiter((rng.integers(n_images) for rng in rngs), np.int64, len(envs))
-        self._next_index[envs] = (indices + 1) % n_images
+        # Usually every sub-env resets at once: a slice is cheaper than indexing by envs.
+        rows: slice | np.ndarray = slice(None) if len(envs) == self.num_envs else envs
+        self._next_index[rows] = (indices + 1) % n_images
 
         store = self._store
-        store.release(self._slot[envs])
+        store.release(self._slot[rows])
         slots = store.acquire(indices)
-        self._slot[envs] = slots
-        self._image_id[envs] = store.sample_id[slots]
-        self._index[envs] = indices
+        self._slot[rows] = slots
+        self._image_id[rows] = store.sample_id[slots]
+        self._index[rows] = indices
         for i, slot in zip(envs.tolist(), slots.tolist(), strict=True):
             # One copy per image; a fancy-indexed gather would copy every image twice.
             self._obs[i, :3] = store.image[slot]
         # The mask channels are cleared whole: a memset costs about what scattering zeros into
         # six patches' cells does, and after a few clicks far more cells than that hold foreground.
-        rows: slice | np.ndarray = slice(None) if len(envs) == self.num_envs else envs
         self._obs[rows, 3] = 0
         self._counts[rows] = 0
         if self.include_clicks:
@@ -601,12 +608,12 @@ class BetterWorseSegVectorEnv(VectorEnv):
             self._pred_sum[envs] = self._count[envs].sum(1).astype(np.int64)
             self._tp_sum[envs] = self._tp[envs].sum(1).astype(np.int64)
         else:
-            self._pred_sum[envs] = 0
-            self._tp_sum[envs] = 0
-        self._gt_sum[envs] = store.gt_sum[slots]
-        self._initial_dice[envs] = self._dice[envs] = dice_of_counts(
-            self._tp_sum[envs], self._pred_sum[envs], self._gt_sum[envs])
-        self._clicks[envs] = 0
+            self._pred_sum[rows] = 0
+            self._tp_sum[rows] = 0
+        self._gt_sum[rows] = store.gt_sum[slots]
+        self._initial_dice[rows] = self._dice[rows] = dice_of_counts(
+            self._tp_sum[rows], self._pred_sum[rows], self._gt_sum[rows])
+        self._clicks[rows] = 0
 
     def _initial_masks(self, envs: np.ndarray, slots: np.ndarray,
                        options: Mapping[str, Any]) -> None:
