@@ -328,25 +328,25 @@ def test_ablation_levers_are_full_rows_with_one_change_paired_against_full(tmp_p
     out = tmp_path / "out"
     ablation(["--dataset", "synthetic", "--rounds", "1", "--seeds", "0", "--rows", "full",
               "--protocols", "transductive", "--limit", "6", "--set", "segmenter_kwargs={epochs=1}",
-              "--lever", "half", "top_k=0.5", "--lever", "no_trust", "label_trust={}",
-              "carry_evidence=false", "--out", str(out)])
+              "--lever", "half", "top_k=0.5", "--lever", "half_trust",
+              "label_trust={untouched=0.5}", "carry_evidence=false", "--out", str(out)])
     printed = capsys.readouterr().out
     runs = out / "runs" / "transductive"
     full = json.loads((runs / "full-s0" / "config.json").read_text())
     half = json.loads((runs / "lever_half-s0" / "config.json").read_text())
-    no_trust = json.loads((runs / "lever_no_trust-s0" / "config.json").read_text())
+    half_trust = json.loads((runs / "lever_half_trust-s0" / "config.json").read_text())
     # each lever is the full row with only its own fields changed
-    assert full["top_k"] == 1.0 and full["label_trust"] == {"untouched": 0.5}
+    assert full["top_k"] == 1.0 and full["label_trust"] == {} and full["carry_evidence"] is True
     assert {k for k in full if full[k] != half[k]} == {"top_k", "name"}
-    assert {k for k in full if full[k] != no_trust[k]} == {"label_trust", "carry_evidence", "name"}
+    assert {k for k in full if full[k] != half_trust[k]} == {"label_trust", "carry_evidence", "name"}
     assert half["agent"] == full["agent"] == "answer_model" and half["adapt"] is True
     saved = json.loads((out / "ablation.json").read_text())
     pairs = {(x["a"], x["b"]) for x in saved["protocols"]["transductive"]["paired"]}
-    assert {("lever_half", "full"), ("lever_no_trust", "full")} <= pairs
+    assert {("lever_half", "full"), ("lever_half_trust", "full")} <= pairs
     assert "round 1: lever_half - full:" in printed
     rows = {t["row"]: t["label"] for t in saved["protocols"]["transductive"]["table"]}
-    assert rows["lever_no_trust"] == ("full method: answer_model + adaptation, with "
-                                      "label_trust={}, carry_evidence=False")
+    assert rows["lever_half_trust"] == ("full method: answer_model + adaptation, with "
+                                        "label_trust={'untouched': 0.5}, carry_evidence=False")
 
 
 def test_adaptation_names_a_missing_checkpoint(tmp_path, capsys):
