@@ -560,7 +560,7 @@ def train(args: AnswerModelArgs) -> tuple[AnswerModelAgent, dict[str, list[float
     np.random.seed(args.seed)
     # One vector env with same-step autoreset: a finished episode's step returns the next
     # episode's first observation and info (image_id), as the per-env loop this replaced did.
-    venv, bases = make_vector_env(args, args.num_envs, args.vector_env)
+    venv, bases = make_vector_env(args, args.num_envs)
     n = args.num_envs
     agent = AnswerModelAgent(bases[0].grid, belief=args.belief, width=args.width, lr=args.lr,
                              batch_size=args.batch_size, buffer_size=args.buffer_size,

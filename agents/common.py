@@ -317,7 +317,7 @@ def make_envs(args: TrainDataArgs, n: int) -> list:
     return [StripEvalInfo(e) for e in envs]
 
 
-def make_vector_env(args: TrainDataArgs, n: int, kind: str = "native") -> tuple[Any, list]:
+def make_vector_env(args: TrainArgs, n: int) -> tuple[Any, list]:
     """``n`` envs on the training data as one vector env with same-step autoreset (a finished
     episode's step returns the next episode's first observation), without ground truth in its
     ``info`` (observations are fresh arrays each step, ``copy=True``: agents keep them); and one
@@ -325,30 +325,27 @@ def make_vector_env(args: TrainDataArgs, n: int, kind: str = "native") -> tuple[
     geometry, current features and propagation graph).
 
     Args:
-        args: The data, env and reward arguments (as :func:`make_envs`).
-        n: Sub-envs.
-        kind: ``native``: the batched :class:`~bow_gym.envs.vector.BetterWorseSegVectorEnv`
-            (the spec's ``vector_entry_point``; views are its :meth:`sub_env`); ``sync``:
+        args: The data, env and reward arguments (as :func:`make_envs`) and ``vector_env``:
+            ``native``, the batched :class:`~bow_gym.envs.vector.BetterWorseSegVectorEnv` (the
+            spec's ``vector_entry_point``; views are its :meth:`sub_env`), or ``sync``,
             Gymnasium's ``SyncVectorEnv`` over :func:`make_envs` (views are the single envs).
             Both give the same episodes, answers and rewards under the same seeds.
+        n: Sub-envs.
 
     Raises:
-        ArgumentValueError: As :func:`make_envs`, or an unknown ``kind``.
+        ArgumentValueError: As :func:`make_envs` (``vector_env`` included).
     """
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
     from bow_gym.wrappers import DiceGainRewardVector, StripEvalInfoVector
 
-    if kind not in TrainArgs.vector_kinds:
-        raise ArgumentValueError("vector_env", f"must be one of {list(TrainArgs.vector_kinds)}, "
-                                               f"got {kind!r}")
-    if kind == "sync":
+    kwargs = training_env_kwargs(args, n)  # checks args, vector_env included
+    if args.vector_env == "sync":
         envs = make_envs(args, n)
         venv = SyncVectorEnv([lambda e=e: e for e in envs],
                              autoreset_mode=AutoresetMode.SAME_STEP)
         return venv, [e.unwrapped for e in envs]
-    kwargs = training_env_kwargs(args, n)
     venv = gym.make_vec(args.env_id, num_envs=n, vectorization_mode="vector_entry_point",
                         autoreset_mode=AutoresetMode.SAME_STEP, **kwargs)
     base = venv.unwrapped

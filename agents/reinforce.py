@@ -639,7 +639,7 @@ def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
     device = resolve_device(args.device)
     # One vector env with same-step autoreset: a finished episode's step returns the next
     # episode's first observation, as the per-env loop this replaced reset it by hand.
-    venv, bases = make_vector_env(args, args.num_envs, args.vector_env)
+    venv, bases = make_vector_env(args, args.num_envs)
     n = args.num_envs
     agent = ReinforceAgent(bases[0].n_channels, policy=args.policy,
                            temperature=args.temperature, lr=args.lr, baseline=args.baseline,
@@ -661,15 +661,14 @@ def train(args: ReinforceArgs) -> tuple[ReinforceAgent, dict[str, list[float]]]:
         env_actions = np.array([agent.env_action(int(a), b) for a, b in zip(actions, bases,
                                                                             strict=True)])
         obs, rewards, terms, truncs, info = venv.step(env_actions)
-        clicked = {k: info.get(k) for k in ("click", "patch")}  # (not of finished episodes)
         batch_in, batch_valid, batch_act, batch_ret, batch_answer = [], [], [], [], []
         for i in range(n):
             a, r = int(actions[i]), float(rewards[i])
             episode[i].append((inputs[i], valid[i], a, r))
             agent.record_answer(memory[i], inputs[i], a, r)
             ended = bool(terms[i] or truncs[i])
-            if r < 0 and not ended:
-                rejected[i].append((int(clicked["click"]["label"][i]), int(clicked["patch"][i])))
+            if r < 0 and not ended:  # (a finished episode's click info is in final_info)
+                rejected[i].append((int(info["click"]["label"][i]), int(info["patch"][i])))
             if ended or args.gamma == 0:
                 g, rets = 0.0, []
                 for *_, rr in reversed(episode[i]):

@@ -203,7 +203,7 @@ class SB3Args(TrainArgs):
         if self.obs == "belief" and self.head != "patch":
             raise ArgumentValueError("obs", "'belief' needs head='patch': the extractor's outputs "
                                             "are the logits")
-        if self.vector_env == "native" and (self.obs != "pixels" or self.reward != "answer"):
+        if self.vector_env == "native" and not _native_applies(self):
             raise ArgumentValueError("vector_env", "'native' steps pixel observations rewarded by "
                                                    "the expert's answers (obs='pixels', "
                                                    f"reward='answer'), got obs={self.obs!r}, "
@@ -262,7 +262,13 @@ def vector_kind(args: SB3Args) -> str:
     """``native`` or ``sync``: how :func:`make_vec_env` steps the envs (``auto`` resolved)."""
     if args.vector_env != "auto":
         return args.vector_env
-    return "native" if args.obs == "pixels" and args.reward == "answer" else "sync"
+    return "native" if _native_applies(args) else "sync"
+
+
+def _native_applies(args: SB3Args) -> bool:
+    # bow_gym.sb3_vec steps pixel observations with the answers as reward; the feature and
+    # belief observation wrappers and DiceGainReward have no vector form.
+    return args.obs == "pixels" and args.reward == "answer"
 
 
 # ---------------------------------------------------------------------------- features extractor
@@ -901,10 +907,7 @@ def geometry(vec_env: Any) -> Any:
     the native vector env, or the first single env."""
     from bow_gym.sb3_vec import SB3VecEnv
 
-    inner = vec_env
-    while not isinstance(inner, SB3VecEnv) and not hasattr(inner, "envs") and hasattr(inner,
-                                                                                       "venv"):
-        inner = inner.venv  # SB3's VecEnvWrappers (VecMonitor, ...)
+    inner = vec_env.unwrapped  # below SB3's VecEnvWrappers (VecMonitor, ...)
     return inner.venv if isinstance(inner, SB3VecEnv) else inner.envs[0].unwrapped
 
 

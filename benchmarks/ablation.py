@@ -17,7 +17,7 @@ data, split and seeds, changing one thing:
 
 Levers (``--lever NAME KEY=VALUE ...``, repeatable): each adds a row ``lever_NAME``, the ``full``
 row with those config fields changed, paired against ``full`` (one change at a time, the same
-seeds and images), e.g. ``--lever no_trust 'label_trust={}'`` or ``--lever published_start
+seeds and images), e.g. ``--lever half_trust 'label_trust={untouched=0.5}'`` or ``--lever published_start
 start=prediction``.
 
 Protocols (``--protocols``, both by default): ``heldout`` (the agent labels the seeded training
@@ -105,7 +105,7 @@ def lever_rows(levers: list[list[str]]) -> dict[str, tuple[str, dict[str, Any]]]
         if len(lever) < 2:
             raise ValueError(f"expected NAME KEY=VALUE [KEY=VALUE ...], got {lever!r}")
         name, *settings = lever
-        if not name.replace("_", "").isalnum() or "=" in name:
+        if not name.replace("_", "").isalnum():
             raise ValueError(f"a lever's name must be a word (letters, digits, _), got {name!r}")
         key = LEVER + name
         if key in out:
@@ -118,7 +118,7 @@ def lever_rows(levers: list[list[str]]) -> dict[str, tuple[str, dict[str, Any]]]
         # Labels are format strings ({agent}): the settings' own braces are escaped.
         text = ", ".join(f"{k}={v!r}" for k, v in changes.items()).replace("{", "{{").replace(
             "}", "}}")
-        out[key] = ("full method: {agent} + adaptation, with " + text,
+        out[key] = (ROWS["full"][0] + ", with " + text,
                     {**ROWS["full"][1], **changes})  # type: ignore[dict-item]
     return out
 
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
                    metavar=("NAME", "KEY=VALUE"),
                    help="one more row, 'lever_NAME': the full row with these config fields "
                         "changed (TOML values), paired against full; repeatable, e.g. "
-                        "--lever no_trust 'label_trust={}' --lever six_epochs "
+                        "--lever half_trust 'label_trust={untouched=0.5}' --lever six_epochs "
                         "'segmenter_kwargs={epochs=6}'")
     lib.add_output_arguments(p, "ablation")
     # A unit is one protocol x row x seed (run folder <out>/runs/<protocol>/<row>-s<seed>):

@@ -357,9 +357,9 @@ def test_training_vector_envs_return_observations_an_agent_may_keep(kind):
     overwrite it (a shared buffer would make the update learn from the wrong observation)."""
     from agents.common import make_vector_env
 
-    args = ReinforceArgs(dataset="synthetic", env_kwargs={"dataset_kwargs": {"n_images": 4,
-                                                                            "size": 96}})
-    venv, views = make_vector_env(args, 2, kind)
+    args = ReinforceArgs(dataset="synthetic", vector_env=kind,
+                         env_kwargs={"dataset_kwargs": {"n_images": 4, "size": 96}})
+    venv, views = make_vector_env(args, 2)
     obs, info = venv.reset(seed=0)
     kept = obs.copy()
     for t in range(6):  # one episode end included

@@ -299,11 +299,11 @@ class BetterWorseSegVectorEnv(VectorEnv):
         self._make_views()
         self._cell_values = np.array([0, np.iinfo(self._cells.dtype).max], self._cells.dtype)
         yy, xx = np.divmod(np.arange(h * w), w)
-        self._patch_of_pixel = (yy // self.cell[0]) * self.grid[1] + xx // self.cell[1]
+        patch_of_pixel = (yy // self.cell[0]) * self.grid[1] + xx // self.cell[1]
         self._patch_row, self._patch_col = np.divmod(np.arange(p), self.grid[1])
         # Per action: its label, pixel row and column, and patch (the click's decoding).
         label_of, pixel = np.divmod(np.arange(self._n_actions), h * w)
-        self._action_tables = (label_of, yy[pixel], xx[pixel], self._patch_of_pixel[pixel])
+        self._action_tables = (label_of, yy[pixel], xx[pixel], patch_of_pixel[pixel])
         self._element_offsets = np.arange(n * p)  # 0, 1, 2, ... for the flat element lists
         self._oracle_draws = _draws(self.oracle)
 
@@ -571,6 +571,9 @@ class BetterWorseSegVectorEnv(VectorEnv):
         if len(envs) == 0:
             return
         n_images = len(self.dataset)
+        # Usually every sub-env resets at once: a slice is cheaper than indexing by envs.
+        every = len(envs) == self.num_envs
+        rows: slice | np.ndarray = slice(None) if every else envs
         index = requested_index(options, self.dataset)
         if index is not None:
             indices = np.full(len(envs), index, np.int64)
@@ -578,14 +581,11 @@ class BetterWorseSegVectorEnv(VectorEnv):
             indices = self._next_index[envs].copy()
         else:
             # Each sub-env draws from its own generator, as a single env with its seed would.
-            every = len(envs) == self.num_envs
             if every and None not in self._rngs:
                 rngs = self._rngs
             else:
                 rngs = [self._rng(i) for i in envs.tolist()]
             indices = np.fromiter((rng.integers(n_images) for rng in rngs), np.int64, len(envs))
-        # Usually every sub-env resets at once: a slice is cheaper than indexing by envs.
-        rows: slice | np.ndarray = slice(None) if len(envs) == self.num_envs else envs
         self._next_index[rows] = (indices + 1) % n_images
 
         store = self._store
@@ -652,7 +652,9 @@ class BetterWorseSegVectorEnv(VectorEnv):
         values[EVAL_ONLY_KEY] = {"dice": self._dice.copy(),
                                  "initial_dice": self._initial_dice.copy(),
                                  **click_info[EVAL_ONLY_KEY]}
-        return _every(values, self._all)
+        info: dict[str, Any] = {}
+        _merge_whole(info, values, self._all)
+        return info
 
     # ------------------------------------------------------------------ helpers for users
     def current_masks(self) -> np.ndarray:
@@ -846,15 +848,6 @@ def _merge(info: dict[str, Any], ids: np.ndarray, values: dict[str, Any],
     else:
         keep = mask[ids]
         _merge_some(info, ids[keep], keep, values, len(mask))
-
-
-def _every(values: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
-    """A batched info in which every sub-env reported every key of ``values``."""
-    out: dict[str, Any] = {}
-    for key, v in values.items():
-        out[key] = _every(v, mask) if type(v) is dict else v
-        out["_" + key] = mask.copy()
-    return out
 
 
 def _merge_whole(info: dict[str, Any], values: dict[str, Any], mask: np.ndarray) -> None:
