@@ -303,7 +303,8 @@ class BetterWorseSegVectorEnv(VectorEnv):
         self._patch_row, self._patch_col = np.divmod(np.arange(p), self.grid[1])
         # Per action: its label, pixel row and column, and patch (the click's decoding).
         label_of, pixel = np.divmod(np.arange(self._n_actions), h * w)
-        self._action_tables = (label_of, yy[pixel], xx[pixel], patch_of_pixel[pixel])
+        # One (4, actions) table: a single take gathers all four.
+        self._action_table = np.stack([label_of, yy[pixel], xx[pixel], patch_of_pixel[pixel]])
         self._element_offsets = np.arange(n * p)  # 0, 1, 2, ... for the flat element lists
         self._oracle_draws = _draws(self.oracle)
 
@@ -492,8 +493,8 @@ class BetterWorseSegVectorEnv(VectorEnv):
             return None
         store, area, p_all = self._store, self.patch_area, self.n_patches
         a = actions[e]
-        # Table lookups: one take each is cheaper than two divmods and an index.
-        label, y, x, patch = (t.take(a) for t in self._action_tables)
+        # A table lookup is cheaper than two divmods and an index.
+        label, y, x, patch = self._action_table.take(a, axis=1)
         slot_base = self._slot[e] * p_all
         slot_patch = slot_base + patch  # row of the store's (slots * P, ...) arrays
         lengths = store.selection_size.reshape(-1).take(slot_patch)  # >= 1: the clicked patch
