@@ -171,13 +171,10 @@ class SB3Args(TrainArgs):
     """the returned policy masks clicks (label, patch) the expert rejected earlier in the episode"""
     log_every: int = 128
     """clicks between points of the TensorBoard/CSV logs (rounded to whole rollouts/episodes)"""
-    vector_env: str = "auto"
+    vector_env: str = "native"
     """how the num_envs training envs are stepped: native (the env's batched vector env through
-    bow_gym.sb3_vec, in one process), sync (SB3's DummyVecEnv of single envs), or auto: native
-    where it applies (obs=pixels and reward=answer), else sync; both train the same weights
-    under a seed"""
-
-    vector_kinds: ClassVar[tuple[str, ...]] = ("auto", "native", "sync")
+    bow_gym.sb3_vec, in one process, every obs and reward) or sync (SB3's DummyVecEnv of single
+    envs); both train the same weights under a seed"""
 
     def run_folder(self) -> Path:
         """:attr:`out`, or ``runs/sb3-<algo>``."""
@@ -203,11 +200,6 @@ class SB3Args(TrainArgs):
         if self.obs == "belief" and self.head != "patch":
             raise ArgumentValueError("obs", "'belief' needs head='patch': the extractor's outputs "
                                             "are the logits")
-        if self.vector_env == "native" and not _native_applies(self):
-            raise ArgumentValueError("vector_env", "'native' steps pixel observations rewarded by "
-                                                   "the expert's answers (obs='pixels', "
-                                                   f"reward='answer'), got obs={self.obs!r}, "
-                                                   f"reward={self.reward!r}: use 'sync' or 'auto'")
         if self.aux_coef and self.obs != "belief":
             raise ArgumentValueError("aux_coef", "needs obs='belief' (the belief predicts the "
                                                  f"answers), got obs={self.obs!r}")
@@ -254,21 +246,7 @@ def resolved(args: SB3Args) -> dict[str, Any]:
         if out[key] is None:
             out[key] = value
     out["out"] = str(args.run_folder())
-    out["vector_env"] = vector_kind(args)
     return out
-
-
-def vector_kind(args: SB3Args) -> str:
-    """``native`` or ``sync``: how :func:`make_vec_env` steps the envs (``auto`` resolved)."""
-    if args.vector_env != "auto":
-        return args.vector_env
-    return "native" if _native_applies(args) else "sync"
-
-
-def _native_applies(args: SB3Args) -> bool:
-    # bow_gym.sb3_vec steps pixel observations with the answers as reward; the feature and
-    # belief observation wrappers and DiceGainReward have no vector form.
-    return args.obs == "pixels" and args.reward == "answer"
 
 
 # ---------------------------------------------------------------------------- features extractor
@@ -870,11 +848,11 @@ def make_logger(out: Path, tensorboard: bool) -> Logger:
 
 # ---------------------------------------------------------------------------- training
 def make_vec_env(args: SB3Args, n: int):
-    """The ``n`` training envs as an SB3 ``VecEnv`` (:func:`vector_kind` says which).
+    """The ``n`` training envs as an SB3 ``VecEnv`` (``args.vector_env`` says which).
 
     ``native``: ``VecMonitor(SB3VecEnv(...))`` over the env's batched vector env
-    (:mod:`bow_gym.sb3_vec`: patch actions, ``action_masks`` for MaskablePPO, no ground truth in
-    the infos). ``sync``: a ``DummyVecEnv`` of ``Monitor(PatchActions(StripEvalInfo(env)))``
+    (:mod:`bow_gym.sb3_vec`: patch actions, ``action_masks`` for MaskablePPO, the observation
+    and reward ``args`` ask for, no ground truth in the infos). ``sync``: a ``DummyVecEnv`` of ``Monitor(PatchActions(StripEvalInfo(env)))``
     (with ``ClickMasks``, ``PatchFeatureObservation`` or ``BeliefObservation`` as the arguments
     ask) from :func:`agents.common.make_envs`, built here rather than with SB3's
     ``make_vec_env`` because the envs share one featurised data set, which ``make_vec_env``'s
@@ -887,10 +865,10 @@ def make_vec_env(args: SB3Args, n: int):
     from bow_gym.sb3_vec import make_sb3_vec_env
     from bow_gym.wrappers import BeliefObservation, PatchActions, PatchFeatureObservation
 
-    if vector_kind(args) == "native":
+    if args.vector_env == "native":
         return VecMonitor(make_sb3_vec_env(args.env_id, n, action_masks=args.algo == "maskable_ppo",
-                                           avoid_rejected=args.avoid_rejected,
-                                           **training_env_kwargs(args, n)))
+                                           avoid_rejected=args.avoid_rejected, obs=args.obs,
+                                           reward=args.reward, **training_env_kwargs(args, n)))
     envs = [PatchActions(e) for e in make_envs(args, n)]  # type: ignore[arg-type]
     if args.algo == "maskable_ppo":
         envs = [ClickMasks(e, avoid_rejected=args.avoid_rejected) for e in envs]

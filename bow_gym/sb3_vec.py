@@ -14,7 +14,12 @@ gives it, batched:
   ``avoid_rejected``, were not answered "worse" earlier in the episode;
 * ``info["eval_only"]`` never reaches SB3 (the training path strips it too): the per-env infos
   hold ``"TimeLimit.truncated"`` and, at an episode's end, ``"terminal_observation"``, as
-  ``DummyVecEnv``'s do; ``infos=True`` adds the single env's other keys.
+  ``DummyVecEnv``'s do; ``infos=True`` adds the single env's other keys;
+* ``obs="features"`` or ``"belief"``: the observations of
+  :class:`~bow_gym.wrappers.PatchFeatureObservation` or
+  :class:`~bow_gym.wrappers.BeliefObservation` (the same functions, per sub-env), and
+  ``reward="dice_gain"``: :class:`~bow_gym.wrappers.DiceGainReward`'s reward (through
+  :class:`~bow_gym.wrappers.DiceGainRewardVector`; reference only, it reads the ground truth).
 
 Wrap it in SB3's ``VecMonitor`` for episode statistics (``Monitor`` wraps single envs only).
 """
@@ -31,7 +36,20 @@ from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY
-from bow_gym.envs.vector import BetterWorseSegVectorEnv
+from bow_gym.envs.vector import BetterWorseSegVectorEnv, SubEnvView
+from bow_gym.wrappers import (
+    ClickHistory,
+    DiceGainRewardVector,
+    belief_observation,
+    belief_observation_space,
+    feature_observation_space,
+    mask_shares,
+    patch_policy_inputs,
+)
+
+#: What :class:`SB3VecEnv` observes and how it is rewarded (as ``agents.sb3``'s ``obs``/``reward``).
+OBSERVATIONS = ("pixels", "features", "belief")
+REWARDS = ("answer", "dice_gain")
 
 __all__ = ["SB3VecEnv", "make_sb3_vec_env", "patch_to_pixel_actions"]
 
@@ -58,15 +76,26 @@ class SB3VecEnv(VecEnv):
         avoid_rejected: The masks also drop clicks answered "worse" earlier in the episode.
         infos: Add the single env's info keys (except ``eval_only``) to each sub-env's info dict;
             off by default, since SB3 reads none of them and building N dicts costs a loop.
+        obs: ``"pixels"`` (the env's observation), ``"features"`` (``PatchFeatureObservation``'s)
+            or ``"belief"`` (``BeliefObservation``'s: features, mask, graph and the episode's
+            answered clicks).
+        reward: ``"answer"`` (the expert's +1/-1) or ``"dice_gain"`` (``DiceGainReward``'s,
+            reference only).
+        reward_scale: ``DiceGainReward``'s scale, for ``reward="dice_gain"``.
 
     Raises:
         TypeError: ``venv`` is not a BetterWorseSeg vector env.
-        ValueError: Its autoreset mode or copy setting does not fit SB3, or masks are asked for
-            without patch actions.
+        ValueError: Its autoreset mode or copy setting does not fit SB3, masks are asked for
+            without patch actions, or ``obs``/``reward`` is not one of the above.
     """
 
     def __init__(self, venv: BetterWorseSegVectorEnv, *, patch_actions: bool = True,
-                 action_masks: bool = False, avoid_rejected: bool = True, infos: bool = False):
+                 action_masks: bool = False, avoid_rejected: bool = True, infos: bool = False,
+                 obs: str = "pixels", reward: str = "answer", reward_scale: float = 5.0):
+        if obs not in OBSERVATIONS:
+            raise ValueError(f"obs must be one of {list(OBSERVATIONS)}, got {obs!r}")
+        if reward not in REWARDS:
+            raise ValueError(f"reward must be one of {list(REWARDS)}, got {reward!r}")
         base = getattr(venv, "unwrapped", venv)
         if not isinstance(base, BetterWorseSegVectorEnv):
             raise TypeError(f"SB3VecEnv wraps a BetterWorseSegVectorEnv, got {type(base).__name__}")
@@ -81,15 +110,30 @@ class SB3VecEnv(VecEnv):
             raise ValueError("action_masks=True needs patch_actions=True (masks are over the "
                              "2P patch clicks, as ClickMasks' are)")
         self.venv = base
+        # What is stepped: the vector env, or the reward wrapper around it (which reads the
+        # eval-only Dice; the infos handed to SB3 never carry it).
+        self._stepped: Any = (DiceGainRewardVector(base, reward_scale) if reward == "dice_gain"
+                              else base)
         self.patch_actions = bool(patch_actions)
         self.masks = bool(action_masks)
         self.avoid_rejected = bool(avoid_rejected)
         self.infos = bool(infos)
+        self.obs, self.reward = obs, reward
         n, p = base.num_envs, base.n_patches
         action_space = spaces.Discrete(2 * p) if patch_actions else base.single_action_space
         self._rejected = np.zeros((n, 2 * p), bool)
         self._actions: np.ndarray | None = None
-        super().__init__(n, base.single_observation_space, action_space)
+        # obs != "pixels": each sub-env's current episode (features and graph, kept so that an
+        # episode's terminal observation is built from its own image after the sub-env reset),
+        # its answered clicks (belief) and the mask shares of its last observation.
+        self._views = [base.sub_env(i) for i in range(n)]
+        self._episodes: list[_Episode] = []
+        self._histories = [ClickHistory(base.clicks_per_episode) for _ in range(n)]
+        self._shares = np.zeros((n, p), np.float32)
+        space = {"pixels": base.single_observation_space,
+                 "features": feature_observation_space(base),
+                 "belief": belief_observation_space(base)}[obs]
+        super().__init__(n, space, action_space)
 
     # ------------------------------------------------------------------ stepping
     def reset(self) -> np.ndarray:
@@ -100,12 +144,17 @@ class SB3VecEnv(VecEnv):
         seeds: list[int | None] | None = list(self._seeds)
         if all(s is None for s in seeds):
             seeds = None
-        obs, _ = self.venv.reset(seed=seeds, options=dict(options[0]) or None)
+        obs, _ = self._stepped.reset(seed=seeds, options=dict(options[0]) or None)
         self._reset_seeds()
         self._reset_options()
         self.reset_infos = [{} for _ in range(self.num_envs)]
         self._rejected[:] = False
-        return obs
+        if self.obs == "pixels":
+            return obs
+        self._episodes = [_Episode(v) for v in self._views]
+        for h in self._histories:
+            h.reset()
+        return np.stack([self._observe(i, o) for i, o in enumerate(obs)])
 
     def step_async(self, actions: np.ndarray) -> None:
         a = np.asarray(actions)
@@ -124,8 +173,11 @@ class SB3VecEnv(VecEnv):
             raise RuntimeError("call step_async() before step_wait()")
         a, self._actions = self._actions, None
         env_actions = patch_to_pixel_actions(a, self.venv) if self.patch_actions else a
-        obs, rewards, terminated, truncated, info = self.venv.step(env_actions)
+        obs, rewards, terminated, truncated, info = self._stepped.step(env_actions)
         dones = terminated | truncated
+        final_obs = info.get("final_obs")
+        if self.obs != "pixels":
+            obs, final_obs = self._observe_step(obs, dones, info)
         if self.masks and self.avoid_rejected:
             # As ClickMasks: a click answered "worse" is not offered again this episode.
             worse = np.flatnonzero(rewards < 0)
@@ -136,10 +188,44 @@ class SB3VecEnv(VecEnv):
                                               strict=True)):
             infos[i]["TimeLimit.truncated"] = trunc and not term
         for i in np.flatnonzero(dones).tolist():
-            infos[i]["terminal_observation"] = info["final_obs"][i]
+            infos[i]["terminal_observation"] = final_obs[i]
         if dones.any():
             self._rejected[dones] = False
         return obs, rewards.astype(np.float32), dones, infos
+
+    def _observe(self, i: int, pixels: np.ndarray) -> np.ndarray:
+        """Sub-env ``i``'s observation of ``pixels`` in its current episode (``obs`` not pixels)."""
+        episode = self._episodes[i]
+        self._shares[i] = mask_shares(pixels, episode.grid)
+        if self.obs == "features":
+            return patch_policy_inputs(pixels, episode)  # type: ignore[arg-type]
+        return belief_observation(pixels, episode, self._histories[i])  # type: ignore[arg-type]
+
+    def _observe_step(self, obs: np.ndarray, dones: np.ndarray,
+                      info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The step's observations and the finished episodes' terminal ones, as the observation
+        wrappers give them per sub-env: the belief first records each sub-env's answered click
+        (from the mask of its previous observation), as ``BeliefObservation.step`` does."""
+        n = self.num_envs
+        final_obs = np.full(n, None, object)
+        done = dones.tolist()
+        if self.obs == "belief":
+            # A finished episode's click is reported in final_info (same-step autoreset).
+            fin = info.get("final_info", {})
+            for i in range(n):
+                src = fin if done[i] else info
+                patch = int(src["patch"][i])
+                # A copy: the history keeps it, and the shares row is rewritten below.
+                self._histories[i].add(self._shares[i].copy(), self._episodes[i].graph[patch],
+                                       int(src["click"]["label"][i]), float(src["answer"][i]))
+        out = []
+        for i in range(n):
+            if done[i]:
+                final_obs[i] = self._observe(i, info["final_obs"][i])
+                self._episodes[i] = _Episode(self._views[i])
+                self._histories[i].reset()
+            out.append(self._observe(i, obs[i]))
+        return np.stack(out), final_obs
 
     def action_masks(self) -> np.ndarray:
         """``(num_envs, 2P)`` bool: the clicks MaskablePPO may take now, as
@@ -198,6 +284,22 @@ class SB3VecEnv(VecEnv):
         return [False] * len(list(self._get_indices(indices)))
 
 
+class _Episode:
+    """What the observation functions read of a sub-env's current image (its grid, patch
+    features and propagation graph), kept for the whole episode."""
+
+    def __init__(self, view: SubEnvView):
+        self.grid = view.grid
+        self.features = view.patch_features()
+        self.graph = view.propagation_graph()
+
+    def patch_features(self) -> np.ndarray:
+        return self.features
+
+    def propagation_graph(self) -> np.ndarray:
+        return self.graph
+
+
 def _unbatch(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
     """Per-sub-env dicts of a batched Gymnasium info (``eval_only`` and ``final_*`` left out)."""
     out: list[dict[str, Any]] = [{} for _ in range(n)]
@@ -217,14 +319,15 @@ def _unbatch(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
 
 def make_sb3_vec_env(env_id: str = "BetterWorseSeg-v0", num_envs: int = 8, *,
                      patch_actions: bool = True, action_masks: bool = False,
-                     avoid_rejected: bool = True, infos: bool = False,
-                     **env_kwargs: Any) -> SB3VecEnv:
+                     avoid_rejected: bool = True, infos: bool = False, obs: str = "pixels",
+                     reward: str = "answer", **env_kwargs: Any) -> SB3VecEnv:
     """:class:`SB3VecEnv` over ``gym.make_vec(env_id, num_envs, "vector_entry_point", ...)``.
 
     Args:
         env_id: A registered BetterWorseSeg id.
         num_envs: Sub-envs.
-        patch_actions, action_masks, avoid_rejected, infos: See :class:`SB3VecEnv`.
+        patch_actions, action_masks, avoid_rejected, infos, obs, reward: See
+            :class:`SB3VecEnv`.
         **env_kwargs: The env's arguments (data set, backbone, ...), as for ``gym.make``.
     """
     import bow_gym  # noqa: F401 - registers the ids
@@ -232,5 +335,5 @@ def make_sb3_vec_env(env_id: str = "BetterWorseSeg-v0", num_envs: int = 8, *,
     venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point",
                         autoreset_mode=AutoresetMode.SAME_STEP, copy=True, **env_kwargs)
     return SB3VecEnv(venv, patch_actions=patch_actions, action_masks=action_masks,  # type: ignore[arg-type]
-                     avoid_rejected=avoid_rejected, infos=infos)
+                     avoid_rejected=avoid_rejected, infos=infos, obs=obs, reward=reward)
 

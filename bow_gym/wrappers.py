@@ -182,11 +182,23 @@ class PatchFeatureObservation(gym.ObservationWrapper, gym.utils.RecordConstructo
         if not isinstance(base, BetterWorseSegEnv):
             raise TypeError("PatchFeatureObservation wraps a BetterWorseSegEnv, got "
                             f"{type(base).__name__}")
-        self.observation_space = spaces.Box(-np.inf, np.inf,
-                                            (base.n_patches, base.backbone.dim + 6), np.float32)
+        self.observation_space = feature_observation_space(base)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return patch_policy_inputs(observation, self.env.unwrapped)
+
+
+def feature_observation_space(env: Any) -> spaces.Box:
+    """:class:`PatchFeatureObservation`'s space for an env (single or vector: ``n_patches`` and
+    ``backbone`` are read): ``Box((P, D + 6), float32)``."""
+    return spaces.Box(-np.inf, np.inf, (env.n_patches, env.backbone.dim + 6), np.float32)
+
+
+def belief_observation_space(env: Any) -> spaces.Box:
+    """:class:`BeliefObservation`'s space for an env (single or vector):
+    ``Box((P, D + 4 + P + 2K), float32)``, K the clicks per episode."""
+    p, k = env.n_patches, env.clicks_per_episode
+    return spaces.Box(-np.inf, np.inf, (p, env.backbone.dim + 4 + p + 2 * k), np.float32)
 
 
 class ClickHistory:
@@ -278,10 +290,8 @@ class BeliefObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
         base = env.unwrapped
         if not isinstance(base, BetterWorseSegEnv):
             raise TypeError(f"BeliefObservation wraps a BetterWorseSegEnv, got {type(base).__name__}")
-        p, k = base.n_patches, base.clicks_per_episode
-        self.history = ClickHistory(k)
-        self.observation_space = spaces.Box(-np.inf, np.inf, (p, base.backbone.dim + 4 + p + 2 * k),
-                                            np.float32)
+        self.history = ClickHistory(base.clicks_per_episode)
+        self.observation_space = belief_observation_space(base)
         self._last: np.ndarray | None = None
 
     def _observe(self, obs: np.ndarray) -> np.ndarray:

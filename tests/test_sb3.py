@@ -237,20 +237,30 @@ def test_native_and_sync_vector_envs_train_the_same_weights(tmp_path, algo):
     assert all(torch.equal(x, y) for x, y in zip(a.values(), b.values(), strict=True))
 
 
-def test_vector_env_choice_auto_native_and_its_limits(tmp_path):
+def test_vector_env_choice(tmp_path):
     from agents.sb3 import resolved
 
-    assert SB3Args().vector_env == "auto"
-    assert resolved(_args("ppo", tmp_path))["vector_env"] == "native"
-    assert resolved(_args("ppo", tmp_path, obs="features"))["vector_env"] == "sync"
-    assert resolved(_args("ppo", tmp_path, reward="dice_gain"))["vector_env"] == "sync"
-    with pytest.raises(ValueError, match="vector_env 'native' steps pixel observations rewarded "
-                                         "by the expert's answers .* got obs='belief'"):
-        train_sb3(_args("ppo", tmp_path / "x", obs="belief", vector_env="native"))
-    with pytest.raises(ValueError, match=r"vector_env must be one of \['auto', 'native', "
-                                         r"'sync'\], got 'subproc'"):
+    assert SB3Args().vector_env == "native"
+    for obs, reward in (("pixels", "answer"), ("features", "dice_gain"), ("belief", "answer")):
+        assert resolved(_args("ppo", tmp_path, obs=obs, reward=reward))["vector_env"] == "native"
+    with pytest.raises(ValueError, match=r"vector_env must be one of \['native', 'sync'\], got "
+                                         r"'subproc'"):
         train_sb3(_args("ppo", tmp_path / "x", vector_env="subproc"))
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("obs", "reward"), [("features", "dice_gain"), ("belief", "answer")])
+def test_native_and_sync_train_the_same_weights_for_every_observation(tmp_path, obs, reward):
+    """The feature and belief observations (and the Dice-gain reward) are built per sub-env on
+    the native vector env: the same weights as the DummyVecEnv of wrapped single envs."""
+    trained = {}
+    for kind in ("native", "sync"):
+        policy, history = train_sb3(_args("ppo", tmp_path / kind, total_answers=64, obs=obs,
+                                          reward=reward, vector_env=kind, tensorboard=False))
+        trained[kind] = (policy.policy.state_dict(), history)
+    (a, ha), (b, hb) = trained["native"], trained["sync"]
+    assert ha == hb
+    assert all(torch.equal(x, y) for x, y in zip(a.values(), b.values(), strict=True))
 
 
 def test_sampling_is_seeded(trained):

@@ -10,25 +10,42 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecCheckNan, VecMonito
 
 import bow_gym  # noqa: F401
 from bow_gym.sb3_vec import SB3VecEnv, make_sb3_vec_env, patch_to_pixel_actions
-from bow_gym.wrappers import ClickMasks, PatchActions, StripEvalInfo, patch_to_pixel_action
+from bow_gym.wrappers import (
+    BeliefObservation,
+    ClickMasks,
+    DiceGainReward,
+    PatchActions,
+    PatchFeatureObservation,
+    StripEvalInfo,
+    patch_to_pixel_action,
+)
 
 SMALL = {"dataset_kwargs": {"n_images": 6, "size": 96}}
 
 
-def _dummy(n, masks=False, env_id="BetterWorseSeg-v0", **kwargs):
-    """What agents.sb3 trains on today: DummyVecEnv of PatchActions(StripEvalInfo(env))."""
+def _dummy(n, masks=False, env_id="BetterWorseSeg-v0", obs="pixels", reward="answer", **kwargs):
+    """agents.sb3's sync path: DummyVecEnv of PatchActions(StripEvalInfo(env)), with ClickMasks,
+    an observation wrapper and DiceGainReward as asked."""
     def make():
-        env = PatchActions(StripEvalInfo(gym.make(env_id, **{**SMALL, **kwargs})))
-        return Monitor(ClickMasks(env) if masks else env)
+        env = gym.make(env_id, **{**SMALL, **kwargs})
+        env = PatchActions(StripEvalInfo(DiceGainReward(env) if reward == "dice_gain" else env))
+        env = ClickMasks(env) if masks else env
+        if obs == "features":
+            env = PatchFeatureObservation(env)
+        elif obs == "belief":
+            env = BeliefObservation(env)
+        return Monitor(env)
 
     return DummyVecEnv([make for _ in range(n)])
 
 
-@pytest.mark.parametrize("masks", [False, True])
-def test_adapter_equals_dummy_vec_env_of_single_envs(masks):
+@pytest.mark.parametrize(("masks", "obs", "reward"), [
+    (False, "pixels", "answer"), (True, "pixels", "answer"), (False, "features", "answer"),
+    (True, "belief", "answer"), (False, "pixels", "dice_gain"), (False, "belief", "dice_gain")])
+def test_adapter_equals_dummy_vec_env_of_single_envs(masks, obs, reward):
     n = 3
-    dummy = _dummy(n, masks)
-    adapter = make_sb3_vec_env(num_envs=n, action_masks=masks, **SMALL)
+    dummy = _dummy(n, masks, obs=obs, reward=reward)
+    adapter = make_sb3_vec_env(num_envs=n, action_masks=masks, obs=obs, reward=reward, **SMALL)
     assert adapter.observation_space == dummy.observation_space
     assert adapter.action_space == dummy.action_space
     dummy.seed(4)
@@ -153,6 +170,10 @@ def test_bad_input_is_refused():
         make_sb3_vec_env(num_envs=2, patch_actions=False, action_masks=True, **SMALL)
     with pytest.raises(TypeError, match="BetterWorseSegVectorEnv"):
         SB3VecEnv(gym.make_vec("CartPole-v1", num_envs=2))
+    with pytest.raises(ValueError, match=r"obs must be one of \['pixels', 'features', 'belief'\]"):
+        make_sb3_vec_env(num_envs=2, obs="image", **SMALL)
+    with pytest.raises(ValueError, match=r"reward must be one of \['answer', 'dice_gain'\]"):
+        make_sb3_vec_env(num_envs=2, reward="dice", **SMALL)
     env = make_sb3_vec_env(num_envs=2, **SMALL)
     env.reset()
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
