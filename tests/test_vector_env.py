@@ -195,6 +195,33 @@ def test_seeding_gives_sub_env_i_the_single_env_seeded_s_plus_i():
     assert not all(np.array_equal(x, y) for x, y in zip(b, c, strict=True))
 
 
+def test_handed_out_or_pickled_generators_keep_the_single_envs_draws():
+    """The resets' image draws are batched over the sub-envs' generators (bow_gym.envs.draws):
+    generators handed out through np_random, drawn from by someone else, or pickled with the env
+    mid-run, must still give every sub-env the single env's images."""
+    n = 4
+    vec = gym.make_vec("BetterWorseSeg-v0", num_envs=n, **SMALL)
+    sync = gym.make_vec("BetterWorseSeg-v0", num_envs=n, vectorization_mode="sync", **SMALL)
+    vec.reset(seed=7)
+    sync.reset(seed=7)
+    rng = np.random.default_rng(1)
+
+    def run(steps):
+        for _ in range(steps):
+            actions = rng.integers(0, vec.single_action_space.n, n)
+            a, b = vec.step(actions), sync.step(actions)
+            assert np.array_equal(a[0], b[0]) and list(a[4]["image_id"]) == list(b[4]["image_id"])
+
+    run(13)  # two resets each: every generator keeps half of an output
+    vec = pickle.loads(pickle.dumps(vec))
+    run(6)
+    for ours, theirs in zip(vec.unwrapped.np_random, sync.np_random, strict=True):
+        assert ours.bit_generator.state == theirs.bit_generator.state
+    vec.unwrapped.np_random[1].integers(5)
+    sync.np_random[1].integers(5)
+    run(12)
+
+
 def test_make_vec_defaults_spaces_and_metadata():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # make_vec warns about missing autoreset metadata

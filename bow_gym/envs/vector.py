@@ -23,6 +23,7 @@ from gymnasium.vector.utils import batch_space
 
 from bow_gym.datasets.base import SegmentationDataset
 from bow_gym.envs.better_worse_seg import EVAL_ONLY_KEY, BetterWorseSegEnv, requested_index
+from bow_gym.envs.draws import BatchedIntegers
 from bow_gym.oracles import Oracle, Overlap, dice_of_counts, judge_batch_with_dice
 
 __all__ = ["BetterWorseSegVectorEnv", "SubEnvView"]
@@ -307,24 +308,36 @@ class BetterWorseSegVectorEnv(VectorEnv):
         self._action_table = np.stack([label_of, yy[pixel], xx[pixel], patch_of_pixel[pixel]])
         self._element_offsets = np.arange(n * p)  # 0, 1, 2, ... for the flat element lists
         self._oracle_draws = _draws(self.oracle)
+        # The resets' image draws, batched over the generators while only this env draws from
+        # them (an oracle that draws shares them, so then each generator draws for itself).
+        self._image_draws = BatchedIntegers(n)
 
     # ------------------------------------------------------------------ seeding
     def _rng(self, i: int) -> np.random.Generator:
         rng = self._rngs[i]
         if rng is None:  # as gym.Env.np_random: an unseeded sub-env gets a random seed
             rng, self._seeds[i] = seeding.np_random()
-            self._rngs[i] = rng
+            self._set_rng(i, rng)
         return rng
+
+    def _set_rng(self, i: int, rng: np.random.Generator) -> None:
+        self._rngs[i] = rng
+        if not self._oracle_draws:
+            self._image_draws.adopt(i, rng)
 
     @property
     def np_random(self) -> tuple[np.random.Generator, ...]:
-        """The sub-envs' generators (``SyncVectorEnv`` returns its sub-envs' too)."""
-        return tuple(self._rng(i) for i in range(self.num_envs))
+        """The sub-envs' generators (``SyncVectorEnv`` returns its sub-envs' too), each in the
+        state its single env would be in (so drawing from them draws what it would)."""
+        rngs = tuple(self._rng(i) for i in range(self.num_envs))
+        self._image_draws.publish(rngs)  # from now on each draws for itself (until re-seeded)
+        return rngs
 
     @property
     def np_random_seed(self) -> tuple[int | None, ...]:
         """The seeds of the sub-envs' generators."""
-        self.np_random  # noqa: B018 - creates the missing ones, as SyncVectorEnv's sub-envs do
+        for i in range(self.num_envs):  # creates the missing ones, as SyncVectorEnv's sub-envs do
+            self._rng(i)
         return tuple(self._seeds)
 
     # ------------------------------------------------------------------ actions
@@ -401,7 +414,8 @@ class BetterWorseSegVectorEnv(VectorEnv):
             envs = np.arange(n)
         for i in envs.tolist():
             if seeds[i] is not None:
-                self._rngs[i], self._seeds[i] = seeding.np_random(seeds[i])
+                rng, self._seeds[i] = seeding.np_random(seeds[i])
+                self._set_rng(i, rng)
         self._reset_envs(envs, options)
         self._autoreset[envs] = False
         self._ready = bool((self._slot >= 0).all())
@@ -581,12 +595,12 @@ class BetterWorseSegVectorEnv(VectorEnv):
         elif self.image_order == "sequential":
             indices = self._next_index[envs].copy()
         else:
-            # Each sub-env draws from its own generator, as a single env with its seed would.
-            if every and None not in self._rngs:
-                rngs = self._rngs
-            else:
-                rngs = [self._rng(i) for i in envs.tolist()]
-            indices = np.fromiter((rng.integers(n_images) for rng in rngs), np.int64, len(envs))
+            # Each sub-env draws from its own generator, as a single env with its seed would
+            # (bit-identical, batched: bow_gym.envs.draws).
+            if None in self._rngs:
+                for i in envs.tolist():
+                    self._rng(i)
+            indices = self._image_draws.draw(self._rngs, envs, n_images)  # type: ignore[arg-type]
         self._next_index[rows] = (indices + 1) % n_images
 
         store = self._store
