@@ -84,6 +84,7 @@ PROTOCOLS = ("heldout", "transductive")
 TARGETS = ("initial", "pseudo", "prediction")
 STARTS = ("prediction", "merged", "previous", "ask")
 TRUST_KEYS = ("accepted", "rejected", "untouched")
+SEGMENTER_INITS = ("scratch", "previous")
 #: Config fields that may change when a run is resumed (they do not change its results).
 RESUMABLE_KEYS = frozenset({"rounds", "progress", "tensorboard", "device", "name"})
 
@@ -179,6 +180,9 @@ class RoundsConfig:
     hsnet (as its paper describes it)"""
     segmenter_kwargs: dict[str, Any] = field(default_factory=dict)
     """overrides of the segmenter preset (epochs, size, lr, checkpoint, ...)"""
+    segmenter_init: str = "scratch"
+    """where round 2+'s segmenter starts training: scratch (its preset's initial weights, each
+    round, as published) or previous (the previous round's trained segmenter, trained on)"""
     fill_holes: bool = True
     """also evaluate every mask after hole filling"""
     examples: int = 8
@@ -220,6 +224,9 @@ class RoundsConfig:
             raise ValueError(f"top_k must be a share in (0, 1], got {self.top_k!r}")
         if self.start not in STARTS:
             raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
+        if self.segmenter_init not in SEGMENTER_INITS:
+            raise ValueError(f"segmenter_init must be one of {SEGMENTER_INITS}, got "
+                             f"{self.segmenter_init!r}")
         bad = sorted(set(self.label_trust) - set(TRUST_KEYS))
         if bad:
             raise ValueError(f"label_trust: unknown key(s) {bad}; valid: {list(TRUST_KEYS)}")
@@ -1224,6 +1231,14 @@ class RoundsRun:
         if not images:
             raise ValueError("no pseudo-masks left to train the segmenter on")
         model = build_segmenter(seg_cfg)
+        if self.config.segmenter_init == "previous" and step > 1:
+            previous = self.round_dir(step - 1) / "segmenter.safetensors"
+            if not previous.is_file():
+                raise FileNotFoundError(f"segmenter_init='previous': round {step - 1}'s segmenter "
+                                        f"{str(previous)!r} is missing")
+            with _reading(previous):
+                trained, _ = load_segmenter(previous, device=seg_cfg.device)
+            model.load_state_dict(trained.state_dict())
         history = train_segmenter(model, images, masks, seg_cfg, weights=weights)
         for e, loss in enumerate(history.get("loss", [])):
             self._log("losses/segmenter_epoch", float(loss), (step - 1) * 1000 + e)

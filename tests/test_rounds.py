@@ -124,6 +124,33 @@ def test_training_targets_weigh_and_carry_the_evidence():
         RoundsConfig(start="empty")
 
 
+def test_segmenter_init_previous_trains_on_from_the_last_round(tmp_path, monkeypatch):
+    import torch
+
+    import bow_gym.segmenters as segmenters
+    from bow_gym.segmenters import load_segmenter
+
+    starts = []
+    real = segmenters.train_segmenter
+
+    def spy(model, *args, **kwargs):
+        starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(segmenters, "train_segmenter", spy)
+    for init in ("scratch", "previous"):
+        starts.clear()
+        out = tmp_path / init
+        run_rounds(RoundsConfig(**{**TINY, "segmenter_init": init}), out)
+        assert len(starts) == 2
+        first, _ = load_segmenter(out / "round_01" / "segmenter.safetensors")
+        same = all(torch.equal(starts[1][k], v) for k, v in first.state_dict().items())
+        assert same == (init == "previous"), init
+    with pytest.raises(ValueError, match=r"segmenter_init must be one of \('scratch', "
+                                         r"'previous'\), got 'last'"):
+        RoundsConfig(segmenter_init="last")
+
+
 @pytest.mark.parametrize("start", ["merged", "previous"])
 def test_later_rounds_start_where_the_config_says(tmp_path, start):
     out = tmp_path / start
