@@ -3,12 +3,13 @@ and the run), how its envs are built, its training log and its checkpoints."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -601,6 +602,29 @@ def check_env_fits(agent: Any, checks: Mapping[str, tuple[Any, Any, str]]) -> No
                              f"the env gives {env_value!r} ({source})")
 
 
+def lazy_init_seed() -> int:
+    """A seed for a network's lazy layers, drawn from torch's RNG when the network is built.
+
+    Lazy layers draw their weights at the first input; under :func:`seeded_lazy_init` they draw
+    them from this seed, so the network is a function of the RNG state at construction (which
+    the agents seed) and not of whatever the global RNG holds when the first input arrives
+    (which depends on all that ran before: other runs in the process, the data set, ...).
+    """
+    return int(torch.randint(2**62, ()).item())
+
+
+@contextlib.contextmanager
+def seeded_lazy_init(lazy: bool, seed: int) -> Iterator[None]:
+    """Run a forward pass with torch's RNG seeded with ``seed`` (restored afterwards) if it
+    initialises lazy layers (``lazy``); otherwise leave the RNG alone."""
+    if not lazy:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class PatchMLP(nn.Module):
     """One small MLP applied alike to every patch's input row: ``(B, P, D) -> (B, P, hidden)``.
 
@@ -618,6 +642,7 @@ class PatchMLP(nn.Module):
         self.head = nn.Linear(hidden, outputs)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self._lazy_seed = lazy_init_seed()
 
     @property
     def input_size(self) -> int | None:
@@ -628,4 +653,5 @@ class PatchMLP(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, P, hidden)`` per-patch features of ``(B, P, D)`` inputs."""
         b, p, d = x.shape
-        return self.body(self.norm(x.reshape(b * p, d))).reshape(b, p, -1)
+        with seeded_lazy_init(self.input_size is None, self._lazy_seed):
+            return self.body(self.norm(x.reshape(b * p, d))).reshape(b, p, -1)

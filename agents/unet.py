@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from agents.common import lazy_init_seed, seeded_lazy_init
+
 
 def _block(c_in: int | None, c_out: int) -> nn.Sequential:
     first = (nn.Conv2d(c_in, c_out, 3, padding=1, bias=False) if c_in is not None else
@@ -59,6 +61,8 @@ class ClickUNet(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.value = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(chans[-1], 1))
         self.in_channels = in_channels
+        # The lazy first convolution draws its weights at the first input, from this seed.
+        self._lazy_seed = lazy_init_seed() if in_channels is None else 0
 
     @property
     def input_channels(self) -> int | None:
@@ -67,6 +71,10 @@ class ClickUNet(nn.Module):
         return None if nn.parameter.is_lazy(weight) else int(weight.shape[1]) - 2
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with seeded_lazy_init(self.input_channels is None, self._lazy_seed):
+            return self._forward(obs)
+
+    def _forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = obs.float() / self.input_scale
         if self.downsample > 1:
             x = nn.functional.avg_pool2d(x, self.downsample)

@@ -124,6 +124,27 @@ def test_training_targets_weigh_and_carry_the_evidence():
         RoundsConfig(start="empty")
 
 
+@pytest.mark.parametrize("agent", ["answer_model", "answer_model_hybrid", "reinforce_patches"])
+def test_labelling_does_not_depend_on_what_the_global_rng_held(agent):
+    """Networks with lazy layers draw those weights at their first input: from a seed drawn at
+    construction (which make_agent seeds), not from the global RNG of that moment, which
+    depends on whatever else ran in the process (other rows of an ablation, other tests)."""
+    from bow_gym.datasets.synthetic import SyntheticDataset
+    from bow_gym.rounds import label_round, make_agent
+
+    cfg = RoundsConfig(**{**TINY, "agent": agent})
+    ds = SyntheticDataset(n_images=8, size=96)
+    out = []
+    for noise in (1, 1000):
+        torch.rand(noise)  # what ran before the agent was built
+        envs = [BetterWorseSegEnv(ds, feature_cache=None, clicks_per_episode=3) for _ in range(2)]
+        clicker = make_agent(cfg, envs[0], "cpu")
+        torch.rand(noise)  # what ran between building it and its first input
+        out.append(label_round(envs, clicker, list(range(8)), seed=3, progress=False))
+    assert np.array_equal(out[0].pseudo, out[1].pseudo)
+    assert np.array_equal(out[0].rewards, out[1].rewards)
+
+
 def test_segmenter_init_previous_trains_on_from_the_last_round(tmp_path, monkeypatch):
     import torch
 
