@@ -1230,15 +1230,17 @@ class RoundsRun:
             return model
         if not images:
             raise ValueError("no pseudo-masks left to train the segmenter on")
-        model = build_segmenter(seg_cfg)
         if self.config.segmenter_init == "previous" and step > 1:
+            # Trains on from the previous round's segmenter (not built afresh, so no pretrained
+            # encoder is fetched only to be overwritten).
             previous = self.round_dir(step - 1) / "segmenter.safetensors"
             if not previous.is_file():
                 raise FileNotFoundError(f"segmenter_init='previous': round {step - 1}'s segmenter "
                                         f"{str(previous)!r} is missing")
             with _reading(previous):
-                trained, _ = load_segmenter(previous, device=seg_cfg.device)
-            model.load_state_dict(trained.state_dict())
+                model, _ = load_segmenter(previous, device=seg_cfg.device)
+        else:
+            model = build_segmenter(seg_cfg)
         history = train_segmenter(model, images, masks, seg_cfg, weights=weights)
         for e, loss in enumerate(history.get("loss", [])):
             self._log("losses/segmenter_epoch", float(loss), (step - 1) * 1000 + e)
