@@ -43,8 +43,8 @@ from bow_gym.wrappers import (
     belief_observation,
     belief_observation_space,
     feature_observation_space,
-    mask_shares,
     patch_policy_inputs,
+    split_belief_observation,
 )
 
 #: What :class:`SB3VecEnv` observes and how it is rewarded (as ``agents.sb3``'s ``obs``/``reward``).
@@ -125,11 +125,11 @@ class SB3VecEnv(VecEnv):
         self._actions: np.ndarray | None = None
         # obs != "pixels": each sub-env's current episode (features and graph, kept so that an
         # episode's terminal observation is built from its own image after the sub-env reset),
-        # its answered clicks (belief) and the mask shares of its last observation.
+        # and for the belief its answered clicks and its last observation.
         self._views = [base.sub_env(i) for i in range(n)]
         self._episodes: list[_Episode] = []
         self._histories = [ClickHistory(base.clicks_per_episode) for _ in range(n)]
-        self._shares = np.zeros((n, p), np.float32)
+        self._last: list[np.ndarray] = []
         space = {"pixels": base.single_observation_space,
                  "features": feature_observation_space(base),
                  "belief": belief_observation_space(base)}[obs]
@@ -154,7 +154,8 @@ class SB3VecEnv(VecEnv):
         self._episodes = [_Episode(v) for v in self._views]
         for h in self._histories:
             h.reset()
-        return np.stack([self._observe(i, o) for i, o in enumerate(obs)])
+        self._last = [self._observe(i, o) for i, o in enumerate(obs)]
+        return np.stack(self._last)
 
     def step_async(self, actions: np.ndarray) -> None:
         a = np.asarray(actions)
@@ -196,7 +197,6 @@ class SB3VecEnv(VecEnv):
     def _observe(self, i: int, pixels: np.ndarray) -> np.ndarray:
         """Sub-env ``i``'s observation of ``pixels`` in its current episode (``obs`` not pixels)."""
         episode = self._episodes[i]
-        self._shares[i] = mask_shares(pixels, episode.grid)
         if self.obs == "features":
             return patch_policy_inputs(pixels, episode)  # type: ignore[arg-type]
         return belief_observation(pixels, episode, self._histories[i])  # type: ignore[arg-type]
@@ -205,18 +205,19 @@ class SB3VecEnv(VecEnv):
                       info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The step's observations and the finished episodes' terminal ones, as the observation
         wrappers give them per sub-env: the belief first records each sub-env's answered click
-        (from the mask of its previous observation), as ``BeliefObservation.step`` does."""
+        (with the mask and graph of its previous observation), as ``BeliefObservation.step``
+        does."""
         n = self.num_envs
         final_obs = np.full(n, None, object)
         done = dones.tolist()
         if self.obs == "belief":
             # A finished episode's click is reported in final_info (same-step autoreset).
             fin = info.get("final_info", {})
+            clicks = self.venv.clicks_per_episode
             for i in range(n):
                 src = fin if done[i] else info
-                patch = int(src["patch"][i])
-                # A copy: the history keeps it, and the shares row is rewritten below.
-                self._histories[i].add(self._shares[i].copy(), self._episodes[i].graph[patch],
+                _, mask, graph, *_ = split_belief_observation(self._last[i], clicks)
+                self._histories[i].add(mask, graph[int(src["patch"][i])],
                                        int(src["click"]["label"][i]), float(src["answer"][i]))
         out = []
         for i in range(n):
@@ -225,6 +226,8 @@ class SB3VecEnv(VecEnv):
                 self._episodes[i] = _Episode(self._views[i])
                 self._histories[i].reset()
             out.append(self._observe(i, obs[i]))
+        if self.obs == "belief":
+            self._last = out
         return np.stack(out), final_obs
 
     def action_masks(self) -> np.ndarray:
