@@ -94,8 +94,8 @@ class BatchedIntegers:
         span = np.uint64(high)
         m = self._words(rngs, mine) * span
         # Rejection is rare (a low part below (2**32 - high) % high < high): those redraw alone.
+        threshold = (2**32 - high) % high
         for k in np.flatnonzero((m & _LOW32) < span).tolist():
-            threshold = (2**32 - high) % high
             i = int(mine[k])
             while int(m[k]) & 0xFFFFFFFF < threshold:
                 m[k] = self._words(rngs, np.array([i]))[0] * span
