@@ -517,3 +517,56 @@ def ground_truth_groups(gt_empty: Sequence[bool] | np.ndarray) -> dict[str, np.n
                 groups[group] = keep
     return groups
 
+
+#: ``mask_threshold`` values that are not a probability: see :func:`match_area_level`.
+MATCH_AREA = "match_area"
+
+
+def probability_level(threshold: float) -> int:
+    """The uint8 level ``L`` with ``round(p * 255) >= L`` exactly when ``p >= threshold``
+    (up to rounding): 0.5 gives 128, the level the pipeline has always used.
+
+    Raises:
+        ValueError: ``threshold`` is not a number in ``(0, 1)``.
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) \
+            or not 0.0 < threshold < 1.0:
+        raise ValueError(f"a mask threshold must be a probability in (0, 1) or "
+                         f"{MATCH_AREA!r}, got {threshold!r}")
+    return int(min(255, max(1, np.ceil(threshold * 255 - 1e-9))))
+
+
+def match_area_level(probs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> int:
+    """The uint8 level at which the predictions cover as much as the masks they learnt from.
+
+    Prior matching, with no ground truth: a segmenter trained on noisy pseudo-masks is not
+    calibrated, and 0.5 need not be where its output has the foreground share of its own
+    training masks. This is the level ``L`` (1..255) whose ``probs >= L`` has the mean
+    per-image foreground share closest to that of ``targets`` (each image weighs the same,
+    whatever its resolution); ties go to the level nearest 128 (probability 0.5).
+
+    Args:
+        probs: uint8 probability maps (``round(p * 255)``) of the training images.
+        targets: The bool masks the segmenter was trained on, one per map, any resolution.
+
+    Returns:
+        The level; threshold the maps with ``prob >= level``.
+
+    Raises:
+        ValueError: No maps, unequal counts, or a map that is not uint8.
+    """
+    if len(probs) == 0 or len(probs) != len(targets):
+        raise ValueError(f"match_area_level needs as many probability maps as training masks "
+                         f"(at least one), got {len(probs)} and {len(targets)}")
+    share_at = np.zeros(256)  # share_at[L]: mean share of pixels with prob >= L
+    for p in probs:
+        if p.dtype != np.uint8:
+            raise ValueError(f"probability maps must be uint8 (round(p * 255)), got {p.dtype}")
+        counts = np.bincount(p.ravel(), minlength=256)[::-1].cumsum()[::-1]
+        share_at += counts / p.size
+    share_at /= len(probs)
+    want = float(np.mean([np.asarray(t, bool).mean() for t in targets]))
+    levels = np.arange(1, 256)
+    err = np.abs(share_at[1:] - want)
+    best = levels[err <= err.min() + 1e-12]
+    return int(best[np.argmin(np.abs(best - 128))])

@@ -71,7 +71,14 @@ from bow_gym.io_utils import atomic_path
 from bow_gym.io_utils import read_csv as _read_csv
 from bow_gym.io_utils import write_csv as _write_csv
 from bow_gym.io_utils import write_json as _write_json
-from bow_gym.metrics import ground_truth_groups, ground_truth_label, resize_mask
+from bow_gym.metrics import (
+    MATCH_AREA,
+    ground_truth_groups,
+    ground_truth_label,
+    match_area_level,
+    probability_level,
+    resize_mask,
+)
 from bow_gym.policy import BatchedLearner, ClickPolicy, OnlineLearner, choose_click, public_info
 
 if sys.version_info >= (3, 11):
@@ -183,6 +190,11 @@ class RoundsConfig:
     segmenter_init: str = "scratch"
     """where round 2+'s segmenter starts training: scratch (its preset's initial weights, each
     round, as published) or previous (the previous round's trained segmenter, trained on)"""
+    mask_threshold: float | str = 0.5
+    """probability at which the segmenter's output becomes a mask (its scored predictions, the
+    next round's start masks, the examples), or match_area: each round, the threshold at which
+    its output on the labelling images covers the same share of pixels as the masks it was
+    trained on (prior matching; no ground truth; the supervised row matches its ground truth)"""
     fill_holes: bool = True
     """also evaluate every mask after hole filling"""
     examples: int = 8
@@ -227,6 +239,8 @@ class RoundsConfig:
         if self.segmenter_init not in SEGMENTER_INITS:
             raise ValueError(f"segmenter_init must be one of {SEGMENTER_INITS}, got "
                              f"{self.segmenter_init!r}")
+        if self.mask_threshold != MATCH_AREA:
+            probability_level(self.mask_threshold)  # a clear error for anything else
         bad = sorted(set(self.label_trust) - set(TRUST_KEYS))
         if bad:
             raise ValueError(f"label_trust: unknown key(s) {bad}; valid: {list(TRUST_KEYS)}")
@@ -781,28 +795,36 @@ def label_round(envs: Sequence[Any], agent: ClickPolicy, order: Sequence[int], *
     return Labels(ids, pseudo, initial, rewards, labels, conf, evidence, evidence.copy())
 
 
-def _resize_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """uint8 probability map -> bool mask at ``shape`` (linear, then 0.5)."""
+def _resize_prob(prob: np.ndarray, shape: tuple[int, int], level: int = 128) -> np.ndarray:
+    """uint8 probability map -> bool mask at ``shape`` (linear, then ``>= level``; 128 is 0.5)."""
     if prob.shape != shape:
         prob = cv2.resize(prob, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-    return prob >= 128
+    return prob >= level
+
+
+def _prediction_level(pred: Mapping[str, np.ndarray]) -> int:
+    """The uint8 level a round's ``predictions.npz`` is thresholded at (128 in runs recorded
+    before ``mask_threshold`` existed)."""
+    return int(pred["level"]) if "level" in pred else 128
 
 
 def evaluate_masks(masks: Sequence[np.ndarray], gts: Sequence[np.ndarray], *,
-                   probabilities: bool = False, fill: bool = False) -> list[dict[str, float]]:
+                   probabilities: bool = False, fill: bool = False, level: int = 128
+                   ) -> list[dict[str, float]]:
     """Dice, IoU and HD95 of each mask against its ground truth, at the ground truth's size.
 
     Args:
         masks: Bool masks (or uint8 probabilities with ``probabilities=True``) of any size.
         gts: Ground-truth masks at the images' own resolution. **Evaluation only.**
         fill: Fill holes first (:func:`bow_gym.metrics.fill_holes`).
+        level: With ``probabilities``, a pixel is foreground where ``prob >= level``.
     """
     from bow_gym.metrics import evaluate, fill_holes
 
     rows = []
     for m, gt in zip(masks, gts, strict=True):
         shape = gt.shape[:2]
-        pred = _resize_prob(m, shape) if probabilities else resize_mask(m, shape)
+        pred = _resize_prob(m, shape, level) if probabilities else resize_mask(m, shape)
         if fill:
             pred = fill_holes(pred)
         rows.append(evaluate(pred, gt))
@@ -1000,7 +1022,8 @@ class RoundsRun:
         if self.config.start == "previous":
             return dict(zip(prev.ids, prev.pseudo, strict=True))
         pred = _load_npz(self.round_dir(r - 1) / "predictions.npz", ("label_ids", "label_prob"))
-        masks = {str(i): _resize_prob(p, (size, size))
+        level = _prediction_level(pred)
+        masks = {str(i): _resize_prob(p, (size, size), level)
                  for i, p in zip(pred["label_ids"], pred["label_prob"], strict=True)}
         if self.config.start in ("merged", "ask"):
             if prev.evidence_total is not None:
@@ -1173,6 +1196,8 @@ class RoundsRun:
             times["train"] = time.time() - t
             t = time.time()
             pred = self._predict(model, seg_cfg, label_images, labels.ids, eval_ds)
+            pred["level"] = np.array(self._level(
+                pred["label_prob"][kept_idx], [targets[i] for i in kept_idx]), np.uint8)
             _save_npz(pred_path, **pred)
             times["predict"] = time.time() - t
         times.setdefault("train", 0.0)
@@ -1190,6 +1215,7 @@ class RoundsRun:
                        # ask: share of images whose merged prediction the expert preferred
                        prediction_preferred=(float((asked > 0).mean()) if asked is not None
                                              and len(asked) else float("nan")),
+                       mask_threshold=round(_prediction_level(pred) / 255, 4),
                        **{f"seconds_{k}": round(v, 2) for k, v in times.items()})
         _write_json(rd / "metrics.json", {"rows": rows})
         _write_json(rd / "times.json", times)
@@ -1212,6 +1238,12 @@ class RoundsRun:
         if "checkpoint" in kw:
             kw["checkpoint"] = _expand(kw["checkpoint"])
         return preset(cfg.segmenter, **kw)
+
+    def _level(self, label_prob: np.ndarray, targets: Sequence[np.ndarray]) -> int:
+        """The uint8 level this round's predictions become masks at (``mask_threshold``)."""
+        if self.config.mask_threshold == MATCH_AREA:
+            return match_area_level(list(label_prob), targets)
+        return probability_level(self.config.mask_threshold)
 
     def _train_segmenter(self, rd: Path, seg_cfg: Any, images: list[np.ndarray],
                          masks: list[np.ndarray], step: int,
@@ -1276,10 +1308,11 @@ class RoundsRun:
         jobs = [("initial", split_label, labels.ids, labels.initial, label_gt, False),
                 ("pseudo", split_label, labels.ids, labels.pseudo, label_gt, False),
                 ("prediction", split_eval, eval_ids, pred["eval_prob"], eval_gt, True)]
+        level = _prediction_level(pred)
         per_image, rows = [], []
         for fill in ([False, True] if cfg.fill_holes else [False]):
             for target, split, ids, masks, gts, is_prob in jobs:
-                res = evaluate_masks(masks, gts, probabilities=is_prob, fill=fill)
+                res = evaluate_masks(masks, gts, probabilities=is_prob, fill=fill, level=level)
                 empty = [not gt.any() for gt in gts]
                 if not label_ds.has_ground_truth:  # images a person labelled: nothing to score
                     res = [dict.fromkeys(m, float("nan")) for m in res]
@@ -1316,7 +1349,8 @@ class RoundsRun:
             image=np.stack([cv2.resize(label_images[i], (s, s), interpolation=cv2.INTER_AREA)
                             for i in chosen]),
             initial=labels.initial[chosen], pseudo=labels.pseudo[chosen],
-            prediction=np.stack([_resize_prob(prob[labels.ids[i]], (s, s)) for i in chosen]),
+            prediction=np.stack([_resize_prob(prob[labels.ids[i]], (s, s),
+                                              _prediction_level(pred)) for i in chosen]),
             ground_truth=np.stack([
                 resize_mask(label_ds[label_ds.index_of(labels.ids[i])].mask, (s, s))
                 for i in chosen]))
@@ -1367,10 +1401,13 @@ def train_supervised(config: RoundsConfig, out: str | os.PathLike) -> list[dict[
                     [s.mask for s in label_ds.samples], seg_cfg)
     pred = run._predict(model, seg_cfg, [s.image for s in label_ds.samples], label_ds.ids,
                         eval_ds)
+    # the same rule as the method's rows, matched to the masks this segmenter trained on
+    level = run._level(pred["label_prob"], [s.mask for s in label_ds.samples])
     res = evaluate_masks(pred["eval_prob"], [eval_ds[eval_ds.index_of(str(i))].mask
-                                             for i in pred["eval_ids"]], probabilities=True)
+                                             for i in pred["eval_ids"]], probabilities=True,
+                         level=level)
     row = {"target": "supervised", "fill_holes": 0, **summarise(res),
-           "seconds": round(time.time() - t, 2)}
+           "mask_threshold": round(level / 255, 4), "seconds": round(time.time() - t, 2)}
     _write_csv(Path(out) / "per_image.csv",
                [{"image_id": str(i), **m} for i, m in zip(pred["eval_ids"], res, strict=True)])
     _write_json(Path(out) / "metrics.json", {"config": asdict(config), "rows": [row]})
