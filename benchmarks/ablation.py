@@ -155,34 +155,6 @@ def supervised_per_image(run: Path) -> dict[str, float]:
         return {row["image_id"]: float(row["dice"]) for row in csv.DictReader(f)}
 
 
-def paired(a: list[dict[str, float]], b: list[dict[str, float]], seed: int = 0
-           ) -> dict[str, float]:
-    """Mean of ``a - b`` (Dice points) over images and seeds, with 95% intervals.
-
-    Args:
-        a, b: Per seed, ``image id -> Dice`` (fractions) of the two sides on the same images.
-
-    Returns:
-        ``mean``, ``images_low``/``images_high`` (bootstrap over images of each image's
-        difference averaged over the seeds), ``seeds_low``/``seeds_high`` (Student t of the
-        per-seed mean differences; NaN with one seed), ``n_images``, ``n_seeds``, ``wins``
-        (seeds where ``a`` is ahead).
-    """
-    ids = sorted(set.intersection(*(set(x) for x in a + b))) if a else []
-    if not ids:
-        return {"mean": math.nan, "images_low": math.nan, "images_high": math.nan,
-                "seeds_low": math.nan, "seeds_high": math.nan, "n_images": 0, "n_seeds": 0,
-                "wins": 0}
-    diff = np.array([[x[i] - y[i] for i in ids] for x, y in zip(a, b, strict=True)]) * 100
-    per_image = diff.mean(axis=0)
-    lo, hi = lib.bootstrap_ci(per_image, seed=seed)
-    per_seed = diff.mean(axis=1)
-    _, slo, shi = lib.t_interval(list(per_seed))
-    return {"mean": float(per_image.mean()), "images_low": lo, "images_high": hi,
-            "seeds_low": slo, "seeds_high": shi, "n_images": len(ids),
-            "n_seeds": int(diff.shape[0]), "wins": int((per_seed > 0).sum())}
-
-
 def _summary(rows: list[dict[str, Any]], r: int, target: str, key: str) -> float:
     for row in rows:
         if row.get("round") == r and row["target"] == target and not int(row["fill_holes"]):
@@ -411,10 +383,10 @@ def _run_protocol(protocol: str, rows: dict[str, tuple[str, dict[str, Any] | Non
         levers = [(k, "full") for k in rows_wanted if k.startswith(LEVER)]
         for a, b in (*PAIRS, *levers):
             if a in dirs and b in dirs:
-                d = paired(images(a, r), images(b, r), seed=r)
+                d = lib.paired(images(a, r), images(b, r), seed=r)
                 paired_rows.append({"protocol": protocol, "round": r, "a": a, "b": b, **d})
     if "full" in dirs:
-        d = paired(images("full", rounds), images("full", 1))
+        d = lib.paired(images("full", rounds), images("full", 1))
         paired_rows.append({"protocol": protocol, "round": rounds, "a": f"full r{rounds}",
                             "b": "full r1", **d})
         summary["full_round5_minus_round1"] = d

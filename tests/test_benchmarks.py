@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -454,3 +455,37 @@ def test_ablation_runs_unchanged_on_every_data_set_layout(dataset, folder, empty
     assert ("prediction[empty-gt]" in table[0]) == empty_gt
     assert (out / "ablation.png").stat().st_size > 0
     assert json.loads((out / "run.json").read_text())["script"] == "ablation"
+
+
+def test_mask_threshold_rescores_stored_predictions(tmp_path, capsys):
+    """0.5 re-scored from the stored probabilities is the run's own prediction Dice, and the
+    paired difference is match_area minus 0.5 on the same images."""
+    from benchmarks.mask_threshold import main as mask_threshold
+    from bow_gym.rounds import RoundsConfig, run_rounds
+
+    runs = tmp_path / "runs"
+    tiny = dict(dataset="synthetic", dataset_kwargs={"n_images": 12, "size": 96}, rounds=2,
+                clicks_per_image=2, segmenter_kwargs={"epochs": 2, "size": 64}, examples=0,
+                feature_cache=None, progress=False, tensorboard=False, device="cpu")
+    for seed in (0, 1):
+        run_rounds(RoundsConfig(**{**tiny, "seed": seed}), runs / f"base-s{seed}")
+    with pytest.raises(SystemExit):
+        mask_threshold(["--runs", str(runs), "--rows", "other", "--out", str(tmp_path / "x")])
+    assert "no rounds run with stored predictions" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    out = tmp_path / "out"
+    mask_threshold(["--runs", str(runs), "--out", str(out)])
+    saved = json.loads((out / "mask_threshold.json").read_text())
+    assert saved["seeds"] == [0, 1] and sorted(saved["rows"]["base"]) == ["1", "2"]
+    for r in (1, 2):
+        recorded = []
+        for seed in (0, 1):
+            with open(runs / f"base-s{seed}" / "metrics.csv") as f:
+                recorded += [float(x["dice_mean"]) for x in csv.DictReader(f)
+                             if x["round"] == str(r) and x["target"] == "prediction"
+                             and x["fill_holes"] == "0"]
+        s = saved["rows"]["base"][str(r)]
+        assert s["half"] == pytest.approx(np.mean(recorded) * 100)
+        assert s["run"] == s["half"]  # these runs cut at 0.5
+        assert s["match_area_minus_half"]["mean"] == pytest.approx(s["match_area"] - s["half"])
+    assert (out / "mask_threshold.png").is_file() and (out / "run.json").is_file()

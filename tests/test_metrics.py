@@ -399,3 +399,36 @@ def test_summarize_by_ground_truth_reports_empty_images_apart():
         summarize_by_ground_truth([0.2, 0.4], [0, 1])
     with pytest.raises(ValueError, match="gt_empty"):
         summarize_by_ground_truth([0.2, 0.4], np.array([True]))
+
+
+# --------------------------------------------------------------------------- mask thresholds
+def test_probability_level_is_the_pipelines_old_cut_at_one_half():
+    from bow_gym.metrics import probability_level
+
+    assert probability_level(0.5) == 128  # what predictions were always cut at
+    assert probability_level(0.75) == 192 and probability_level(1e-6) == 1
+    for bad in (0, 1, 1.5, True, "0.5", None):
+        with pytest.raises(ValueError, match="probability in \\(0, 1\\) or 'match_area'"):
+            probability_level(bad)
+
+
+def test_match_area_level_known_answers():
+    from bow_gym.metrics import match_area_level
+
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)  # share of >= L is (256 - L) / 256
+    quarter = np.zeros((8, 8), bool)
+    quarter[:4, :4] = True
+    assert match_area_level([ramp], [quarter]) == 192
+    half = np.zeros((32, 32), bool)  # another resolution: shares, not pixel counts, are matched
+    half[:16] = True
+    assert match_area_level([ramp, ramp], [quarter, half]) == 160  # mean share 3/8
+    # A hard 0/255 map covers the same share at every level: the tie goes to 0.5's level.
+    hard = np.where(ramp >= 100, 255, 0).astype(np.uint8)
+    assert match_area_level([hard], [quarter]) == 128
+    # Each image weighs the same: a tiny map counts as much as a large one.
+    big = np.zeros((64, 64), np.uint8)
+    assert match_area_level([ramp, big], [quarter, np.zeros((4, 4), bool)]) == 192
+    with pytest.raises(ValueError, match="as many probability maps as training masks"):
+        match_area_level([ramp], [])
+    with pytest.raises(ValueError, match="must be uint8"):
+        match_area_level([ramp / 255], [quarter])

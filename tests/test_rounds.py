@@ -172,6 +172,34 @@ def test_segmenter_init_previous_trains_on_from_the_last_round(tmp_path, monkeyp
         RoundsConfig(segmenter_init="last")
 
 
+@pytest.mark.parametrize("mask_threshold", ["match_area", 0.7])
+def test_predictions_become_masks_at_the_configured_threshold(tmp_path, mask_threshold):
+    """The level is stored with the predictions and cuts the next round's start masks and the
+    scored predictions; match_area matches the share of the training masks (no ground truth)."""
+    from bow_gym.metrics import match_area_level
+    from bow_gym.rounds import _resize_prob
+
+    out = tmp_path / str(mask_threshold)
+    run_rounds(RoundsConfig(**{**TINY, "mask_threshold": mask_threshold}), out)
+    pred = np.load(out / "round_01" / "predictions.npz")
+    r1 = np.load(out / "round_01" / "labels.npz")
+    level = int(pred["level"])
+    if mask_threshold == "match_area":
+        assert level == match_area_level(list(pred["label_prob"]), list(r1["pseudo"]))
+    else:
+        assert level == 179
+    assert level != 128  # so the check below would fail at the old fixed 0.5
+    r2 = np.load(out / "round_02" / "labels.npz")  # starts from round 1's prediction
+    prob = dict(zip(pred["label_ids"], pred["label_prob"], strict=True))
+    size = r2["initial"].shape[1]
+    np.testing.assert_array_equal(
+        r2["initial"], np.stack([_resize_prob(prob[i], (size, size), level) for i in r2["ids"]]))
+    rows = [r for r in _metrics(out) if r["round"] == "1" and r["target"] == "prediction"]
+    assert rows and all(float(r["mask_threshold"]) == round(level / 255, 4) for r in rows)
+    with pytest.raises(ValueError, match=r"probability in \(0, 1\) or 'match_area', got 'area'"):
+        RoundsConfig(mask_threshold="area")
+
+
 @pytest.mark.parametrize("start", ["merged", "previous"])
 def test_later_rounds_start_where_the_config_says(tmp_path, start):
     out = tmp_path / start

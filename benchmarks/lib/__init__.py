@@ -67,13 +67,13 @@ from benchmarks.lib.results import (
     write_csv,
     write_json,
 )
-from benchmarks.lib.stats import bootstrap_ci, t_interval
+from benchmarks.lib.stats import bootstrap_ci, paired, t_interval
 
 __all__ = [
     "DEFAULT_FOLDERS", "DataSource", "LEVELS", "add_answers_argument", "add_data_arguments",
     "add_output_arguments", "bootstrap_ci", "clicks_to_90", "data_configs", "data_folder",
     "data_sources", "empty_ground_truth", "evaluate", "evaluate_by_ground_truth",
     "evaluation_sets", "is_reference", "labelled_groups", "learner_spec", "learner_specs",
-    "learners_help", "machine", "protocol_name", "rounds_targets", "run_name", "save_figure",
+    "learners_help", "machine", "paired", "protocol_name", "rounds_targets", "run_name", "save_figure",
     "shared_data", "start_run", "t_interval", "train_learner", "write_csv", "write_json",
 ]
