@@ -73,8 +73,8 @@ def _dice_at(probs: list[np.ndarray], gts: list[np.ndarray], levels: list[int]
     return out
 
 
-def score_run(run: Path) -> list[dict[str, Any]]:
-    """Per round of one rounds run: its levels and per-image Dice at each rule."""
+def score_run(run: Path) -> tuple[Any, list[dict[str, Any]]]:
+    """One rounds run's config and, per round, its levels and per-image Dice at each rule."""
     from bow_gym.metrics import match_area_level, probability_level
     from bow_gym.rounds import (
         Labels,
@@ -114,7 +114,7 @@ def score_run(run: Path) -> list[dict[str, Any]]:
         out.append({"round": int(rd.name.split("_")[1]), "level_match_area": matched,
                     "level_run": own, "ids": ids, "half": d[0], "match_area": d[1],
                     "run": d[2], "sweep": d[3:]})
-    return out
+    return config, out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -139,8 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     from tqdm.auto import tqdm
 
     run = lib.start_run("mask_threshold", argv, args.out, args.run)
-    scored = {row: [(seed, score_run(d)) for seed, d in tqdm(runs, desc=row, unit="seed")]
-              for row, runs in dirs.items()}
+    configs, scored = [], {}
+    for row, runs in dirs.items():
+        scored[row] = []
+        for seed, d in tqdm(runs, desc=row, unit="seed"):
+            config, res = score_run(d)
+            configs.append(config)
+            scored[row].append((seed, res))
 
     lines, curves, summary = [], [], {}
     for row, per_seed in scored.items():
@@ -174,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     lib.write_csv(run.out / "mask_threshold.csv", lines)
     lib.write_csv(run.out / "curves.csv", curves)
     _plot(summary, curves, lines, run.out / "mask_threshold.png")
-    run.record(seeds=seeds, protocol=None, datasets=None)
+    run.record(seeds=seeds, protocol=",".join(sorted({c.protocol for c in configs})),
+               datasets=sorted({c.dataset for c in configs}))
 
     print("prediction Dice (%) on the evaluation images, mean over seeds; match_area - 0.5: "
           "mean [95% CI over images] [95% CI over seeds] (seeds ahead)")
