@@ -38,7 +38,6 @@ import cv2
 import numpy as np
 
 from benchmarks import lib
-from bow_gym.io_utils import read_csv
 
 #: Fixed thresholds of the curve.
 SWEEP = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -79,6 +78,7 @@ def score_run(run: Path) -> tuple[Any, list[dict[str, Any]]]:
     from bow_gym.rounds import (
         Labels,
         RoundsConfig,
+        _load_kept,
         build_datasets,
         load_in_memory,
         training_targets,
@@ -99,13 +99,11 @@ def score_run(run: Path) -> tuple[Any, list[dict[str, Any]]]:
         side = int(round(np.sqrt(labels.evidence.shape[1]))) if labels.evidence is not None \
             else 16
         targets, _ = training_targets(labels, config, (side, side))
-        kept = np.ones(len(labels.ids), bool)
-        if (rd / "quality.csv").is_file():
-            kept = np.array([int(r["kept"]) for r in read_csv(rd / "quality.csv")], bool)
-        pos = {str(i): k for k, i in enumerate(pred["label_ids"])}
-        order = [pos[str(i)] for i in labels.ids]
-        probs_train = [pred["label_prob"][order[k]] for k in np.flatnonzero(kept)]
-        matched = match_area_level(probs_train, [targets[k] for k in np.flatnonzero(kept)])
+        # label_prob is in labels.ids order, as the run wrote it; the level matches the kept images
+        kept = (_load_kept(rd / "quality.csv", labels.ids) if (rd / "quality.csv").is_file()
+                else np.ones(len(labels.ids), bool))
+        idx = np.flatnonzero(kept)
+        matched = match_area_level(list(pred["label_prob"][idx]), [targets[k] for k in idx])
         own = int(pred["level"]) if "level" in pred else 128
         ids = [str(i) for i in pred["eval_ids"]]
         gts = [eval_ds[eval_ds.index_of(i)].mask for i in ids]

@@ -1342,6 +1342,7 @@ class RoundsRun:
         # the same images every round: the first ids in sorted order
         chosen = sorted(range(len(labels.ids)), key=lambda i: labels.ids[i])[:k]
         s = labels.pseudo.shape[1]
+        level = _prediction_level(pred)
         prob = dict(zip([str(i) for i in pred["label_ids"]], pred["label_prob"], strict=True))
         _save_npz(
             rd / "examples.npz",
@@ -1349,8 +1350,8 @@ class RoundsRun:
             image=np.stack([cv2.resize(label_images[i], (s, s), interpolation=cv2.INTER_AREA)
                             for i in chosen]),
             initial=labels.initial[chosen], pseudo=labels.pseudo[chosen],
-            prediction=np.stack([_resize_prob(prob[labels.ids[i]], (s, s),
-                                              _prediction_level(pred)) for i in chosen]),
+            prediction=np.stack([_resize_prob(prob[labels.ids[i]], (s, s), level)
+                                 for i in chosen]),
             ground_truth=np.stack([
                 resize_mask(label_ds[label_ds.index_of(labels.ids[i])].mask, (s, s))
                 for i in chosen]))
